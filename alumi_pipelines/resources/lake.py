@@ -1,0 +1,219 @@
+"""The lake: every zone addressed by key under one base URI, local folder or ``abfs://``.
+
+No other module builds lake paths. Keys are POSIX-style and relative (``raw/images/ab/abcd.jpg``);
+a key that tries to leave the lake (``..``, absolute, backslashes, NUL) is refused.
+Every write is atomic: local writes go to a hidden temporary name and are renamed into place; object
+stores receive a single PUT, which they commit atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import fsspec
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+ZONES = ("landing", "raw", "quarantine", "processed", "corrections", "gold", "models", "releases", "reports")
+_TMP_PREFIX = ".tmp-"
+
+
+class LakeKeyError(ValueError):
+    """A key that is not a safe relative path inside the lake."""
+
+
+def check_key(key: str) -> str:
+    """Return the normalised key, or raise naming the rule it broke."""
+    if not isinstance(key, str) or not key:
+        raise LakeKeyError(f"lake key {key!r}: must be a non-empty string")
+    if "\x00" in key or "\\" in key:
+        raise LakeKeyError(f"lake key {key!r}: must not contain NUL or backslashes")
+    path = PurePosixPath(key)
+    if path.is_absolute() or ":" in path.parts[0]:
+        raise LakeKeyError(f"lake key {key!r}: must be relative to the lake")
+    if any(part in ("..", "") for part in path.parts):
+        raise LakeKeyError(f"lake key {key!r}: must not contain '..'")
+    return path.as_posix()
+
+
+@dataclass(frozen=True)
+class LakeFile:
+    key: str
+    size: int
+    mtime: float
+
+
+class Lake(ConfigurableResource):
+    """Reads and writes the lake's zones; local folder by default, any fsspec URI otherwise."""
+
+    base_uri: str = Field(description="Local folder or fsspec URI (abfs://container@account.dfs.core.windows.net/lake)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (credentials)")
+
+    _fs: Any = PrivateAttr(default=None)
+    _root: str = PrivateAttr(default="")
+
+    # -- addressing ---------------------------------------------------------------------------
+    def _filesystem(self) -> tuple[Any, str]:
+        if self._fs is None:
+            fs, root = fsspec.core.url_to_fs(self.base_uri, **self.storage_options)
+            if self.is_local:
+                root = os.path.abspath(root)
+            self._fs, self._root = fs, root.rstrip("/")
+        return self._fs, self._root
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.base_uri or self.base_uri.startswith("file://")
+
+    def path(self, key: str) -> str:
+        """Full path of a key in the underlying filesystem."""
+        _, root = self._filesystem()
+        return f"{root}/{check_key(key)}"
+
+    def uri(self, key: str) -> str:
+        """A URI a user can open (a file:// URI locally, the fsspec URI remotely)."""
+        full = self.path(key)
+        return Path(full).as_uri() if self.is_local else f"{self.base_uri.split('://')[0]}://{full}"
+
+    def local_path(self, key: str) -> Path | None:
+        """The key as a local path when the lake is local, else None (stage it instead)."""
+        return Path(self.path(key)) if self.is_local else None
+
+    # -- reading ------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        fs, _ = self._filesystem()
+        return fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        fs, _ = self._filesystem()
+        try:
+            return fs.cat_file(self.path(key))
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"lake key {key!r} does not exist ({self.uri(key)})") from exc
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def read_table(self, key: str):
+        """A Parquet table as a polars DataFrame."""
+        import polars as pl
+
+        return pl.read_parquet(io.BytesIO(self.read_bytes(key)))
+
+    def read_tables(self, keys: list[str]):
+        """Several Parquet tables concatenated (diagonally: missing columns become null)."""
+        import polars as pl
+
+        frames = [self.read_table(k) for k in keys]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+    def list_files(self, prefix: str) -> list[LakeFile]:
+        """Every file under a prefix (recursively), sorted by key; temporary files are skipped."""
+        fs, root = self._filesystem()
+        base = self.path(prefix)
+        if not fs.exists(base):
+            return []
+        found = fs.find(base, detail=True, withdirs=False)
+        out = []
+        for full, info in found.items():
+            rel = full[len(root) + 1 :] if full.startswith(root) else full
+            name = rel.rsplit("/", 1)[-1]
+            if name.startswith(_TMP_PREFIX):
+                continue
+            mtime = info.get("mtime") or info.get("last_modified") or 0
+            if hasattr(mtime, "timestamp"):
+                mtime = mtime.timestamp()
+            out.append(LakeFile(key=rel, size=int(info.get("size") or 0), mtime=float(mtime)))
+        return sorted(out, key=lambda f: f.key)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the folders directly under a prefix, sorted."""
+        fs, _ = self._filesystem()
+        base = self.path(prefix)
+        if not fs.exists(base):
+            return []
+        names = []
+        for entry in fs.ls(base, detail=True):
+            if entry["type"] == "directory":
+                names.append(entry["name"].rstrip("/").rsplit("/", 1)[-1])
+        return sorted(names)
+
+    # -- writing (atomic) ---------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write a whole object atomically; returns its key."""
+        fs, _ = self._filesystem()
+        full = self.path(key)
+        if self.is_local:
+            parent = os.path.dirname(full)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, full)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            fs.pipe_file(full, data)
+        return key
+
+    def write_json(self, key: str, obj: Any) -> str:
+        return self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def write_table(self, key: str, df) -> str:
+        """Write a polars DataFrame as Parquet (zstd), atomically and byte-for-byte reproducibly."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", statistics=True)
+        return self.write_bytes(key, buf.getvalue())
+
+    def put_file(self, local: str | Path, key: str) -> str:
+        """Copy a local file into the lake atomically."""
+        if self.is_local:
+            full = self.path(key)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            tmp = os.path.join(os.path.dirname(full), f"{_TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
+            try:
+                shutil.copyfile(local, tmp)
+                os.replace(tmp, full)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            return key
+        return self.write_bytes(key, Path(local).read_bytes())
+
+    def put_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
+        """Publish every file of a local folder under a prefix (each file atomically)."""
+        local_dir = Path(local_dir)
+        keys = []
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            keys.append(self.put_file(path, f"{check_key(prefix)}/{path.relative_to(local_dir).as_posix()}"))
+        return keys
+
+    def get_dir(self, prefix: str, dest: str | Path) -> Path:
+        """Stage every file under a prefix into a local folder (for tools that need local files)."""
+        dest = Path(dest)
+        for f in self.list_files(prefix):
+            target = dest / f.key[len(check_key(prefix)) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read_bytes(f.key))
+        return dest
+
+    def delete(self, key: str) -> None:
+        fs, _ = self._filesystem()
+        full = self.path(key)
+        if fs.exists(full):
+            fs.rm(full, recursive=True)
+
+    def iter_bytes(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+        for key in keys:
+            yield key, self.read_bytes(key)
