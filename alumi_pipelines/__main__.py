@@ -1,0 +1,3 @@
+from alumi_pipelines.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi promote`, `alumi rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from alumi_pipelines.settings import Settings
+
+
+def _lake(settings: Settings):
+    from alumi_pipelines.resources.lake import Lake
+
+    return Lake(base_uri=settings.lake_uri)
+
+
+def register_batches(batch_ids: list[str]) -> list[str]:
+    """Add landing batches as partitions of the Dagster instance (DAGSTER_HOME); returns the new ones."""
+    import os
+
+    from alumi_pipelines.partitions import landing_batches
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return []
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(landing_batches.name))
+    new = [b for b in batch_ids if b not in known]
+    if new:
+        instance.add_dynamic_partitions(landing_batches.name, new)
+    return new
+
+
+def cmd_demo_data(args, settings: Settings) -> int:
+    from alumi_pipelines.lib.synth import write_landing_batch
+    from alumi_pipelines.resources import lake_layout as layout
+
+    lake = _lake(settings)
+    start = dt.date.fromisoformat(args.start) if args.start else dt.date.today() - dt.timedelta(days=args.days - 1)
+    batches = []
+    for d in range(args.days):
+        day = start + dt.timedelta(days=d)
+        batch = f"day-{day.isoformat()}" + (f"-{args.condition}" if args.condition != "nominal" else "")
+        summary = write_landing_batch(
+            lambda key, data, b=batch: layout.write_landing_file(lake, b, key, data),
+            batch, args.images, day=day, seed=args.seed, size=args.size, condition=args.condition,
+        )
+        batches.append(batch)
+        print(f"{batch}: {summary['images']} images, {summary['boxes']} boxes -> {lake.uri(layout.landing_prefix(batch))}")
+    new = register_batches(batches)
+    if new:
+        print(f"registered {len(new)} new partition(s) of landing_batches")
+    return 0
+
+
+def _safe_member(name: str) -> str | None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]) or "\x00" in name:
+        return None
+    return path.as_posix()
+
+
+def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] | None) -> dict:
+    """Copy a dataset folder or .zip archive verbatim into landing/<batch>/, then write its marker."""
+    from alumi_pipelines.lib.ingest import BATCH_MARKER, check_batch_id
+    from alumi_pipelines.resources import lake_layout as layout
+
+    check_batch_id(batch)
+    rejected: list[dict] = []
+    copied = 0
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                safe = _safe_member(info.filename)
+                if safe is None:
+                    rejected.append({"batch": batch, "path": info.filename, "stage": "archive",
+                                     "reason": "archive member name leaves the batch folder (absolute or '..')"})
+                    continue
+                layout.write_landing_file(lake, batch, safe, archive.read(info))
+                copied += 1
+    elif source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            layout.write_landing_file(lake, batch, path.relative_to(source).as_posix(), path.read_bytes())
+            copied += 1
+    else:
+        raise SystemExit(f"alumi import: {source} is neither a folder nor a .zip archive")
+    if rejected:
+        layout.write_quarantine(lake, batch, rejected, lambda p: b"")
+    marker = {
+        "batch_id": batch,
+        "format": fmt,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "source": str(source),
+        "classes": classes,
+    }
+    layout.write_landing_file(lake, batch, BATCH_MARKER, json.dumps(marker, indent=2).encode())
+    return {"batch": batch, "files": copied, "rejected": len(rejected)}
+
+
+def cmd_import(args, settings: Settings) -> int:
+    from alumi_pipelines.settings import parse_classes
+
+    source = Path(args.path).expanduser().resolve()
+    classes = list(parse_classes(args.classes)) if args.classes else None
+    if classes is None and args.format == "yolo":
+        for candidate in ("classes.txt", "obj.names"):
+            if (source / candidate).is_file():
+                classes = list(parse_classes(str(source / candidate)))
+                break
+    batch = args.batch or f"import-{source.stem.lower().replace(' ', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
+    result = import_dataset(_lake(settings), source, args.format, batch, classes)
+    print(f"{result['batch']}: copied {result['files']} files into landing ({result['rejected']} archive members rejected)")
+    register_batches([batch])
+    return 0
+
+
+def cmd_batches(args, settings: Settings) -> int:
+    from alumi_pipelines.resources import lake_layout as layout
+
+    batches = [b for b in layout.list_landing_batches(_lake(settings)) if b.complete]
+    ids = [b.batch_id for b in batches]
+    register_batches(ids)
+    if args.tags:
+        if not ids:
+            print("alumi batches: no complete landing batch; run `alumi demo-data` or `alumi import` first", file=sys.stderr)
+            return 1
+        print(json.dumps({"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]}))
+    else:
+        for b in batches:
+            print(f"{b.batch_id}\t{b.files} files")
+    return 0
+
+
+def cmd_promote(args, settings: Settings) -> int:
+    from alumi_pipelines.resources.mlflow_registry import promote
+
+    result = promote(settings, args.version, model_name=args.model)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_rollback(args, settings: Settings) -> int:
+    from alumi_pipelines.resources.mlflow_registry import rollback
+
+    result = rollback(settings, model_name=args.model)
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alumi", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="write synthetic aluminium images into landing/ (one batch per day)")
+    p.add_argument("--images", type=int, default=40, help="images per day")
+    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--start", help="first day (YYYY-MM-DD); default: so the last day is today")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=640, help="image side in pixels")
+    p.add_argument("--condition", choices=("nominal", "dark", "blurred"), default="nominal")
+    p.set_defaults(fn=cmd_demo_data)
+
+    p = sub.add_parser("import", help="copy an existing labelled dataset (folder or .zip) into landing/")
+    p.add_argument("path")
+    p.add_argument("--format", required=True, choices=("yolo", "voc", "coco", "labelme", "alumi"))
+    p.add_argument("--batch", help="batch id (default: import-<name>-<time>)")
+    p.add_argument("--classes", help="the dataset's class names: 'a,b,c' or a classes.txt (YOLO ids index it)")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("batches", help="list complete landing batches and register them as partitions")
+    p.add_argument("--tags", action="store_true", help="print `dagster job execute --tags` JSON covering all batches")
+    p.set_defaults(fn=cmd_batches)
+
+    for name, fn, helptext in (("promote", cmd_promote, "move the champion alias to a model version"),
+                               ("rollback", cmd_rollback, "move the champion alias back to the previous version")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", help="registered model name (default: ALUMI_MODEL_NAME)")
+        if name == "promote":
+            p.add_argument("version", help="model version number")
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Pre- and post-processing of YOLO detectors in numpy, numerically the same as ultralytics predict.
+
+Letterbox: keep the aspect ratio, resize with bilinear interpolation, pad with grey 114 centred.
+Decode: the ONNX output ``(1, 4 + nc, N)`` holds centre-x, centre-y, width, height in letterboxed
+pixels and one score per class; the best class of each candidate is kept, candidates at or under
+the confidence threshold are dropped, class-wise NMS removes overlaps, and boxes are mapped back
+to the original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+# Offset per class id that separates the classes for class-wise NMS in one pass (as ultralytics).
+CLASS_OFFSET = 7680.0
+MAX_NMS_CANDIDATES = 30000
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was placed in the model input: resized size, per-axis gains and padding."""
+
+    orig_height: int
+    orig_width: int
+    input_height: int
+    input_width: int
+    resized_width: int
+    resized_height: int
+    pad_left: int
+    pad_top: int
+
+    @property
+    def gain_x(self) -> float:
+        return self.resized_width / self.orig_width
+
+    @property
+    def gain_y(self) -> float:
+        return self.resized_height / self.orig_height
+
+
+def letterbox_params(orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
+    """Resize size and padding for an image of ``orig_hw`` in a model input of ``input_hw``."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size {w}x{h}: both sides must be positive")
+    ih, iw = int(input_hw[0]), int(input_hw[1])
+    r = min(ih / h, iw / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = (iw - new_w) / 2, (ih - new_h) / 2
+    return Letterbox(
+        orig_height=h,
+        orig_width=w,
+        input_height=ih,
+        input_width=iw,
+        resized_width=new_w,
+        resized_height=new_h,
+        pad_left=round(dw - 0.1),
+        pad_top=round(dh - 0.1),
+    )
+
+
+def letterbox(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """The image (H, W, 3 uint8) resized and padded to ``input_hw``, and the placement used."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image array of shape {image.shape}: expected (height, width, 3)")
+    params = letterbox_params(image.shape[:2], input_hw)
+    if (image.shape[1], image.shape[0]) != (params.resized_width, params.resized_height):
+        image = cv2.resize(image, (params.resized_width, params.resized_height), interpolation=cv2.INTER_LINEAR)
+    right = params.input_width - params.resized_width - params.pad_left
+    bottom = params.input_height - params.resized_height - params.pad_top
+    padded = cv2.copyMakeBorder(
+        image, params.pad_top, bottom, params.pad_left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
+    )
+    return padded, params
+
+
+def to_input_tensor(letterboxed_bgr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) BGR uint8 → (1, 3, H, W) RGB float32 in [0, 1], contiguous."""
+    rgb_chw = letterboxed_bgr[:, :, ::-1].transpose(2, 0, 1)
+    tensor = np.ascontiguousarray(rgb_chw, dtype=np.float32)
+    tensor *= np.float32(1.0 / 255.0)
+    return tensor[None]
+
+
+def preprocess(image_bgr: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Letterbox then convert to the model's input tensor."""
+    padded, params = letterbox(image_bgr, input_hw)
+    return to_input_tensor(padded), params
+
+
+def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of ``boxes`` (float32, as torchvision computes it)."""
+    ix1 = np.maximum(box[0], boxes[:, 0])
+    iy1 = np.maximum(box[1], boxes[:, 1])
+    ix2 = np.minimum(box[2], boxes[:, 2])
+    iy2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area + areas - inter)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS: indices of kept boxes, highest score first; a box is dropped when IoU > threshold."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), dtype=bool)
+    sorted_boxes = boxes[order]
+    threshold = np.float32(iou_threshold)
+    for rank in range(len(order)):
+        if suppressed[rank]:
+            continue
+        keep.append(int(order[rank]))
+        rest = rank + 1
+        if rest >= len(order):
+            break
+        ious = box_iou_one_to_many(sorted_boxes[rank], sorted_boxes[rest:])
+        suppressed[rest:] |= ious > threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Class-wise NMS: boxes of different classes never suppress each other."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = class_ids.astype(np.float32)[:, None] * np.float32(CLASS_OFFSET)
+    return nms(boxes.astype(np.float32) + offsets, scores, iou_threshold)
+
+
+def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    """Centre/size boxes → corner boxes."""
+    out = np.empty_like(xywh)
+    half_w, half_h = xywh[:, 2] / 2, xywh[:, 3] / 2
+    out[:, 0] = xywh[:, 0] - half_w
+    out[:, 1] = xywh[:, 1] - half_h
+    out[:, 2] = xywh[:, 0] + half_w
+    out[:, 3] = xywh[:, 1] + half_h
+    return out
+
+
+def scale_to_original(boxes_xyxy: np.ndarray, params: Letterbox) -> np.ndarray:
+    """Boxes in model-input pixels → original-image pixels, clipped to the image."""
+    out = boxes_xyxy.astype(np.float32, copy=True)
+    out[:, [0, 2]] -= params.pad_left
+    out[:, [1, 3]] -= params.pad_top
+    out[:, [0, 2]] /= np.float32(params.gain_x)
+    out[:, [1, 3]] /= np.float32(params.gain_y)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, params.orig_width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, params.orig_height)
+    return out
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Kept boxes of one image: xyxy in original pixels, confidences and class ids."""
+
+    boxes: np.ndarray  # (n, 4) float32
+    confidences: np.ndarray  # (n,) float32
+    class_ids: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.confidences)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def postprocess(
+    output: np.ndarray,
+    params: Letterbox,
+    conf_threshold: float = 0.25,
+    iou_threshold: float = 0.7,
+    max_det: int = 300,
+    num_classes: int | None = None,
+    end_to_end: bool = False,
+) -> Detections:
+    """Model output of one image → detections in original-image pixels.
+
+    ``output`` is ``(1, 4 + nc, N)`` (YOLOv8/YOLO11) or, for end-to-end models, ``(1, N, 6)`` rows of
+    x1, y1, x2, y2, confidence, class id that need no NMS.
+    """
+    if not 0.0 <= conf_threshold <= 1.0:
+        raise ValueError(f"conf threshold {conf_threshold}: must be between 0 and 1")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou threshold {iou_threshold}: must be between 0 and 1")
+    pred = np.asarray(output, dtype=np.float32)
+    if pred.ndim == 3:
+        if pred.shape[0] != 1:
+            raise ValueError(f"model output of shape {pred.shape}: expected a batch of one image")
+        pred = pred[0]
+    if pred.ndim != 2:
+        raise ValueError(f"model output of shape {np.shape(output)}: expected (1, 4 + classes, boxes)")
+
+    if end_to_end:
+        if pred.shape[-1] != 6:
+            raise ValueError(f"end-to-end model output of shape {np.shape(output)}: expected (1, boxes, 6)")
+        keep = pred[:, 4] > conf_threshold
+        rows = pred[keep][:max_det]
+        boxes, confidences, class_ids = rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64)
+    else:
+        nc = num_classes if num_classes is not None else pred.shape[0] - 4
+        if nc < 1 or pred.shape[0] < 4 + nc:
+            raise ValueError(f"model output of shape {np.shape(output)}: fewer than 4 + {nc} rows")
+        candidates = pred[:, pred[4 : 4 + nc].max(axis=0) > conf_threshold].T
+        if len(candidates) == 0:
+            return Detections.empty()
+        class_scores = candidates[:, 4 : 4 + nc]
+        class_ids = class_scores.argmax(axis=1)
+        confidences = class_scores[np.arange(len(class_ids)), class_ids]
+        boxes = xywh_to_xyxy(candidates[:, :4])
+        ok = confidences > conf_threshold
+        boxes, confidences, class_ids = boxes[ok], confidences[ok], class_ids[ok]
+        if len(confidences) > MAX_NMS_CANDIDATES:
+            top = np.argsort(-confidences, kind="stable")[:MAX_NMS_CANDIDATES]
+            boxes, confidences, class_ids = boxes[top], confidences[top], class_ids[top]
+        kept = batched_nms(boxes, confidences, class_ids, iou_threshold)[:max_det]
+        boxes, confidences, class_ids = boxes[kept], confidences[kept], class_ids[kept]
+    if len(confidences) == 0:
+        return Detections.empty()
+    return Detections(
+        boxes=scale_to_original(boxes, params),
+        confidences=confidences.astype(np.float32),
+        class_ids=class_ids.astype(np.int64),
+    )

@@ -1,0 +1,76 @@
+"""Imaging: probing rejects what is unusable; normalising shrinks, makes 3 channels and measures."""
+
+import cv2
+import numpy as np
+import pytest
+
+from alumi_pipelines.lib import imaging
+
+
+def _jpeg(w, h, grey=False, value=128):
+    img = np.full((h, w) if grey else (h, w, 3), value, np.uint8)
+    cv2.rectangle(img, (w // 4, h // 4), (w // 2, h // 2), 255, -1)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def _png(w, h):
+    return cv2.imencode(".png", np.zeros((h, w, 3), np.uint8))[1].tobytes()
+
+
+def test_probe_reports_size_channels_format():
+    assert imaging.probe(_jpeg(300, 200)) == imaging.ImageInfo(300, 200, 3, "jpeg")
+    assert imaging.probe(_jpeg(64, 64, grey=True)).channels == 1
+    assert imaging.probe(_png(50, 40)) == imaging.ImageInfo(50, 40, 3, "png")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"hello, not an image", "not an image"),
+        (_jpeg(200, 200)[:400], "truncated JPEG"),
+        (_png(100, 100)[:60], "truncated PNG"),
+        (b"\xff\xd8\xff" + b"\x00" * 500 + b"\xff\xd9", "corrupt jpeg"),
+    ],
+)
+def test_probe_rejects_with_a_reason(data, reason):
+    with pytest.raises(imaging.ImageRejected, match=reason):
+        imaging.probe(data)
+
+
+def test_normalise_shrinks_large_images_and_keeps_aspect():
+    data = _jpeg(1600, 1200)
+    out = imaging.normalise(data, imaging.probe(data), 640)
+    assert (out.width, out.height) == (640, 480)
+    decoded = cv2.imdecode(np.frombuffer(out.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.shape == (480, 640, 3)
+    assert out.image_id == imaging.sha256(data)
+
+
+def test_normalise_never_enlarges_and_makes_grey_three_channel():
+    data = _jpeg(100, 80, grey=True, value=60)
+    out = imaging.normalise(data, imaging.probe(data), 640)
+    assert (out.width, out.height) == (100, 80)
+    assert cv2.imdecode(np.frombuffer(out.data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (80, 100, 3)
+    assert out.features["saturation"] == pytest.approx(0, abs=1)
+
+
+def test_features_track_brightness_and_sharpness():
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    blurred = cv2.GaussianBlur(sharp, (9, 9), 3)
+    dark = (sharp * 0.3).astype(np.uint8)
+    f_sharp, f_blur, f_dark = (imaging.features(x) for x in (sharp, blurred, dark))
+    assert f_blur["sharpness"] < f_sharp["sharpness"] / 10
+    assert f_dark["brightness"] == pytest.approx(f_sharp["brightness"] * 0.3, rel=0.05)
+    assert set(f_sharp) == set(imaging.FEATURE_COLUMNS)
+
+
+def test_normalise_is_deterministic():
+    data = _jpeg(900, 700)
+    info = imaging.probe(data)
+    assert imaging.normalise(data, info, 640).data == imaging.normalise(data, info, 640).data
+
+
+def test_parallel_map_keeps_order():
+    assert list(imaging.parallel_map(lambda x: x * 2, range(50), workers=2)) == [x * 2 for x in range(50)]
