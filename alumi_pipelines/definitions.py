@@ -5,6 +5,7 @@ from dagster import Definitions, load_asset_checks_from_modules, load_assets_fro
 from alumi_pipelines.assets import gold, processed, raw
 from alumi_pipelines.jobs import JOBS
 from alumi_pipelines.resources import build_resources
+from alumi_pipelines.sensors.landing import landing_sensor
 
 _modules = [raw, processed, gold]
 
@@ -12,5 +13,6 @@ defs = Definitions(
     assets=load_assets_from_modules(_modules),
     asset_checks=load_asset_checks_from_modules(_modules),
     jobs=JOBS,
+    sensors=[landing_sensor],
     resources=build_resources(),
 )

@@ -1,0 +1,68 @@
+"""Incremental cost: time to ingest + process one new day when the lake holds 1 day vs 20 days.
+
+Runs the same code path as the partitioned assets (one batch = one partition). Target: within 20 %.
+
+    .venv/bin/python benchmarks/bench_incremental.py [--images 30] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=30, help="images per day")
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    from alumi_pipelines.lib.synth import write_landing_batch
+    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.resources.lake import Lake
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+    from alumi_pipelines.settings import DEFAULT_CLASSES
+
+    settings = PipelineSettings(classes=list(DEFAULT_CLASSES))
+    start = dt.date(2026, 10, 1)
+
+    def land(lake, day_index):
+        day = start + dt.timedelta(days=day_index)
+        batch = f"day-{day.isoformat()}"
+        write_landing_batch(lambda k, d: layout.write_landing_file(lake, batch, k, d), batch, args.images,
+                            day=day, seed=day_index, size=args.size)
+        return batch
+
+    def one_day(lake, batch):
+        t = time.perf_counter()
+        layout.ingest_landing_batch(lake, batch, settings)
+        layout.process_batch(lake, batch, settings)
+        return time.perf_counter() - t
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Lake(base_uri=str(Path(tmp) / "lake"))
+        for i in range(20):
+            one_day(lake, land(lake, i))
+            if i == 0:
+                results["1 day in lake"] = [one_day(lake, land(lake, 100 + r)) for r in range(args.repeat)]
+        results["20 days in lake"] = [one_day(lake, land(lake, 200 + r)) for r in range(args.repeat)]
+    base = statistics.median(results["1 day in lake"])
+    print(f"\n{args.images} images/day at {args.size}px, median of {args.repeat}")
+    print(f"{'lake holds':<18} {'new day (s)':>12} {'ratio':>7}")
+    for name, times in results.items():
+        print(f"{name:<18} {statistics.median(times):>12.3f} {statistics.median(times) / base:>6.2f}x")
+    print("target: 20 days within 1.20x of 1 day")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

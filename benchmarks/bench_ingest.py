@@ -1,0 +1,111 @@
+"""Ingest throughput (raw → processed, images/s) against the decode + resize floor, in one run.
+
+The floor decodes the same raw files with the same library (cv2) and resizes them to the same size on
+every core, writing nothing. The pipeline's processing step also encodes, measures features and writes
+to the lake. Target: pipeline >= 70 % of the floor.
+
+    .venv/bin/python benchmarks/bench_ingest.py                 # cr7 sample + 200 synthetic 1024x1024
+    .venv/bin/python benchmarks/bench_ingest.py --synthetic 100 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CR7 = REPO.parent / "shared" / "data" / "cr7_det_sample"
+
+
+def _floor(lake, batch: str, size: int, workers: int) -> float:
+    """Seconds to decode + resize every raw image of the batch (no encode, no write)."""
+    import cv2
+    import numpy as np
+
+    from alumi_pipelines.lib.imaging import parallel_map, resize_longest
+    from alumi_pipelines.resources import lake_layout as layout
+
+    manifest = lake.read_table(layout.raw_manifest_key(batch)).unique("image_id", maintain_order=True)
+    keys = [layout.raw_image_key(i, ".jpg" if f == "jpeg" else f".{f}") for i, f in manifest.select("image_id", "format").iter_rows()]
+
+    def work(key):
+        image = cv2.imdecode(np.frombuffer(lake.read_bytes(key), np.uint8), cv2.IMREAD_COLOR)
+        return resize_longest(image, size).shape
+
+    t = time.perf_counter()
+    for _ in parallel_map(work, keys, workers):
+        pass
+    return time.perf_counter() - t
+
+
+def _pipeline(lake, batch: str, settings) -> float:
+    from alumi_pipelines.resources import lake_layout as layout
+
+    lake.delete("processed")
+    t = time.perf_counter()
+    layout.process_batch(lake, batch, settings)
+    return time.perf_counter() - t
+
+
+def _prepare(lake, settings, batch: str, *, cr7: bool, n: int, size: int) -> int:
+    from alumi_pipelines.cli import import_dataset
+    from alumi_pipelines.resources import lake_layout as layout
+
+    if cr7:
+        import_dataset(lake, CR7, "yolo", batch, [l.strip() for l in (CR7 / "classes.txt").read_text().splitlines() if l.strip()])
+    else:
+        from alumi_pipelines.lib.synth import write_landing_batch
+
+        write_landing_batch(lambda k, d: layout.write_landing_file(lake, batch, k, d), batch, n,
+                            day=dt.date(2026, 11, 1), seed=0, size=size, image_format="jpg")
+    result = layout.ingest_landing_batch(lake, batch, settings)
+    return len({m["image_id"] for m in result.manifest})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic", type=int, default=200, help="synthetic 1024x1024 images (0 to skip)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size", type=int, default=640, help="processed longest side")
+    args = parser.parse_args()
+
+    from alumi_pipelines.resources.lake import Lake
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+
+    workers = os.cpu_count() or 1
+    rows = []
+    cases = []
+    if CR7.is_dir():
+        cases.append(("cr7 sample (400x400 JPEG)", True, 0, 400))
+    else:
+        print(f"skipping cr7: {CR7} not found")
+    if args.synthetic:
+        cases.append((f"synthetic {args.synthetic} x 1024x1024", False, args.synthetic, 1024))
+    for name, cr7, n, size in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            lake = Lake(base_uri=str(Path(tmp) / "lake"))
+            classes = ["inclusions", "dents", "oil_spots", "pits", "punching", "linear", "macular"] if cr7 else None
+            settings = PipelineSettings(classes=classes or ["scratch", "dent", "pit", "crack", "stain"],
+                                        image_size=args.size, workers=workers)
+            images = _prepare(lake, settings, "bench", cr7=cr7, n=n, size=size)
+            floor = [_floor(lake, "bench", args.size, workers) for _ in range(args.repeat)]
+            pipe = [_pipeline(lake, "bench", settings) for _ in range(args.repeat)]
+            f, p = statistics.median(floor), statistics.median(pipe)
+            rows.append((name, images, images / f, images / p, f / p))
+    print(f"\nworkers={workers}, processed size {args.size}, median of {args.repeat}")
+    print(f"{'dataset':<32} {'images':>7} {'floor img/s':>12} {'pipeline img/s':>15} {'ratio':>7}")
+    for name, images, floor_rate, pipe_rate, ratio in rows:
+        print(f"{name:<32} {images:>7} {floor_rate:>12.1f} {pipe_rate:>15.1f} {ratio:>6.2f}x")
+    print("target: ratio >= 0.70")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The code location loads fast and without the heavy libraries."""
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("torch", "ultralytics", "mlflow", "evidently", "great_expectations", "xgboost", "albumentations", "onnxruntime")
+
+
+def test_definitions_load_without_heavy_imports():
+    code = (
+        "import sys, json; import alumi_pipelines.definitions as d; "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_definitions_contain_the_documented_names():
+    from alumi_pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    jobs = set(repo.job_names)
+    assert {"ingestion_job", "end_to_end_job"} <= jobs
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"raw_images", "raw_labels", "processed_images", "processed_labels", "gold_dataset"} <= keys
+    groups = {repo.asset_graph.get(k).group_name for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"raw", "processed", "gold"} <= groups
+    assert "landing_sensor" in {s.name for s in repo.sensor_defs}
