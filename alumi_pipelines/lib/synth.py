@@ -28,7 +28,8 @@ SYNTH_CLASSES: tuple[str, ...] = ("scratch", "dent", "pit", "crack", "stain")
 CONDITIONS = ("nominal", "dark", "blurred")  # dark: much lower exposure; blurred: strong defocus
 IMAGE_FORMATS = ("png", "jpg")
 
-VISIBLE_DELTA = 6.0  # grey levels a drawn pixel must change by to belong to its defect's mask
+VISIBLE_DELTA = 6.0  # grey levels a drawn pixel must change by to belong to its defect's mask ...
+VISIBLE_PEAK_SHARE = 0.12  # ... and at least this share of the defect's strongest change (soft dent edges)
 MIN_DEFECT_PIXELS = 6  # a defect cropped away to fewer visible pixels than this gets no box
 MIN_SIDE = 32
 DEFECT_COUNT_WEIGHTS = (0.15, 0.30, 0.25, 0.18, 0.12)  # P(0..4 defects in an image)
@@ -66,7 +67,10 @@ def render_image(
     augment: bool = True,
     with_defects: bool = True,
 ) -> SyntheticImage:
-    """Render one aluminium surface image with 0-4 defects of ``classes`` and their exact boxes."""
+    """Render one aluminium surface image with 0-4 defects of ``classes`` and their exact boxes.
+
+    ``with_defects=False`` renders the same surface, noise and augmentation with no defect drawn.
+    """
     import cv2
 
     _check_render_args(seed, width, height, condition, classes)
@@ -93,11 +97,14 @@ def render_image(
         image += colour_delta
 
     image = _apply_condition(condition_rng, image, condition, scale)
-    sigma = sensor_rng.uniform(1.2, 3.0) * (1.6 if condition == "dark" else 1.0)
-    image += (sensor_rng.standard_normal((height, width), dtype=np.float32) * np.float32(sigma))[:, :, None]
-    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    sigma = sensor_rng.uniform(0.6, 1.5) * (1.6 if condition == "dark" else 1.0)
+    noise = sensor_rng.standard_normal((height, width), dtype=np.float32)
+    noise *= np.float32(sigma)
+    noise += np.float32(0.5)  # rounds on the cast below
+    image += noise[:, :, None]
+    image = np.clip(image, 0, 255, out=image).astype(np.uint8)
 
-    mask_bits = np.zeros((height, width), dtype=np.uint8)
+    mask_bits = np.zeros((height, width), dtype=np.uint8)  # bit i marks defect i (at most 4 of them)
     for bit, d in enumerate(defects):
         h, w = d.mask.shape
         region = mask_bits[d.y0 : d.y0 + h, d.x0 : d.x0 + w]
@@ -126,13 +133,13 @@ def render_image(
 
 
 def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
-    """PNG (lossless) or JPEG (quality 92) bytes of a BGR image; the same image gives the same bytes."""
+    """PNG (lossless, fast compression) or JPEG (quality 92) bytes of a BGR image; the same image gives the same bytes."""
     import cv2
 
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format {image_format!r}: must be one of {', '.join(IMAGE_FORMATS)}")
     if image_format == "png":
-        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     else:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
@@ -275,16 +282,17 @@ def _surface(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     fine = cv2.blur(noise, (short_len, 1), borderType=cv2.BORDER_REFLECT) * np.float32(math.sqrt(short_len))
     streak = cv2.blur(noise, (long_len, 1), borderType=cv2.BORDER_REFLECT) * np.float32(math.sqrt(long_len))
     streak = cv2.GaussianBlur(streak, (1, 3), 0)
-    grain = fine * np.float32(rng.uniform(2.0, 4.5)) + streak * np.float32(rng.uniform(3.0, 7.0))
+    grain = fine * np.float32(rng.uniform(3.0, 6.0)) + streak * np.float32(rng.uniform(3.0, 7.0))
 
     # Full-length row profile: slow banding plus sharp extrusion die lines.
-    rows = cv2.GaussianBlur(rng.standard_normal((gh, 1), dtype=np.float32), (1, 0), sigmaX=0, sigmaY=gh / 60)
+    knots = rng.standard_normal((max(4, gh // 24), 1)).astype(np.float32)
+    rows = cv2.resize(knots, (1, gh), interpolation=cv2.INTER_CUBIC)
     rows *= np.float32(rng.uniform(6.0, 14.0) / max(float(np.abs(rows).max()), 1e-6))
     idx = np.arange(gh, dtype=np.float32)[:, None]
     for _ in range(int(rng.integers(1, 7))):
         centre = rng.uniform(0, gh)
         half_width = rng.uniform(0.5, 1.8) * max(1.0, gh / 640)
-        rows += np.float32(rng.choice([-1, 1]) * rng.uniform(5, 16)) * np.exp(-(((idx - centre) / half_width) ** 2))
+        rows += np.float32(rng.choice([-1, 1]) * rng.uniform(8, 22)) * np.exp(-(((idx - centre) / half_width) ** 2))
     grain += rows
 
     tilt = rng.uniform(-6.0, 6.0)
@@ -298,7 +306,7 @@ def _surface(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     xs = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
     phi = rng.uniform(0, 2 * math.pi)
     gradient = 1 + np.float32(rng.uniform(0.04, 0.14)) * (xs * np.float32(math.cos(phi)) + ys * np.float32(math.sin(phi)))
-    cx, cy = rng.uniform(-0.3, 0.3, size=2)
+    cx, cy = (float(v) for v in rng.uniform(-0.3, 0.3, size=2))
     vignette = 1 - np.float32(rng.uniform(0.06, 0.22)) * (((xs - cx) ** 2 + (ys - cy) ** 2) / 2)
     along = xs if not vertical else ys  # the band's profile varies along the grain
     band_pos, band_width = rng.uniform(-0.7, 0.7), rng.uniform(0.12, 0.4)
@@ -320,7 +328,7 @@ def _apply_condition(rng: np.random.Generator, image: np.ndarray, condition: str
     if condition == "dark":
         image *= np.float32(rng.uniform(0.15, 0.28))
     elif condition == "blurred":
-        radius = max(3, int(round(scale * rng.uniform(0.009, 0.013))))
+        radius = max(3, int(round(scale * rng.uniform(0.011, 0.016))))
         kernel = np.zeros((2 * radius + 1, 2 * radius + 1), np.float32)
         cv2.circle(kernel, (radius, radius), radius, 1.0, -1, cv2.LINE_AA)
         kernel /= kernel.sum()
@@ -347,8 +355,8 @@ def _augmenter(seed: int):
             ),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.15, p=0.8),
             A.RandomGamma(gamma_limit=(85, 115), p=0.5),
-            A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 0.8)), A.MotionBlur(blur_limit=(3, 5))], p=0.25),
-            A.GaussNoise(std_range=(0.004, 0.02), per_channel=True, p=0.5),
+            A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 0.7)), A.MotionBlur(blur_limit=(3, 3))], p=0.2),
+            A.GaussNoise(std_range=(0.002, 0.008), per_channel=True, p=0.4),
         ],
         seed=seed,
     )
@@ -406,8 +414,10 @@ def _stroke_canvas(region, polylines: list[tuple[np.ndarray, int]]) -> np.ndarra
 
 
 def _finish(class_name, region, delta) -> _Defect:
+    """The defect with its mask: pixels changed by at least VISIBLE_DELTA and VISIBLE_PEAK_SHARE of its peak change."""
     magnitude = np.abs(delta) if delta.ndim == 2 else np.abs(delta).max(axis=2)
-    return _Defect(class_name, region[0], region[1], delta.astype(np.float32), magnitude >= VISIBLE_DELTA)
+    threshold = max(VISIBLE_DELTA, VISIBLE_PEAK_SHARE * float(magnitude.max()))
+    return _Defect(class_name, region[0], region[1], delta.astype(np.float32), magnitude >= threshold)
 
 
 def _scratch(rng, scale, cx, cy, light, height, width) -> _Defect | None:
@@ -460,7 +470,7 @@ def _dent(rng, scale, cx, cy, light, height, width) -> _Defect | None:
     shading = bowl * (u * lu + v * lv * (a / b))
     shading /= max(float(np.abs(shading).max()), 1e-6)
     amplitude = rng.uniform(25, 50)
-    delta = np.float32(amplitude) * shading - np.float32(amplitude * 0.3) * bowl
+    delta = np.float32(amplitude) * shading - np.float32(amplitude * 0.12) * bowl
     return _finish("dent", region, delta)
 
 
@@ -495,7 +505,7 @@ def _crack(rng, scale, cx, cy, light, height, width) -> _Defect | None:
     step = max(2.0, 0.007 * scale)
     length = rng.uniform(0.12, 0.35) * scale
     heading = rng.uniform(0, 2 * math.pi)
-    main = _jagged_walk(rng, np.zeros(2), heading, int(length / step), step)
+    main = _jagged_walk(rng, np.zeros(2), heading, max(4, int(length / step)), step)
     main += np.array([cx, cy]) - (main.min(0) + main.max(0)) / 2
     thickness = max(1, int(round(rng.uniform(0.8, 1.8) * scale / 640)))
     strokes = [(main, thickness)]
@@ -540,11 +550,11 @@ def _stain(rng, scale, cx, cy, light, height, width) -> _Defect | None:
     v = (-(xs - cx) * s + (ys - cy) * c) / (radius * aspect)
     wobble = cv2.resize(rng.standard_normal((6, 6)).astype(np.float32), (region[3], region[2]), interpolation=cv2.INTER_CUBIC)
     field = 1 - (u * u + v * v) + 0.3 * wobble
-    body = np.clip((field - 0.25) / 0.2, 0, 1)
-    amplitude = np.float32(rng.uniform(12, 28))
+    body = np.clip((field - 0.25) / 0.3, 0, 1) * np.clip(0.8 + 0.25 * wobble[::-1, ::-1], 0.5, 1.0)
+    amplitude = np.float32(rng.uniform(14, 30))
     if rng.random() < 0.5:  # water mark: faint grey body, darker rim where the drop dried
         ring = np.exp(-(((field - 0.27) / 0.07) ** 2)) * (field > 0.1)
-        lum = -(0.45 * body + 0.9 * ring) * amplitude
+        lum = -(0.6 * body + 0.8 * ring) * amplitude
         delta = lum[:, :, None] * np.array([1.05, 1.0, 0.95], np.float32)
     else:  # oily film: darker and warmer (blue drops most, red least)
         tone = np.array([-1.0, -0.65, -0.25], np.float32) * np.float32(rng.uniform(0.8, 1.2))

@@ -44,6 +44,7 @@ def prepare_offline(config_dir: str | Path) -> Path:
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations asks PyPI for updates on import
     os.environ["YOLO_VERBOSE"] = os.environ.get("YOLO_VERBOSE", "False")
     os.environ.setdefault("MPLBACKEND", "Agg")
     font = _font_source()
