@@ -14,3 +14,4 @@ def run(cmd, env, cwd=REPO, timeout=900):
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+CR7 = REPO.parent / "shared" / "data" / "cr7_det_sample"
