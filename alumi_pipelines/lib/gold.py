@@ -9,6 +9,7 @@ import polars as pl
 from alumi_pipelines.lib.splits import SPLITS, assign_splits, dataset_hash
 
 _ROUND = 6  # decimals kept for box coordinates in the hash and the YOLO files
+AGREE_IOU = 0.5  # two label sets of one image agree when every box has a same-class partner this close
 
 
 @dataclass
@@ -43,12 +44,33 @@ def _label_sets(labels: pl.DataFrame) -> tuple[dict[str, tuple], list[dict]]:
         key = tuple(sorted(set(boxes)))
         if image_id not in chosen:
             chosen[image_id], sources[image_id] = key, f"{batch}/{source}"
-        elif chosen[image_id] != key:
+        elif not sets_agree(chosen[image_id], key):
             conflicts.append(
                 {"image_id": image_id, "kept": sources[image_id], "other": f"{batch}/{source}",
                  "kept_boxes": len(chosen[image_id]), "other_boxes": len(key)}
             )
     return chosen, conflicts
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    ax1, ay1, ax2, ay2 = a[1] - a[3] / 2, a[2] - a[4] / 2, a[1] + a[3] / 2, a[2] + a[4] / 2
+    bx1, by1, bx2, by2 = b[1] - b[3] / 2, b[2] - b[4] / 2, b[1] + b[3] / 2, b[2] + b[4] / 2
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = a[3] * a[4] + b[3] * b[4] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def sets_agree(a: tuple, b: tuple) -> bool:
+    """Same number of boxes and a one-to-one same-class match at IoU >= AGREE_IOU (greedy)."""
+    if len(a) != len(b):
+        return False
+    unmatched = list(b)
+    for box in a:
+        best = max((m for m in unmatched if m[0] == box[0]), key=lambda m: _iou(box, m), default=None)
+        if best is None or _iou(box, best) < AGREE_IOU:
+            return False
+        unmatched.remove(best)
+    return True
 
 
 def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str], *, seed: int = 0) -> GoldPlan:

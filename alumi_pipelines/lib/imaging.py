@@ -28,6 +28,7 @@ FEATURE_COLUMNS = (
 
 PROCESSED_EXT = ".jpg"
 _JPEG_QUALITY = 95
+FEATURE_SIDE = 256  # features are measured on a thumbnail of this longest side, whatever the image size
 
 
 class ImageRejected(ValueError):
@@ -130,7 +131,8 @@ def resize_longest(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def features(image: np.ndarray) -> dict[str, float]:
-    """Per-image features used by data checks and drift reports."""
+    """Per-image features used by data checks and drift reports (measured at FEATURE_SIDE)."""
+    image = resize_longest(image, FEATURE_SIDE)
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     mean, std = cv2.meanStdDev(grey)
     _, lap_std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))
@@ -147,8 +149,19 @@ def features(image: np.ndarray) -> dict[str, float]:
     }
 
 
+def conforms(info: ImageInfo, max_side: int) -> bool:
+    """Already a 3-channel JPEG within max_side: the processed zone keeps its bytes as they are."""
+    return info.format == "jpeg" and info.channels == 3 and max(info.width, info.height) <= max_side
+
+
 def normalise(data: bytes, info: ImageInfo, max_side: int, image_id: str | None = None) -> ProcessedImage:
-    """Decode (reduced in the DCT domain where possible), shrink, make 3-channel, encode JPEG, measure."""
+    """Decode (reduced in the DCT domain where possible), shrink, make 3-channel, encode JPEG, measure.
+
+    A conforming image keeps its bytes; only a DCT-reduced decode is made, to measure its features.
+    """
+    if conforms(info, max_side):
+        thumb = decode(data, reduce=_reduction(info.width, info.height, FEATURE_SIDE, info.format))
+        return ProcessedImage(image_id or sha256(data), data, info.width, info.height, features(thumb))
     image = decode(data, reduce=_reduction(info.width, info.height, max_side, info.format))
     image = resize_longest(image, max_side)
     ok, encoded = cv2.imencode(PROCESSED_EXT, image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])

@@ -79,6 +79,7 @@ def ingest_batch(
             result.rejections.append(_reject(batch_id, path, "file", f"unsupported file type {suffix or '(none)'!r}"))
 
     parsed = formats.parse_batch(marker["format"], files, read, marker.get("classes"))
+    class_map = formats.source_class_map(class_map, parsed.class_names)
     result.notes.extend(parsed.notes)
     result.rejections.extend(_reject(batch_id, r.path, "annotation", r.reason) for r in parsed.rejections)
     images = sorted(parsed.images, key=lambda im: im.image_path)

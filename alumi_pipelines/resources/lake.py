@@ -55,6 +55,10 @@ class Lake(ConfigurableResource):
 
     base_uri: str = Field(description="Local folder or fsspec URI (abfs://container@account.dfs.core.windows.net/lake)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (credentials)")
+    durable: bool = Field(
+        default=False,
+        description="fsync every local write before the rename (survives power loss, not only killed runs)",
+    )
 
     _fs: Any = PrivateAttr(default=None)
     _root: str = PrivateAttr(default="")
@@ -157,8 +161,9 @@ class Lake(ConfigurableResource):
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if self.durable:
+                        fh.flush()
+                        os.fsync(fh.fileno())
                 os.replace(tmp, full)
             finally:
                 if os.path.exists(tmp):

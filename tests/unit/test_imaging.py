@@ -74,3 +74,22 @@ def test_normalise_is_deterministic():
 
 def test_parallel_map_keeps_order():
     assert list(imaging.parallel_map(lambda x: x * 2, range(50), workers=2)) == [x * 2 for x in range(50)]
+
+
+def test_conforming_jpeg_keeps_its_bytes_and_grey_jpeg_is_reencoded():
+    colour = _jpeg(400, 300)
+    out = imaging.normalise(colour, imaging.probe(colour), 640)
+    assert out.data == colour and (out.width, out.height) == (400, 300)
+    grey = _jpeg(400, 300, grey=True)
+    out = imaging.normalise(grey, imaging.probe(grey), 640)
+    assert out.data != grey
+    assert cv2.imdecode(np.frombuffer(out.data, np.uint8), cv2.IMREAD_UNCHANGED).ndim == 3
+
+
+def test_features_do_not_depend_on_resolution():
+    rng = np.random.default_rng(1)
+    small = cv2.resize(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), (256, 256), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(small, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    f_small, f_big = imaging.features(small), imaging.features(big)
+    assert f_big["brightness"] == pytest.approx(f_small["brightness"], rel=0.02)
+    assert f_big["sharpness"] == pytest.approx(f_small["sharpness"], rel=0.25)
