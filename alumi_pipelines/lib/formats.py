@@ -360,6 +360,9 @@ class _Batch:
         except json.JSONDecodeError as exc:
             self.reject(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
             return None
+        except RecursionError:
+            self.reject(path, "not valid JSON: nested too deeply to parse")
+            return None
 
     # -- pairing -----------------------------------------------------------------------------------
 

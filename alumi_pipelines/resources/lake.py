@@ -156,10 +156,14 @@ class Lake(ConfigurableResource):
         full = self.path(key)
         if self.is_local:
             parent = os.path.dirname(full)
-            os.makedirs(parent, exist_ok=True)
             tmp = os.path.join(parent, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
             try:
-                with open(tmp, "wb") as fh:
+                try:
+                    fh = open(tmp, "wb")
+                except FileNotFoundError:  # first write into this folder
+                    os.makedirs(parent, exist_ok=True)
+                    fh = open(tmp, "wb")
+                with fh:
                     fh.write(data)
                     if self.durable:
                         fh.flush()

@@ -181,18 +181,21 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     rows = per_image.to_dicts()
 
     def work(row: dict):
+        # read, normalise and write in the worker: file creation is slow on some disks and releases the GIL
         ext = ".jpg" if row["format"] == "jpeg" else f".{row['format']}"
         data = lake.read_bytes(raw_image_key(row["image_id"], ext))
         info = imaging.ImageInfo(row["width"], row["height"], row["channels"], row["format"])
-        return row, imaging.normalise(data, info, settings.image_size, image_id=row["image_id"])
+        processed = imaging.normalise(data, info, settings.image_size, image_id=row["image_id"])
+        key = processed_image_key(row["image_id"])
+        new = not lake.exists(key)
+        if new:
+            lake.write_bytes(key, processed.data)
+        return row, processed, new
 
     written = 0
     out = []
-    for row, processed in imaging.parallel_map(work, rows, settings.workers):
-        key = processed_image_key(row["image_id"])
-        if not lake.exists(key):
-            lake.write_bytes(key, processed.data)
-            written += 1
+    for row, processed, new in imaging.parallel_map(work, rows, settings.workers):
+        written += new
         out.append(
             {
                 "image_id": row["image_id"],

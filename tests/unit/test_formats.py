@@ -861,3 +861,12 @@ def test_byte_identical_images_keep_one_label_set_or_reject_conflicting_ones():
         "b.jpg: byte-identical copies b_copy.jpg with conflicting labels: kept unlabelled",
         "c_copy.jpg: byte-identical copies c.jpg kept once",
     ]
+
+
+def test_json_nested_too_deeply_is_rejected_without_stopping_the_batch():
+    blobs = {"a.json": b"[" * 200_000 + b"]" * 200_000, "b.json": json.dumps({"imagePath": "b.jpg", "shapes": []}).encode()}
+    for fmt in ("coco", "labelme", "alumi"):
+        result = formats.parse_batch(fmt, ["a.json", "b.jpg", "b.json"], blobs.__getitem__)
+        assert ("a.json", "not valid JSON: nested too deeply to parse") in reasons(result.rejections)
+        assert [im.image_path for im in result.images] == ["b.jpg"]
+    assert formats.parse_batch("labelme", ["a.json", "b.jpg", "b.json"], blobs.__getitem__).images[0].labelled is True

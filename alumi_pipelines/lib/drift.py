@@ -1,0 +1,218 @@
+"""Data drift of per-image features and of edge predictions, with evidently on bounded samples.
+
+Evidently sees at most ``max_rows`` rows of each side, chosen by :func:`sample_rows`, so a check costs
+the same however large the lake grows. Tests are evidently's defaults: up to 1,000 reference rows a
+p-value test (K-S for numbers, chi-square / Z for categories), above that a distance (Wasserstein normed
+by the reference's standard deviation, Jensen-Shannon), because a p-value on many rows flags differences
+too small to matter. Keep ``max_rows`` above 1,000 so that a sample and the full data get the same kind
+of test. The data set has drifted when the share of drifted columns reaches ``threshold_share``
+(evidently's rule); the check passes below it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import polars as pl
+
+# Same names as imaging.FEATURE_COLUMNS (not imported: that module pulls in cv2).
+IMAGE_FEATURE_COLUMNS = ("brightness", "contrast", "sharpness", "mean_b", "mean_g", "mean_r", "saturation")
+SIZE_COLUMNS = ("orig_width", "orig_height")
+DRIFT_COLUMNS = IMAGE_FEATURE_COLUMNS + SIZE_COLUMNS
+PREDICTION_NUMERICAL = ("confidence",)
+PREDICTION_CATEGORICAL = ("class_name",)
+
+DEFAULT_MAX_ROWS = 5000
+
+
+class ColumnDrift(NamedTuple):
+    stattest: str  # evidently's name of the test
+    score: float  # p-value or distance, as the test reports it
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    drift_share: float  # share of columns that drifted
+    drifted_columns: list[str]
+    per_column: dict[str, ColumnDrift]
+    passed: bool  # drift_share < threshold_share
+    threshold_share: float
+    html: bytes  # evidently's self-contained HTML report
+    json: bytes  # our summary plus evidently's metrics, keys sorted
+    reference_rows: int  # rows given
+    current_rows: int
+    reference_sampled: int  # rows evidently saw
+    current_sampled: int
+
+    def summary(self) -> dict:
+        """The result without the reports, as plain JSON-able values."""
+        return {
+            "drift_share": self.drift_share,
+            "drifted_columns": self.drifted_columns,
+            "per_column": {c: d._asdict() for c, d in self.per_column.items()},
+            "passed": self.passed,
+            "threshold_share": self.threshold_share,
+            "reference_rows": self.reference_rows,
+            "current_rows": self.current_rows,
+            "reference_sampled": self.reference_sampled,
+            "current_sampled": self.current_sampled,
+        }
+
+
+def _to_polars(df) -> pl.DataFrame:
+    if isinstance(df, pl.DataFrame):
+        return df
+    return pl.from_pandas(df)
+
+
+def sample_rows(df: pl.DataFrame, max_rows: int, seed: int = 0, *, key: Sequence[str] | None = None) -> pl.DataFrame:
+    """At most ``max_rows`` rows, the same ones for the same data, in their original order.
+
+    A row is kept when its seeded hash of ``key`` (default: image_id when present, else every column) is
+    among the ``max_rows`` smallest, so as data grows a row once left out stays out and a kept row is only
+    displaced by a new row with a smaller hash.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    df = _to_polars(df)
+    if df.height <= max_rows:
+        return df
+    columns = list(key) if key is not None else (["image_id"] if "image_id" in df.columns else df.columns)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"sample key column(s) {', '.join(missing)} not in the table ({', '.join(df.columns)})")
+    text = df.select(
+        pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("\x00") for c in columns], separator="\x1f")
+    ).to_series()
+    salt = int(seed).to_bytes(8, "little", signed=True)
+    hashes = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8, key=salt).digest(), "big") for t in text]
+    ranked = pl.DataFrame({"h": pl.Series(hashes, dtype=pl.UInt64), "i": pl.int_range(df.height, eager=True)})
+    keep = ranked.sort(["h", "i"]).head(max_rows)["i"].sort()
+    return df[keep]
+
+
+def _prepare(df, name: str, numerical: Sequence[str], categorical: Sequence[str]) -> pl.DataFrame:
+    df = _to_polars(df)
+    wanted = list(numerical) + list(categorical)
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(df.columns)})")
+    if df.height == 0:
+        raise ValueError(f"{name}: no rows, nothing to compare")
+    out = df.select([pl.col(c).cast(pl.Float64) for c in numerical] + [pl.col(c).cast(pl.Utf8) for c in categorical])
+    empty = [c for c in wanted if out[c].null_count() == out.height]
+    if empty:
+        raise ValueError(f"{name}: column(s) {', '.join(empty)} have no values")
+    return out
+
+
+def _is_p_value(method: str) -> bool:
+    return "p_value" in method.replace("-", "_").lower()
+
+
+def _run_drift(
+    reference, current, numerical: Sequence[str], categorical: Sequence[str], *,
+    key: Sequence[str] | None, max_rows: int | None, seed: int, threshold_share: float,
+    num_method: str | None, cat_method: str | None, num_threshold: float | None, cat_threshold: float | None,
+) -> DriftResult:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    if not 0 < threshold_share <= 1:
+        raise ValueError(f"threshold_share must be in (0, 1], got {threshold_share}")
+    reference, current = _to_polars(reference), _to_polars(current)
+    ref_rows, cur_rows = reference.height, current.height
+    if max_rows is not None:
+        reference = sample_rows(reference, max_rows, seed, key=key)
+        current = sample_rows(current, max_rows, seed, key=key)
+    ref = _prepare(reference, "reference", numerical, categorical)
+    cur = _prepare(current, "current", numerical, categorical)
+
+    columns = list(numerical) + list(categorical)
+    definition = DataDefinition(numerical_columns=list(numerical), categorical_columns=list(categorical))
+    preset = DataDriftPreset(
+        columns=columns, drift_share=threshold_share, num_method=num_method, cat_method=cat_method,
+        num_threshold=num_threshold, cat_threshold=cat_threshold,
+    )
+    with warnings.catch_warnings():
+        # evidently's correlation widgets divide by a zero deviation on constant columns (e.g. one image size)
+        warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
+        snapshot = Report([preset]).run(
+            current_data=Dataset.from_pandas(cur.to_pandas(), data_definition=definition),
+            reference_data=Dataset.from_pandas(ref.to_pandas(), data_definition=definition),
+        )
+        html = snapshot.get_html_str(as_iframe=False).encode()
+    report = snapshot.dict()
+    per_column: dict[str, ColumnDrift] = {}
+    share = None
+    for metric in report["metrics"]:
+        config = metric["config"]
+        kind = config.get("type", "")
+        if kind.endswith(":DriftedColumnsCount"):
+            share = float(metric["value"]["share"])
+        elif kind.endswith(":ValueDrift"):
+            method, threshold, score = str(config["method"]), float(config["threshold"]), float(metric["value"])
+            drifted = score < threshold if _is_p_value(method) else score >= threshold
+            per_column[config["column"]] = ColumnDrift(method, score, drifted)
+    if share is None or set(per_column) != set(columns):  # pragma: no cover - evidently changed its output
+        raise RuntimeError(f"evidently report lacks drift metrics for {sorted(set(columns) - set(per_column))}")
+    per_column = {c: per_column[c] for c in columns}
+    drifted = [c for c in columns if per_column[c].drifted]
+    fields = dict(
+        drift_share=share,
+        drifted_columns=drifted,
+        per_column=per_column,
+        passed=share < threshold_share,
+        threshold_share=threshold_share,
+        reference_rows=ref_rows,
+        current_rows=cur_rows,
+        reference_sampled=ref.height,
+        current_sampled=cur.height,
+    )
+    summary = DriftResult(html=b"", json=b"", **fields).summary()
+    body = json.dumps({**summary, "evidently": report}, sort_keys=True).encode()
+    return DriftResult(html=html, json=body, **fields)
+
+
+def feature_drift(
+    reference,
+    current,
+    columns: Sequence[str] = DRIFT_COLUMNS,
+    *,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    seed: int = 0,
+    threshold_share: float = 0.5,
+    num_method: str | None = None,
+    num_threshold: float | None = None,
+) -> DriftResult:
+    """Drift of per-image features (processed features tables) of ``current`` against ``reference``.
+
+    ``max_rows=None`` gives evidently every row (for benchmarks and checks of the sampling);
+    ``num_method``/``num_threshold`` override evidently's choice of test (e.g. "ks", "wasserstein").
+    """
+    return _run_drift(
+        reference, current, list(columns), [], key=None, max_rows=max_rows, seed=seed,
+        threshold_share=threshold_share, num_method=num_method, cat_method=None,
+        num_threshold=num_threshold, cat_threshold=None,
+    )
+
+
+def prediction_drift(
+    reference_preds,
+    current_preds,
+    *,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    seed: int = 0,
+    threshold_share: float = 0.5,
+) -> DriftResult:
+    """Drift of edge predictions (one row per detection: class_name, confidence) — confidences and class mix."""
+    return _run_drift(
+        reference_preds, current_preds, list(PREDICTION_NUMERICAL), list(PREDICTION_CATEGORICAL),
+        key=None, max_rows=max_rows, seed=seed, threshold_share=threshold_share,
+        num_method=None, cat_method=None, num_threshold=None, cat_threshold=None,
+    )
