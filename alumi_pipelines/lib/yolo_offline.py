@@ -17,7 +17,6 @@ _OFF_SETTINGS = {
     "clearml": False,
     "comet": False,
     "dvc": False,
-    "hub": False,
     "neptune": False,
     "raytune": False,
     "tensorboard": False,
@@ -56,9 +55,7 @@ def prepare_offline(config_dir: str | Path) -> Path:
     import sys
 
     if "ultralytics" in sys.modules:
-        from ultralytics.utils import SETTINGS
-
-        SETTINGS.update(_OFF_SETTINGS)
+        _switch_off()
     else:
         # Write the settings file ultralytics reads at import time.
         import json
@@ -74,7 +71,13 @@ def import_ultralytics(config_dir: str | Path):
     """prepare_offline + import, then force the settings off (import may have reset the file)."""
     prepare_offline(config_dir)
     import ultralytics
+
+    _switch_off()
+    return ultralytics
+
+
+def _switch_off() -> None:
+    """Turn off every integration this ultralytics version knows of."""
     from ultralytics.utils import SETTINGS
 
-    SETTINGS.update(_OFF_SETTINGS)
-    return ultralytics
+    SETTINGS.update({k: v for k, v in _OFF_SETTINGS.items() if k in SETTINGS})

@@ -82,7 +82,7 @@ def to_input_tensor(letterboxed_bgr: np.ndarray) -> np.ndarray:
     """(H, W, 3) BGR uint8 → (1, 3, H, W) RGB float32 in [0, 1], contiguous."""
     rgb_chw = letterboxed_bgr[:, :, ::-1].transpose(2, 0, 1)
     tensor = np.ascontiguousarray(rgb_chw, dtype=np.float32)
-    tensor *= np.float32(1.0 / 255.0)
+    tensor /= np.float32(255.0)  # division, not multiplication by 1/255: bit-identical to ultralytics
     return tensor[None]
 
 

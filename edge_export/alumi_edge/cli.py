@@ -1,0 +1,192 @@
+"""``alumi-edge`` command line: pull, serve, sync, rollback, info.
+
+Exit codes: 0 success; 1 operational failure (source or target unreachable, nothing installed);
+2 a release was refused (bad checksum, bad signature, failing self-test); 3 feedback left queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from alumi_edge import __version__
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _settings(**overrides):
+    from alumi_edge.settings import EdgeSettings
+
+    return EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _read_pubkey(value: str | None) -> bytes:
+    if not value:
+        raise SystemExit("alumi-edge pull: --pubkey (or ALUMI_EDGE_PUBKEY) must name the pinned Ed25519 public key PEM")
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode("ascii")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SystemExit(f"alumi-edge pull: public key file {path} does not exist")
+    return path.read_bytes()
+
+
+def cmd_pull(args) -> int:
+    from alumi_edge.device_home import HomeError
+    from alumi_edge.manifest import ReleaseError
+    from alumi_edge.pull import pull
+    from alumi_edge.sources import SourceError
+
+    settings = _settings(home=args.home)
+    source = args.source or os.environ.get("ALUMI_EDGE_SOURCE")
+    if not source:
+        raise SystemExit("alumi-edge pull: --source (or ALUMI_EDGE_SOURCE) is required")
+    pubkey = _read_pubkey(args.pubkey or os.environ.get("ALUMI_EDGE_PUBKEY"))
+    try:
+        result = pull(source, settings.home, pubkey, channel=args.channel, keep=args.keep, force=args.force, log=_stderr)
+    except ReleaseError as exc:
+        _stderr(f"release refused, current version unchanged: {exc}")
+        return 2
+    except (SourceError, HomeError, OSError) as exc:
+        _stderr(f"pull failed, current version unchanged: {exc}")
+        return 1
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from alumi_edge.main import create_app
+
+    settings = _settings(home=args.home, host=args.host, port=args.port, model_path=args.model)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        _stderr(f"alumi-edge serve: {exc}")
+        return 1
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from alumi_edge.feedback import FeedbackQueue
+    from alumi_edge.sync import open_target, sync_feedback
+
+    settings = _settings(home=args.home)
+    target_uri = args.target or os.environ.get("ALUMI_EDGE_SYNC_TARGET")
+    if not target_uri:
+        raise SystemExit("alumi-edge sync: --target (or ALUMI_EDGE_SYNC_TARGET) is required")
+    queue = FeedbackQueue(settings.feedback_path, settings.device_id)
+    try:
+        result = sync_feedback(
+            queue, open_target(target_uri), batch_size=args.batch_size, attempts=args.attempts,
+            backoff_s=args.backoff, log=_stderr,
+        )
+    finally:
+        queue.close()
+    print(json.dumps(result.to_dict()))
+    if not result.ok:
+        _stderr(f"sync stopped, {result.pending} records stay queued: {result.error}")
+        return 3
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from alumi_edge.device_home import DeviceHome, HomeError
+
+    home = DeviceHome(_settings(home=args.home).home)
+    try:
+        with home.lock():
+            from_version, to_version = home.rollback()
+    except HomeError as exc:
+        _stderr(f"rollback failed: {exc}")
+        return 1
+    print(json.dumps({"status": "rolled-back", "from": from_version, "to": to_version}))
+    _stderr(f"current is now {to_version}; POST /admin/reload (or restart) makes a running server use it")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from alumi_edge.device_home import DeviceHome
+
+    home = DeviceHome(_settings(home=args.home).home)
+    current = home.current_version()
+    info = {
+        "home": str(home.root),
+        "current": current,
+        "previous": home.previous_version(),
+        "installed": home.installed_versions(),
+        "alumi_edge": __version__,
+    }
+    if current:
+        manifest = home.manifest(current)
+        info.update(created_at=manifest.created_at, classes=list(manifest.classes), imgsz=list(manifest.imgsz),
+                    metrics=manifest.metrics, source=manifest.source)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"current: {current or '(none)'}")
+        print(f"previous: {info['previous'] or '(none)'}")
+        print(f"installed: {', '.join(info['installed']) or '(none)'}")
+        print(f"home: {home.root}")
+    return 0 if current else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alumi-edge", description="Pull, verify and serve signed defect-detection releases.")
+    parser.add_argument("--version", action="version", version=f"alumi-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_home(p):
+        p.add_argument("--home", type=Path, help="device folder (default ALUMI_EDGE_HOME or ~/.alumi-edge)")
+        return p
+
+    p = with_home(sub.add_parser("pull", help="install the newest release of a channel (verified, self-tested)"))
+    p.add_argument("--source", help="releases root: folder, file:// URI or https:// URL (with SAS query)")
+    p.add_argument("--channel", default="stable", help="channel pointer to follow (default: stable)")
+    p.add_argument("--pubkey", help="pinned Ed25519 public key: PEM file or PEM text")
+    p.add_argument("--keep", type=int, default=3, help="installed versions to keep (at least current + previous)")
+    p.add_argument("--force", action="store_true", help="install even a version this device rolled back from")
+    p.set_defaults(func=cmd_pull)
+
+    p = with_home(sub.add_parser("serve", help="run the HTTP server"))
+    p.add_argument("--host", help="bind address (default ALUMI_EDGE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default ALUMI_EDGE_PORT or 8080)")
+    p.add_argument("--model", type=Path, help="serve this ONNX file instead of the pulled release")
+    p.set_defaults(func=cmd_serve)
+
+    p = with_home(sub.add_parser("sync", help="push queued feedback to the lake's corrections/incoming/"))
+    p.add_argument("--target", help="lake root: folder, file:// URI or https:// URL (with SAS query)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--attempts", type=int, default=4, help="tries per file before giving up for this run")
+    p.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each try)")
+    p.set_defaults(func=cmd_sync)
+
+    p = with_home(sub.add_parser("rollback", help="switch current back to the previous version"))
+    p.set_defaults(func=cmd_rollback)
+
+    p = with_home(sub.add_parser("info", help="print the current version"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        _stderr(f"alumi-edge {args.command}: invalid ALUMI_EDGE_* setting:\n{exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

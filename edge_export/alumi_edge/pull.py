@@ -1,0 +1,174 @@
+"""``alumi-edge pull``: fetch the channel's release, verify it, self-test it, switch ``current`` atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from alumi_edge.device_home import DeviceHome
+from alumi_edge.manifest import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    ChecksumError,
+    Manifest,
+    ManifestError,
+    ReleaseFile,
+    check_version,
+    load_public_key,
+    parse_manifest,
+    verify_file,
+    verify_release_dir,
+    verify_signature,
+)
+from alumi_edge.selftest import run_self_test
+from alumi_edge.sources import ReleaseSource, SourceError, open_source
+
+MAX_POINTER_BYTES = 64 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class PullResult:
+    """What a pull did: ``switched``, ``up-to-date`` or ``skipped-rolled-back``."""
+
+    status: str
+    version: str
+    previous: str | None = None
+    removed_partials: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "version": self.version,
+            "previous": self.previous,
+            "removed_partials": self.removed_partials,
+            "pruned": self.pruned,
+        }
+
+
+def read_channel(source: ReleaseSource, channel: str) -> str:
+    """Version named by ``channels/<channel>.json``; refuses pointers that leave the releases root."""
+    check_version(channel, "channel")
+    relpath = f"channels/{channel}.json"
+    try:
+        pointer = json.loads(source.read_bytes(relpath, MAX_POINTER_BYTES))
+    except ValueError as exc:
+        raise ManifestError(f"{source.describe(relpath)}: not valid JSON ({exc})") from exc
+    if not isinstance(pointer, dict):
+        raise ManifestError(f"{source.describe(relpath)}: must be a JSON object")
+    version = check_version(pointer.get("version"), f"{relpath}: field 'version'")
+    manifest_path = pointer.get("manifest", f"{version}/{MANIFEST_NAME}")
+    if manifest_path != f"{version}/{MANIFEST_NAME}":
+        raise ManifestError(f"{relpath}: field 'manifest' is {manifest_path!r}, expected '{version}/{MANIFEST_NAME}'")
+    return version
+
+
+def download_file(source: ReleaseSource, relpath: str, dest: Path, entry: ReleaseFile) -> None:
+    """Stream a file to ``dest`` checking size while reading and sha256 at the end."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with dest.open("wb") as fh, source.open_chunks(relpath) as chunks:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > entry.size:
+                raise ChecksumError(f"{entry.path}: larger than the manifest's {entry.size} bytes")
+            digest.update(chunk)
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if size != entry.size:
+        raise ChecksumError(f"{entry.path}: size {size} differs from the manifest's {entry.size}")
+    if digest.hexdigest() != entry.sha256:
+        raise ChecksumError(f"{entry.path}: sha256 {digest.hexdigest()} differs from the manifest's {entry.sha256}")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def pull(
+    source_uri: str,
+    home: str | Path,
+    public_key_pem: bytes | str,
+    channel: str = "stable",
+    keep: int = 3,
+    force: bool = False,
+    self_test: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> PullResult:
+    """Install the release the channel points to; on any failure ``current`` is left as it was."""
+    load_public_key(public_key_pem)  # fail before any download when the pinned key is unusable
+    device = DeviceHome(home)
+    source = open_source(source_uri)
+    with device.lock():
+        removed = device.clean_partials()
+        if removed:
+            log(f"removed partial downloads of an interrupted pull: {', '.join(removed)}")
+        version = read_channel(source, channel)
+        current = device.current_version()
+        if version == current:
+            log(f"{version} is already current")
+            return PullResult("up-to-date", version, device.previous_version(), removed)
+        if version in device.rolled_back_versions() and not force:
+            log(f"{version} was rolled back on this device; not installing it again without --force")
+            return PullResult("skipped-rolled-back", version, current, removed)
+
+        target = device.version_dir(version)
+        if target.is_dir():
+            log(f"{version} is already downloaded; re-verifying it")
+            manifest = verify_release_dir(target, public_key_pem)
+            if self_test:
+                run_self_test(target, manifest)
+        else:
+            partial = device.partial_dir(version)
+            partial.mkdir(parents=True)
+            try:
+                manifest = _download_release(source, version, partial, public_key_pem, log)
+                if self_test:
+                    report = run_self_test(partial, manifest)
+                    log(f"self-test passed: {report.matched}/{report.expected} expected boxes matched")
+                _fsync_tree(partial)
+                os.rename(partial, target)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+        previous = device.switch(version)
+        device.forget_rollback(version)
+        pruned = device.prune(keep)
+        log(f"switched current to {version} (previous: {previous})")
+        return PullResult("switched", version, previous, removed, pruned)
+
+
+def _download_release(
+    source: ReleaseSource, version: str, partial: Path, public_key_pem: bytes | str, log: Callable[[str], None]
+) -> Manifest:
+    manifest_bytes = source.read_bytes(f"{version}/{MANIFEST_NAME}", MAX_MANIFEST_BYTES)
+    signature = source.read_bytes(f"{version}/{SIGNATURE_NAME}", 4096)
+    verify_signature(manifest_bytes, signature, public_key_pem)
+    manifest = parse_manifest(manifest_bytes)
+    if manifest.version != version:
+        raise ManifestError(f"{version}/{MANIFEST_NAME}: says version {manifest.version!r}, the channel says {version!r}")
+    total = sum(f.size for f in manifest.files)
+    log(f"downloading {version}: {len(manifest.files)} files, {total} bytes from {source.describe(version)}")
+    for entry in manifest.files:
+        download_file(source, f"{version}/{entry.path}", partial / entry.path, entry)
+    for entry in manifest.files:  # nothing changed on disk since download
+        verify_file(partial / entry.path, entry)
+    (partial / MANIFEST_NAME).write_bytes(manifest_bytes)
+    (partial / SIGNATURE_NAME).write_bytes(signature)
+    return manifest
+
+
+__all__ = ["PullResult", "SourceError", "download_file", "pull", "read_channel"]

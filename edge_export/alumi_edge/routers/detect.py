@@ -1,0 +1,95 @@
+"""POST /v1/detect: an image in (multipart ``file`` or the raw body), boxes in original pixels out."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import UploadFile
+
+from alumi_edge.auth import require_token
+from alumi_edge.errors import ApiError
+from alumi_edge.imaging import CorruptImage, ImageTooLarge, UnsupportedImageType, decode_image
+from alumi_edge.serving import LoadedModel
+
+router = APIRouter(tags=["detect"])
+
+
+async def _read_image_bytes(request: Request) -> bytes:
+    """The uploaded file of a multipart body, else the raw body (any Content-Type: the bytes decide)."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=16)
+        uploads = [v for v in form.values() if isinstance(v, UploadFile)]
+        upload = form.get("file") if isinstance(form.get("file"), UploadFile) else (uploads[0] if uploads else None)
+        if upload is None:
+            raise ApiError(400, "no_file", "multipart body has no file part (send the image as field 'file')")
+        try:
+            return await upload.read()
+        finally:
+            await upload.close()
+    return await request.body()
+
+
+def _run_detection(loaded: LoadedModel, data: bytes, conf: float, iou: float, max_det: int, max_pixels: int):
+    """Decode and detect; runs in the inference thread pool."""
+    start = time.perf_counter()
+    image = decode_image(data, max_pixels=max_pixels)
+    decode_ms = round((time.perf_counter() - start) * 1000.0, 3)
+    result = loaded.runtime.detect(image, conf=conf, iou=iou, max_det=max_det)
+    return result, decode_ms
+
+
+@router.post("/v1/detect", dependencies=[Depends(require_token)])
+async def detect(
+    request: Request,
+    conf: float | None = Query(None, ge=0.0, le=1.0, description="confidence threshold (default from settings)"),
+    iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU threshold (default from settings)"),
+    max_det: int | None = Query(None, ge=1, le=10000),
+):
+    """Detect defects on one image."""
+    state = request.app.state
+    settings, metrics = state.settings, state.metrics
+    loaded: LoadedModel | None = state.holder.loaded
+    if loaded is None:
+        metrics.rejected.labels(reason="no_model").inc()
+        raise ApiError(503, "model_not_loaded", state.holder.last_error or "no model is loaded yet")
+    start = time.perf_counter()
+    data = await _read_image_bytes(request)
+    loop = asyncio.get_running_loop()
+    try:
+        result, decode_ms = await loop.run_in_executor(
+            state.executor,
+            _run_detection,
+            loaded,
+            data,
+            settings.conf if conf is None else conf,
+            settings.iou if iou is None else iou,
+            settings.max_det if max_det is None else max_det,
+            settings.max_image_pixels,
+        )
+    except UnsupportedImageType as exc:
+        metrics.rejected.labels(reason="not_an_image").inc()
+        raise ApiError(415, "unsupported_media_type", str(exc)) from exc
+    except CorruptImage as exc:
+        metrics.rejected.labels(reason="corrupt_image").inc()
+        raise ApiError(400, "corrupt_image", str(exc)) from exc
+    except ImageTooLarge as exc:
+        metrics.rejected.labels(reason="too_many_pixels").inc()
+        raise ApiError(413, "image_too_large", str(exc)) from exc
+    total_s = time.perf_counter() - start
+    metrics.detect_latency.observe(total_s)
+    metrics.stage_latency.labels(stage="decode").observe(decode_ms / 1000.0)
+    for stage in ("preprocess", "inference", "postprocess"):
+        metrics.stage_latency.labels(stage=stage).observe(result.timing_ms[stage] / 1000.0)
+    for box in result.boxes:
+        metrics.detections.labels(class_name=box.class_name).inc()
+    return {
+        "model_version": loaded.version,
+        "runtime": loaded.runtime.name,
+        "boxes": [box.to_dict() for box in result.boxes],
+        "timing_ms": {"decode": decode_ms, **result.timing_ms, "request": round(total_s * 1000.0, 3)},
+        "image": {"width": result.width, "height": result.height, "sha256": hashlib.sha256(data).hexdigest()},
+    }

@@ -1,0 +1,130 @@
+"""Self-test of a downloaded release: run its model on the bundled sample image, compare with the expected boxes.
+
+``sample_expected`` JSON: ``{"conf": 0.25, "iou": 0.7, "max_det": 300, "boxes": [{"class_id",
+"class_name", "confidence", "x1", "y1", "x2", "y2"}, ...]}`` in original-image pixels, written by the
+pipeline from the same model. Boxes whose confidence lies within ``conf_tol`` of the threshold may
+appear on one side only (numerical noise of a different runtime); every other box must match one of
+the same class with IoU ≥ ``iou_min`` and confidence within ``conf_tol``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from alumi_edge.manifest import Manifest, ManifestError, ReleaseError
+from alumi_edge.runtimes.base import Box, Runtime
+
+
+class SelfTestError(ReleaseError):
+    """The release's model does not reproduce its expected detections."""
+
+
+@dataclass
+class SelfTestReport:
+    expected: int
+    detected: int
+    matched: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def _iou(a: Box, b: dict) -> float:
+    ix1, iy1 = max(a.x1, b["x1"]), max(a.y1, b["y1"])
+    ix2, iy2 = min(a.x2, b["x2"]), min(a.y2, b["y2"])
+    inter = max(0.0, ix2 - ix1) * max(0.0, iy2 - iy1)
+    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def compare_detections(
+    actual: list[Box], expected: list[dict], conf_threshold: float, conf_tol: float = 0.02, iou_min: float = 0.9
+) -> SelfTestReport:
+    """Match detections to expected boxes (same class, best IoU); list every mismatch."""
+    report = SelfTestReport(expected=len(expected), detected=len(actual), matched=0)
+    unmatched_actual = list(range(len(actual)))
+    for i, exp in enumerate(sorted(expected, key=lambda e: -e["confidence"])):
+        candidates = [j for j in unmatched_actual if actual[j].class_id == exp["class_id"]]
+        best = max(candidates, key=lambda j: _iou(actual[j], exp), default=None)
+        if best is not None and _iou(actual[best], exp) >= iou_min:
+            unmatched_actual.remove(best)
+            report.matched += 1
+            delta = abs(actual[best].confidence - exp["confidence"])
+            if delta > conf_tol:
+                report.problems.append(
+                    f"expected {exp['class_name']} box at ({exp['x1']:.1f}, {exp['y1']:.1f}) has confidence "
+                    f"{actual[best].confidence:.4f}, expected {exp['confidence']:.4f} (tolerance {conf_tol})"
+                )
+        elif exp["confidence"] > conf_threshold + conf_tol:
+            report.problems.append(
+                f"expected {exp['class_name']} box ({exp['x1']:.1f}, {exp['y1']:.1f}, {exp['x2']:.1f}, "
+                f"{exp['y2']:.1f}) conf {exp['confidence']:.3f} was not detected"
+            )
+    for j in unmatched_actual:
+        box = actual[j]
+        if box.confidence > conf_threshold + conf_tol:
+            report.problems.append(
+                f"unexpected {box.class_name} box ({box.x1:.1f}, {box.y1:.1f}, {box.x2:.1f}, {box.y2:.1f}) "
+                f"conf {box.confidence:.3f}"
+            )
+    return report
+
+
+def load_expected(path: Path) -> dict:
+    """Parse a sample_expected file, naming the field that is wrong."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path.name}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("boxes"), list):
+        raise ManifestError(f"{path.name}: expected an object with a 'boxes' list")
+    for i, box in enumerate(data["boxes"]):
+        missing = [k for k in ("class_id", "confidence", "x1", "y1", "x2", "y2") if k not in box]
+        if missing:
+            raise ManifestError(f"{path.name}: boxes[{i}] lacks {', '.join(missing)}")
+        box.setdefault("class_name", str(box["class_id"]))
+    return data
+
+
+def run_self_test(
+    release_dir: str | Path, manifest: Manifest, runtime_factory: Callable[[Path], Runtime] | None = None
+) -> SelfTestReport:
+    """Run the release's model on its sample image; raises SelfTestError when it does not match."""
+    from alumi_edge.imaging import decode_image
+    from alumi_edge.runtimes.onnx import OnnxRuntime
+
+    release_dir = Path(release_dir)
+    model, image, expected_file = (manifest.file_for_role(r) for r in ("model", "sample_image", "sample_expected"))
+    if image is None or expected_file is None:
+        raise ManifestError(
+            f"release {manifest.version}: a self-test needs files with roles 'sample_image' and 'sample_expected'"
+        )
+    expected = load_expected(release_dir / expected_file.path)
+    conf = float(expected.get("conf", 0.25))
+    iou = float(expected.get("iou", 0.7))
+    max_det = int(expected.get("max_det", 300))
+    factory = runtime_factory or (lambda path: OnnxRuntime(path, device="cpu").load())
+    try:
+        runtime = factory(release_dir / model.path)
+        picture = decode_image((release_dir / image.path).read_bytes())
+        result = runtime.detect(picture, conf=conf, iou=iou, max_det=max_det)
+    except ReleaseError:
+        raise
+    except Exception as exc:
+        raise SelfTestError(f"release {manifest.version}: the model failed to run on {image.path}: {exc}") from exc
+    if list(runtime.info.names) != list(manifest.classes):
+        raise SelfTestError(
+            f"release {manifest.version}: model classes {list(runtime.info.names)} differ from the manifest's "
+            f"{list(manifest.classes)}"
+        )
+    report = compare_detections(result.boxes, expected["boxes"], conf_threshold=conf)
+    if not report.passed:
+        raise SelfTestError(
+            f"release {manifest.version}: self-test on {image.path} failed: " + "; ".join(report.problems[:5])
+        )
+    return report

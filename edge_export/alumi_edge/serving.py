@@ -1,0 +1,118 @@
+"""The model being served and its hot swap: load the new runtime fully, then replace one reference.
+
+Requests take ``holder.loaded`` once at their start and keep using that object, so a reload never
+disturbs a request in flight; the old runtime is freed when the last such request finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alumi_edge.device_home import DeviceHome, HomeError
+from alumi_edge.manifest import verify_file
+from alumi_edge.model_info import read_model_info
+from alumi_edge.runtimes import Runtime, create_runtime
+from alumi_edge.settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+
+class NoModel(Exception):
+    """No release is installed and no model path is configured."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded runtime with the version and file it came from."""
+
+    runtime: Runtime
+    version: str
+    model_path: Path
+    loaded_at: float
+    release: dict
+
+    def describe(self) -> dict:
+        return {
+            "model_version": self.version,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            **self.runtime.describe(),
+            "release": self.release,
+        }
+
+
+class ModelHolder:
+    """Resolves which model to serve, loads it, and swaps it on reload."""
+
+    def __init__(self, settings: EdgeSettings):
+        self.settings = settings
+        self.home = DeviceHome(settings.home)
+        self.loaded: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._reload_lock = threading.Lock()
+
+    def resolve(self) -> tuple[Path, str, dict]:
+        """(model file, version, release summary) of what should be served now."""
+        if self.settings.model_path is not None:
+            path = self.settings.model_path.expanduser()
+            info = read_model_info(path)
+            return path, info.model_version or path.stem, {}
+        version = self.home.current_version()
+        if version is None:
+            raise NoModel(f"no release installed under {self.home.root} (run 'alumi-edge pull'), no ALUMI_EDGE_MODEL_PATH")
+        try:
+            manifest = self.home.manifest(version)
+            path = self.home.model_path(version, self.settings.model_role)
+        except HomeError as exc:
+            raise NoModel(str(exc)) from exc
+        entry = manifest.file_for_role(self.settings.model_role)
+        verify_file(path, entry)  # catches on-disk corruption since the pull
+        summary = {
+            "version": manifest.version,
+            "created_at": manifest.created_at,
+            "metrics": manifest.metrics,
+            "source": manifest.source,
+        }
+        return path, manifest.version, summary
+
+    def _load(self, path: Path, version: str, release: dict) -> LoadedModel:
+        s = self.settings
+        runtime = create_runtime(
+            path,
+            kind=s.runtime,
+            device=s.device,
+            engine_cache_dir=s.engine_cache_dir,
+            precision=s.precision,
+            intra_op_threads=s.intra_op_threads,
+        )
+        runtime.warmup()
+        return LoadedModel(runtime=runtime, version=version, model_path=path, loaded_at=time.time(), release=release)
+
+    def reload(self, force: bool = False) -> dict:
+        """Load the model that should be served now and swap it in; the old one keeps serving until then."""
+        with self._reload_lock:
+            previous = self.loaded
+            path, version, release = self.resolve()
+            if previous is not None and not force and previous.version == version and previous.model_path == path:
+                return {"reloaded": False, "model_version": version, "previous_version": version}
+            new = self._load(path, version, release)
+            self.loaded = new  # the swap: one reference assignment
+            self.last_error = None
+            log.info("serving model %s from %s with %s", version, path, new.runtime.name)
+            return {
+                "reloaded": True,
+                "model_version": version,
+                "previous_version": previous.version if previous else None,
+                "runtime": new.runtime.name,
+            }
+
+    def try_initial_load(self) -> None:
+        """Load at start-up; on failure stay unready (readyz 503) and remember why."""
+        try:
+            self.reload()
+        except Exception as exc:  # the server must start even without a usable model
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("no model loaded at start-up: %s", self.last_error)

@@ -1,0 +1,79 @@
+"""Settings of the edge server and CLI, from ``ALUMI_EDGE_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_HS256_SECRET_BYTES = 32
+
+
+class EdgeSettings(BaseSettings):
+    """Every knob of ``alumi-edge``; each field ``foo`` is read from ``ALUMI_EDGE_FOO``."""
+
+    model_config = SettingsConfigDict(env_prefix="ALUMI_EDGE_", extra="ignore")
+
+    home: Path = Field(Path("~/.alumi-edge"), description="device folder: versions/, current, feedback queue")
+    model_path: Path | None = Field(None, description="serve this ONNX instead of the pulled release")
+    model_role: Literal["model", "model_int8"] = Field("model", description="which model file of the release to serve")
+    runtime: Literal["auto", "onnxruntime", "tensorrt"] = Field("auto", description="TensorRT when available on auto")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime device")
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="TensorRT engine precision")
+    engine_cache: Path | None = Field(None, description="TensorRT engine cache (default <home>/engines)")
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="default confidence threshold")
+    iou: float = Field(0.7, ge=0.0, le=1.0, description="default NMS IoU threshold")
+    max_det: int = Field(300, ge=1, le=10000, description="most boxes returned per image")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger request bodies get HTTP 413")
+    max_image_pixels: int = Field(100_000_000, ge=1, description="larger decoded images get HTTP 413")
+    inference_workers: int = Field(2, ge=1, le=64, description="threads running inference (never the event loop)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = its default)")
+    auth: Literal["hs256", "rs256", "none"] = Field("hs256", description="JWT check on detect/feedback/admin")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 shared secret (at least 32 bytes)")
+    jwt_public_key: str | None = Field(None, description="RS256 public key: PEM text or a path to a PEM file")
+    jwt_audience: str | None = Field(None, description="required 'aud' claim, if set")
+    jwt_issuer: str | None = Field(None, description="required 'iss' claim, if set")
+    admin_scope: str = Field("admin", description="scope/role a token needs for /admin")
+    device_id: str = Field(default_factory=socket.gethostname, description="names this device in synced feedback")
+    feedback_db: Path | None = Field(None, description="feedback queue (default <home>/feedback.sqlite3)")
+    host: str = Field("127.0.0.1", description="serve: bind address")
+    port: int = Field(8080, ge=0, le=65535, description="serve: port")
+    log_level: str = Field("info", description="serve: uvicorn log level")
+
+    @model_validator(mode="after")
+    def _expand(self) -> "EdgeSettings":
+        self.home = self.home.expanduser()
+        return self
+
+    @property
+    def feedback_path(self) -> Path:
+        return (self.feedback_db or self.home / "feedback.sqlite3").expanduser()
+
+    @property
+    def engine_cache_dir(self) -> Path:
+        return (self.engine_cache or self.home / "engines").expanduser()
+
+    def jwt_key_and_algorithm(self) -> tuple[str | bytes, str] | None:
+        """(verification key, algorithm), None when auth is off; ValueError naming the missing setting."""
+        if self.auth == "none":
+            return None
+        if self.auth == "hs256":
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if len(secret.encode("utf-8")) < MIN_HS256_SECRET_BYTES:
+                raise ValueError(
+                    f"ALUMI_EDGE_JWT_SECRET must hold at least {MIN_HS256_SECRET_BYTES} bytes when ALUMI_EDGE_AUTH=hs256 "
+                    "(or set ALUMI_EDGE_AUTH=none to serve without tokens)"
+                )
+            return secret, "HS256"
+        value = (self.jwt_public_key or "").strip()
+        if not value:
+            raise ValueError("ALUMI_EDGE_JWT_PUBLIC_KEY (PEM text or file path) is required when ALUMI_EDGE_AUTH=rs256")
+        if not value.startswith("-----BEGIN"):
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ValueError(f"ALUMI_EDGE_JWT_PUBLIC_KEY: {path} is neither PEM text nor an existing file")
+            value = path.read_text()
+        return value, "RS256"

@@ -1,0 +1,183 @@
+"""Helpers of the edge tests: a tiny colour-detector ONNX, test images, a signed release store, JWTs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EDGE_SRC = Path(__file__).resolve().parents[2] / "edge_export"
+if str(EDGE_SRC) not in sys.path:
+    sys.path.insert(0, str(EDGE_SRC))
+
+COLOR_NAMES = ("red", "green", "blue")
+CELL = 16
+
+
+def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", names=COLOR_NAMES) -> Path:
+    """A detector ONNX with the YOLO output layout that finds red, green and blue squares.
+
+    Each 16×16 cell of the input is one candidate box; its class scores are the cell's mean of
+    ``channel - (other channels) / 2`` in RGB, so a pure red cell scores 1.0 as "red" and grey scores 0.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    grid = imgsz // CELL
+    weights = np.full((3, 3, 1, 1), -0.5, dtype=np.float32)
+    for c in range(3):
+        weights[c, c, 0, 0] = 1.0
+    centres = (np.arange(grid, dtype=np.float32) + 0.5) * CELL
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    anchors = np.stack([cx.ravel(), cy.ravel(), np.full(grid * grid, CELL, np.float32), np.full(grid * grid, CELL, np.float32)])
+    nodes = [
+        helper.make_node("Conv", ["images", "w"], ["scores_map"]),
+        helper.make_node("AveragePool", ["scores_map"], ["pooled"], kernel_shape=[CELL, CELL], strides=[CELL, CELL]),
+        helper.make_node("Reshape", ["pooled", "shape"], ["scores"]),
+        helper.make_node("Concat", ["anchors", "scores"], ["output0"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "color_detector",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + len(names), grid * grid])],
+        initializer=[
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(np.array([1, len(names), grid * grid], dtype=np.int64), "shape"),
+            numpy_helper.from_array(anchors[None].astype(np.float32), "anchors"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {
+        "names": str(dict(enumerate(names))),
+        "imgsz": str([imgsz, imgsz]),
+        "stride": "16",
+        "task": "detect",
+        "model_version": model_version,
+        "dataset_hash": "d" * 16,
+    }.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def color_image(width: int = 128, height: int = 96, squares=(("red", 32, 32, 32),)) -> np.ndarray:
+    """A grey BGR image with coloured squares (name, x, y, side)."""
+    bgr = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}
+    image = np.full((height, width, 3), 114, dtype=np.uint8)
+    for name, x, y, side in squares:
+        image[y : y + side, x : x + side] = bgr[name]
+    return image
+
+
+def encode(image: np.ndarray, ext: str = ".png") -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    return buf.tobytes()
+
+
+def expected_for(model_path: Path, image: np.ndarray, conf: float = 0.25, iou: float = 0.7) -> dict:
+    """sample_expected document computed with the edge runtime itself."""
+    from alumi_edge.runtimes import OnnxRuntime
+    from alumi_pipelines.lib.release import expected_detections
+
+    runtime = OnnxRuntime(model_path).load()
+    result = runtime.detect(image, conf=conf, iou=iou)
+    return expected_detections(
+        [[b.x1, b.y1, b.x2, b.y2] for b in result.boxes],
+        [b.confidence for b in result.boxes],
+        [b.class_id for b in result.boxes],
+        list(runtime.info.names),
+        conf,
+        iou,
+    )
+
+
+class ReleaseStore:
+    """A releases root on disk that tests publish signed releases to."""
+
+    def __init__(self, root: Path, private_pem: bytes, work: Path):
+        self.root = root
+        self.private_pem = private_pem
+        self.work = work
+
+    def publish(
+        self,
+        version: str,
+        channels=("stable",),
+        expected: dict | None = None,
+        model_path: Path | None = None,
+        extra_bytes: int = 0,
+    ) -> Path:
+        """Write and sign a release with a colour model, sample image and expected boxes; move the channels."""
+        from alumi_pipelines.lib.release import ReleaseInput, publish_release, write_release
+
+        staging = self.work / f"staging-{version}"
+        staging.mkdir(parents=True)
+        model = model_path or make_color_onnx(staging / "model.onnx", model_version=version)
+        sample = color_image(128, 128, squares=(("red", 32, 32, 32), ("blue", 96, 64, 32)))
+        (staging / "sample.png").write_bytes(encode(sample))
+        expected = expected if expected is not None else expected_for(model, sample)
+        (staging / "sample_expected.json").write_text(json.dumps(expected))
+        files = [
+            ReleaseInput(model, "model.onnx", "model"),
+            ReleaseInput(staging / "sample.png", "sample.png", "sample_image"),
+            ReleaseInput(staging / "sample_expected.json", "sample_expected.json", "sample_expected"),
+        ]
+        if extra_bytes:
+            (staging / "build_plan.bin").write_bytes(np.random.default_rng(0).bytes(extra_bytes))
+            files.append(ReleaseInput(staging / "build_plan.bin", "build_plan.bin", "build_plan"))
+        release_dir = self.work / "built" / version
+        write_release(
+            release_dir,
+            files,
+            version=version,
+            classes=list(COLOR_NAMES),
+            imgsz=64,
+            private_key_pem=self.private_pem,
+            metrics={"map50": 0.9},
+            source={"mlflow_run_id": "run-" + version, "model_name": "alumi-detector", "model_version": "3"},
+        )
+
+        def write(key: str, data: bytes) -> None:
+            target = self.root / key.removeprefix("releases/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(".tmp-" + target.name)
+            tmp.write_bytes(data)
+            tmp.replace(target)
+
+        publish_release(release_dir, write, channels=channels)
+        return self.root / version
+
+
+JWT_SECRET = "s" * 48
+
+
+def make_token(secret: str = JWT_SECRET, expires_in: float = 300, algorithm: str = "HS256", **claims) -> str:
+    import time
+
+    import jwt
+
+    payload = {"sub": "operator-7", "exp": int(time.time() + expires_in), **claims}
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def auth_header(token: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token or make_token()}"}
+
+
+def edge_settings(home: Path, **overrides):
+    from alumi_edge.settings import EdgeSettings
+
+    values = dict(home=home, auth="hs256", jwt_secret=JWT_SECRET, device_id="line1/cam 2", runtime="onnxruntime",
+                  device="cpu", max_body_bytes=200_000, inference_workers=2)
+    values.update(overrides)
+    return EdgeSettings(**values)

@@ -1,0 +1,150 @@
+"""Letterbox, YOLO output decoding and NMS in numpy: exact numbers and agreement with ultralytics/torchvision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alumi_edge.processing import (
+    Letterbox,
+    batched_nms,
+    letterbox,
+    letterbox_params,
+    nms,
+    postprocess,
+    preprocess,
+    scale_to_original,
+)
+
+
+@pytest.mark.parametrize(
+    "orig_hw, input_hw, expected",
+    [
+        # (h, w) → resized (w, h), pad (left, top)
+        ((100, 200), (64, 64), (64, 32, 0, 16)),
+        ((97, 301), (128, 128), (128, 41, 0, 43)),
+        ((480, 640), (640, 640), (640, 480, 0, 80)),
+        ((640, 480), (640, 640), (480, 640, 80, 0)),
+        ((33, 33), (64, 64), (64, 64, 0, 0)),
+        ((1, 3000), (160, 160), (160, 1, 0, 79)),
+    ],
+)
+def test_letterbox_params_numbers(orig_hw, input_hw, expected):
+    p = letterbox_params(orig_hw, input_hw)
+    assert (p.resized_width, p.resized_height, p.pad_left, p.pad_top) == expected
+
+
+def test_letterbox_pixels_match_ultralytics():
+    from ultralytics.data.augment import LetterBox
+
+    rng = np.random.default_rng(1)
+    for h, w in [(97, 301), (150, 200), (128, 128), (300, 41), (1, 500)]:
+        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        ours, params = letterbox(image, (128, 128))
+        theirs = LetterBox((128, 128), auto=False, stride=32)(image=image)
+        assert ours.shape == (128, 128, 3)
+        np.testing.assert_array_equal(ours, theirs)
+        # padding is grey 114 on both sides of the short axis
+        if params.pad_top > 0:
+            assert (ours[0] == 114).all() and (ours[-1] == 114).all()
+
+
+def test_preprocess_tensor_is_rgb_chw_unit_range():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 2] = 255  # red in BGR
+    tensor, _ = preprocess(image, (64, 64))
+    assert tensor.shape == (1, 3, 64, 64) and tensor.dtype == np.float32
+    assert tensor[0, 0].min() == 1.0 and tensor[0, 1].max() == 0.0 and tensor[0, 2].max() == 0.0
+    assert tensor.flags["C_CONTIGUOUS"]
+
+
+def test_nms_hand_made_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10.5]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    # IoU(0,1) = 81/119 = 0.68; IoU(0,3) = 100/105 = 0.95
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [0, 1, 2]
+    assert nms(boxes, scores, 0.96).tolist() == [0, 1, 2, 3]
+    # box 1 of another class is never suppressed by box 0
+    classes = np.array([0, 1, 0, 0])
+    assert sorted(batched_nms(boxes, scores, classes, 0.5).tolist()) == [0, 1, 2]
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).tolist() == []
+
+
+def test_nms_matches_torchvision_on_random_boxes():
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 100, (300, 2)).astype(np.float32)
+    wh = rng.uniform(5, 40, (300, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    scores = rng.uniform(0, 1, 300).astype(np.float32)
+    for threshold in (0.3, 0.5, 0.7):
+        theirs = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+        assert nms(boxes, scores, threshold).tolist() == theirs.tolist()
+
+
+def test_postprocess_decodes_yolo_output_to_original_pixels():
+    # image 100x200 (h, w) letterboxed into 64x64: gain 0.32, pad top 16
+    params = letterbox_params((100, 200), (64, 64))
+    # 3 candidates, 2 classes: rows cx, cy, w, h, score0, score1
+    output = np.array(
+        [[
+            [32.0, 32.5, 10.0],
+            [32.0, 32.5, 20.0],
+            [16.0, 16.0, 4.0],
+            [8.0, 8.0, 4.0],
+            [0.9, 0.85, 0.1],
+            [0.1, 0.2, 0.2],
+        ]],
+        np.float32,
+    )
+    det = postprocess(output, params, conf_threshold=0.25, iou_threshold=0.5)
+    # candidate 1 overlaps candidate 0 (same class) and is suppressed; candidate 2 is under conf
+    assert len(det) == 1
+    assert det.class_ids.tolist() == [0]
+    assert det.confidences.tolist() == pytest.approx([0.9])
+    # input box (24, 28, 40, 36) → minus pad (0, 16) → / 0.32 → (75, 37.5, 125, 62.5)
+    np.testing.assert_allclose(det.boxes[0], [75.0, 37.5, 125.0, 62.5], atol=1e-4)
+    # at a low threshold the other class of candidate 2 appears, class-wise NMS keeps both classes
+    det = postprocess(output, params, conf_threshold=0.15, iou_threshold=0.5)
+    assert sorted(det.class_ids.tolist()) == [0, 1]
+
+
+def test_postprocess_clips_and_honours_max_det_and_strict_threshold():
+    params = Letterbox(orig_height=64, orig_width=64, input_height=64, input_width=64,
+                       resized_width=64, resized_height=64, pad_left=0, pad_top=0)
+    output = np.zeros((1, 5, 4), np.float32)
+    output[0, :4] = np.array([[2, 20, 40, 62], [2, 20, 40, 62], [10, 10, 10, 10], [10, 10, 10, 10]], np.float32)
+    output[0, 4] = [0.5, 0.6, 0.7, 0.25]
+    det = postprocess(output, params, conf_threshold=0.25, iou_threshold=0.7, max_det=2)
+    assert det.confidences.tolist() == pytest.approx([0.7, 0.6])  # 0.25 is not > 0.25; max_det 2
+    np.testing.assert_allclose(det.boxes, [[35, 35, 45, 45], [15, 15, 25, 25]])
+    det = postprocess(output, params, conf_threshold=0.25, iou_threshold=0.7, max_det=3)
+    np.testing.assert_allclose(det.boxes[2], [0, 0, 7, 7])  # (2-5, 2-5, 2+5, 2+5) clipped at 0
+
+
+def test_postprocess_end_to_end_rows():
+    params = letterbox_params((64, 64), (64, 64))
+    rows = np.array([[[1, 2, 30, 40, 0.9, 1], [5, 5, 9, 9, 0.1, 0]]], np.float32)
+    det = postprocess(rows, params, conf_threshold=0.25, end_to_end=True)
+    assert det.class_ids.tolist() == [1]
+    np.testing.assert_allclose(det.boxes[0], [1, 2, 30, 40])
+
+
+def test_postprocess_rejects_bad_thresholds_and_shapes():
+    params = letterbox_params((64, 64), (64, 64))
+    with pytest.raises(ValueError, match="conf threshold"):
+        postprocess(np.zeros((1, 6, 3), np.float32), params, conf_threshold=1.5)
+    with pytest.raises(ValueError, match="batch of one"):
+        postprocess(np.zeros((2, 6, 3), np.float32), params)
+
+
+def test_scale_to_original_inverts_letterbox():
+    params = letterbox_params((97, 301), (128, 128))
+    original = np.array([[10.0, 20.0, 150.0, 90.0]], np.float32)
+    as_input = original.copy()
+    as_input[:, [0, 2]] = as_input[:, [0, 2]] * params.gain_x + params.pad_left
+    as_input[:, [1, 3]] = as_input[:, [1, 3]] * params.gain_y + params.pad_top
+    np.testing.assert_allclose(scale_to_original(as_input, params), original, atol=1e-3)

@@ -1,0 +1,212 @@
+"""Runtime selection, ONNX metadata, and the TensorRT path (guard here; engine build/cache logic on a stand-in)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from alumi_edge.model_info import ModelMetadataError, parse_model_info, read_model_info
+from alumi_edge.runtimes import OnnxRuntime, RuntimeUnavailable, create_runtime
+from alumi_edge.runtimes.onnx import providers_for
+from alumi_edge.runtimes.tensorrt import TensorRTRuntime, engine_cache_name, tensorrt_available
+from edge_support import color_image
+
+
+def test_model_info_from_onnx_metadata(color_onnx):
+    info = read_model_info(color_onnx)
+    assert info.names == ("red", "green", "blue") and info.input_hw == (64, 64) and info.stride == 16
+    assert info.model_version == "1.0.0" and info.dataset_hash == "d" * 16 and info.end_to_end is False
+
+
+def test_model_info_errors_name_the_property(tmp_path):
+    with pytest.raises(ModelMetadataError, match="'imgsz' is missing"):
+        parse_model_info({"names": "{0: 'a'}"})
+    with pytest.raises(ModelMetadataError, match="'names'"):
+        parse_model_info({"names": "{0: 'a', 2: 'b'}", "imgsz": "[64, 64]"})
+    assert parse_model_info({"names": '["a", "b"]', "imgsz": "320", "end2end": "True"}).input_hw == (320, 320)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * 64)
+    with pytest.raises(ModelMetadataError, match="junk.onnx"):
+        read_model_info(junk)
+
+
+def test_tensorrt_guard_explains_and_auto_falls_back(color_onnx):
+    available, reason = tensorrt_available()
+    assert available is False and "tensorrt" in reason  # no TensorRT on this machine
+    runtime = create_runtime(color_onnx, kind="auto", device="auto")
+    assert isinstance(runtime, OnnxRuntime) and runtime.name == "onnxruntime-cpu"
+    with pytest.raises(RuntimeUnavailable, match="alumi-edge\\[tensorrt\\]"):
+        create_runtime(color_onnx, kind="tensorrt")
+    with pytest.raises(RuntimeUnavailable, match="device is set to 'cpu'"):
+        create_runtime(color_onnx, kind="tensorrt", device="cpu")
+    with pytest.raises(RuntimeUnavailable, match="CUDAExecutionProvider"):
+        providers_for("cuda", ["CPUExecutionProvider"])
+    assert providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+
+
+def test_engine_cache_name_keys_model_tensorrt_and_gpu():
+    name = engine_cache_name("a" * 64, "10.3.0", "Orin (nvgpu)", "fp16")
+    assert name == "aaaaaaaaaaaaaaaa-trt10.3.0-orin-nvgpu-fp16.engine"
+    assert engine_cache_name("a" * 64, "10.4.0", "Orin (nvgpu)", "fp16") != name
+    assert engine_cache_name("b" * 64, "10.3.0", "Orin (nvgpu)", "fp16") != name
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        engine_cache_name("a" * 64, "10.3.0", "Orin", "int4")
+
+
+def _fake_tensorrt_modules(builds: list[str]):
+    """Stand-ins for ``tensorrt`` and ``pycuda.driver`` whose "engine" runs the ONNX with onnxruntime."""
+    import onnxruntime as ort
+
+    memory: dict[int, np.ndarray] = {}
+
+    class DeviceMemory:
+        def __init__(self, nbytes):
+            self.id = len(memory) + 1
+            memory[self.id] = np.zeros(nbytes, np.uint8)
+
+        def __int__(self):
+            return self.id
+
+    class Context:
+        def pop(self): ...
+        def push(self): ...
+        def detach(self): ...
+
+    class Device:
+        @staticmethod
+        def count():
+            return 1
+
+        def __init__(self, index):
+            pass
+
+        def name(self):
+            return "Orin (nvgpu)"
+
+        def make_context(self):
+            return Context()
+
+    def htod(dev, host, stream):
+        memory[int(dev)][:] = host.view(np.uint8)
+
+    def dtoh(host, dev, stream):
+        host.view(np.uint8)[:] = memory[int(dev)]
+
+    cuda = types.SimpleNamespace(
+        init=lambda: None, Device=Device, Stream=lambda: types.SimpleNamespace(handle=0, synchronize=lambda: None),
+        pagelocked_empty=lambda n, dtype: np.zeros(n, dtype), mem_alloc=DeviceMemory,
+        memcpy_htod_async=htod, memcpy_dtoh_async=dtoh,
+    )
+
+    class Engine:
+        def __init__(self, onnx_bytes):
+            self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+            self.tensors = [(i.name, tuple(i.shape), "in") for i in self.session.get_inputs()] + [
+                (o.name, tuple(o.shape), "out") for o in self.session.get_outputs()]
+            self.num_io_tensors = len(self.tensors)
+
+        def get_tensor_name(self, i):
+            return self.tensors[i][0]
+
+        def _tensor(self, name):
+            return next(t for t in self.tensors if t[0] == name)
+
+        def get_tensor_shape(self, name):
+            return self._tensor(name)[1]
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if self._tensor(name)[2] == "in" else "output"
+
+        def create_execution_context(self):
+            engine, addresses = self, {}
+
+            class ExecutionContext:
+                def set_tensor_address(self, name, address):
+                    addresses[name] = address
+
+                def execute_async_v3(self, stream):
+                    (in_name, in_shape, _), (out_name, _, _) = engine.tensors[0], engine.tensors[1]
+                    x = memory[addresses[in_name]].view(np.float32).reshape(in_shape)
+                    y = engine.session.run(None, {in_name: x})[0]
+                    memory[addresses[out_name]][:] = y.astype(np.float32).ravel().view(np.uint8)
+                    return True
+
+            return ExecutionContext()
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return types.SimpleNamespace()
+
+        def create_builder_config(self):
+            return types.SimpleNamespace(set_memory_pool_limit=lambda *a: None, set_flag=lambda flag: None)
+
+        def build_serialized_network(self, network, config):
+            builds.append("build")
+            return b"FAKEENGINE" + network.onnx
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse(self, data):
+            self.network.onnx = data
+            return True
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            data = bytes(data)
+            return Engine(data[len(b"FAKEENGINE"):]) if data.startswith(b"FAKEENGINE") else None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level=None):
+            pass
+
+    trt = types.SimpleNamespace(
+        __version__="10.3.0", Logger=Logger,
+        Builder=Builder, OnnxParser=OnnxParser, Runtime=Runtime, nptype=lambda dtype: np.float32,
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(), MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
+        BuilderFlag=types.SimpleNamespace(FP16=1), TensorIOMode=types.SimpleNamespace(INPUT="input"),
+    )
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = cuda
+    return trt, pycuda, cuda
+
+
+def test_tensorrt_runtime_builds_once_then_reuses_cached_engine(monkeypatch, tmp_path, color_onnx):
+    builds: list[str] = []
+    trt, pycuda, cuda = _fake_tensorrt_modules(builds)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    assert tensorrt_available() == (True, "")
+
+    runtime = create_runtime(color_onnx, kind="auto", engine_cache_dir=tmp_path / "engines")
+    assert isinstance(runtime, TensorRTRuntime) and runtime.name == "tensorrt-fp16"
+    assert runtime.engine_path.name.endswith("-trt10.3.0-orin-nvgpu-fp16.engine") and runtime.engine_path.is_file()
+    image = color_image(128, 128, squares=(("red", 32, 32, 32),))
+    boxes = runtime.detect(image).boxes
+    reference = OnnxRuntime(color_onnx).load().detect(image).boxes
+    assert [(b.class_name, b.x1, b.y1, b.x2, b.y2) for b in boxes] == [
+        (b.class_name, b.x1, b.y1, b.x2, b.y2) for b in reference]
+    assert builds == ["build"]
+    second = TensorRTRuntime(color_onnx, tmp_path / "engines").load()
+    assert builds == ["build"] and second.engine_path == runtime.engine_path  # cache hit, no rebuild
+    runtime.close()
