@@ -47,7 +47,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "nthread": 1,  # the data are small: with 2 threads on a busy 2-core machine training ran 5-20x slower
     "seed": 0,
 }
-_BOOSTER_KEYS = ("max_depth", "eta", "subsample", "colsample_bytree", "min_child_weight", "lambda", "eval_metric", "nthread", "seed")
+_BOOSTER_KEYS = (
+    "max_depth", "eta", "subsample", "colsample_bytree", "min_child_weight", "lambda", "eval_metric", "nthread", "seed",
+)
 
 
 def model_feature_names(alloys: Sequence[str] = ALLOYS) -> tuple[str, ...]:
@@ -73,7 +75,9 @@ def feature_matrix(features: "pl.DataFrame", feature_names: Sequence[str]) -> np
     return np.column_stack(columns) if columns else np.empty((features.height, 0))
 
 
-def vector_from_window_features(features: Mapping[str, float], alloy: str | None, feature_names: Sequence[str]) -> np.ndarray:
+def vector_from_window_features(
+    features: Mapping[str, float], alloy: str | None, feature_names: Sequence[str]
+) -> np.ndarray:
     """One model input row from window_features_numpy output plus the part's alloy."""
     row = []
     for name in feature_names:
@@ -555,7 +559,8 @@ def plot_reliability(per_type: Mapping[str, Mapping[str, Any]]) -> bytes:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for t, metrics in per_type.items():
         rows = [r for r in metrics["reliability"] if r["n"]]
-        ax.plot([r["mean_risk"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label=f"{t} (Brier {metrics['brier']:.3f})")
+        label = f"{t} (Brier {metrics['brier']:.3f})"
+        ax.plot([r["mean_risk"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label=label)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted risk", ylabel="observed defect rate", title="Calibration")
     ax.legend(loc="upper left", fontsize=8)
     return _png(figure)
