@@ -134,7 +134,8 @@ def parse_incoming(
     suffix = PurePosixPath(name).suffix.lower()
     parsers = {".jsonl": _parse_edge_jsonl, ".json": _parse_coco, ".csv": _parse_csv}
     if suffix not in parsers:
-        return [], [reject(name, None, None, f"unsupported file type {suffix or '(none)'!r}: expected .jsonl, .json or .csv")]
+        reason = f"unsupported file type {suffix or '(none)'!r}: expected .jsonl, .json or .csv"
+        return [], [reject(name, None, None, reason)]
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -244,7 +245,8 @@ def _parse_csv(name: str, text: str, names: Mapping[str, str]) -> tuple[list[Cor
     columns = [c.strip().lower() for c in header]
     missing = [c for c in CSV_COLUMNS if c not in columns]
     if missing:
-        return [], [reject(name, 1, None, f"CSV header is missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}")]
+        reason = f"CSV header is missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}"
+        return [], [reject(name, 1, None, reason)]
     index = {c: columns.index(c) for c in CSV_COLUMNS}
     records, rejects = [], []
     while True:
@@ -329,7 +331,8 @@ def _parse_coco(name: str, text: str, names: Mapping[str, str]) -> tuple[list[Co
             continue
         record_id = str(img.get("correction_id") or f"{PurePosixPath(name).name}#{img.get('id', position)}")
         try:
-            records.append(_coco_record(name, record_id, img, annotations.get(img.get("id"), []), categories, info, tool, names))
+            anns = annotations.get(img.get("id"), [])
+            records.append(_coco_record(name, record_id, img, anns, categories, info, tool, names))
         except ValueError as exc:
             rejects.append(reject(name, None, record_id, f"COCO image {img.get('file_name')!r}: {exc}"))
     return records, rejects
@@ -459,8 +462,8 @@ def validate(
         if seen is not None:
             if seen.content() != rec.content():
                 where = f"{seen.source_file}" + (f" line {seen.line}" if seen.line is not None else "")
-                rejects.append(reject(rec.source_file, rec.line, rec.correction_id,
-                                      f"duplicate correction id {rec.correction_id!r} with different content (first seen in {where})"))
+                reason = f"duplicate correction id {rec.correction_id!r} with different content (first seen in {where})"
+                rejects.append(reject(rec.source_file, rec.line, rec.correction_id, reason))
             continue
         first_seen[rec.correction_id] = rec
         checked, reason = _validate_one(rec, known, cmap, limit)
@@ -496,7 +499,9 @@ def _validate_one(rec: Correction, known, cmap: ClassMap, limit: datetime) -> tu
     if rec.frame is not None and rec.frame != (width, height):
         fw, fh = rec.frame
         if fw <= 0 or fh <= 0 or abs((fw / fh) / (width / height) - 1.0) > ASPECT_TOLERANCE:
-            return None, f"annotated image size {fw}x{fh} does not match the original {width}x{height} (aspect ratio differs)"
+            return None, (
+                f"annotated image size {fw}x{fh} does not match the original {width}x{height} (aspect ratio differs)"
+            )
         sx, sy = width / fw, height / fh
 
     updates: dict[str, Any] = {}
@@ -722,7 +727,8 @@ def apply(
             before, after = [_box_json(b) for b in boxes], [_box_json(b) for b in new]
             state[image_id] = new
         else:
-            target = _normalise(rec.class_name, rec.box, rec.image_width, rec.image_height, cmap)  # type: ignore[arg-type]
+            size = (rec.image_width, rec.image_height)
+            target = _normalise(rec.class_name, rec.box, *size, cmap)  # type: ignore[arg-type]
             if rec.action == "add":
                 boxes.append(target)
                 after = _box_json(target)
@@ -735,7 +741,7 @@ def apply(
             else:  # replace
                 probe = target
                 if rec.match_box is not None:
-                    probe = _normalise(rec.class_name, rec.match_box, rec.image_width, rec.image_height, cmap)  # type: ignore[arg-type]
+                    probe = _normalise(rec.class_name, rec.match_box, *size, cmap)  # type: ignore[arg-type]
                 hit = _best_match(boxes, probe, REPLACE_MIN_IOU, same_class=False)
                 if hit is not None:
                     before = _box_json(boxes.pop(hit))
