@@ -139,17 +139,23 @@ def cmd_batches(args, settings: Settings) -> int:
 
 
 def cmd_promote(args, settings: Settings) -> int:
-    from alumi_pipelines.resources.mlflow_registry import promote
+    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.resources.mlflow_registry import MlflowRegistry, promote
 
-    result = promote(settings, args.version, model_name=args.model)
+    result = promote(args.model, args.version)
+    registry = MlflowRegistry.from_settings(settings)
+    layout.sync_champion_record(_lake(settings), registry.model_copy(update={"model_name": args.model}) if args.model else registry)
     print(json.dumps(result))
     return 0
 
 
 def cmd_rollback(args, settings: Settings) -> int:
-    from alumi_pipelines.resources.mlflow_registry import rollback
+    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.resources.mlflow_registry import MlflowRegistry, rollback
 
-    result = rollback(settings, model_name=args.model)
+    result = rollback(args.model)
+    registry = MlflowRegistry.from_settings(settings)
+    layout.sync_champion_record(_lake(settings), registry.model_copy(update={"model_name": args.model}) if args.model else registry)
     print(json.dumps(result))
     return 0
 

@@ -2,17 +2,21 @@
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from alumi_pipelines.assets import gold, processed, raw
+from alumi_pipelines.assets import corrections, drift, gold, processed, raw
+from alumi_pipelines.assets.training import TRAINING_ASSETS, TRAINING_CHECKS, TRAINING_JOBS
 from alumi_pipelines.jobs import JOBS
 from alumi_pipelines.resources import build_resources
+from alumi_pipelines.sensors.corrections import corrections_sensor
+from alumi_pipelines.sensors.drift import drift_sensor, weekly_drift_schedule
 from alumi_pipelines.sensors.landing import landing_sensor
 
-_modules = [raw, processed, gold]
+_modules = [raw, processed, corrections, gold, drift]
 
 defs = Definitions(
-    assets=load_assets_from_modules(_modules),
-    asset_checks=load_asset_checks_from_modules(_modules),
-    jobs=JOBS,
-    sensors=[landing_sensor],
+    assets=[*load_assets_from_modules(_modules), *TRAINING_ASSETS],
+    asset_checks=[*load_asset_checks_from_modules(_modules), *TRAINING_CHECKS],
+    jobs=[*JOBS, *TRAINING_JOBS],
+    sensors=[landing_sensor, corrections_sensor, drift_sensor],
+    schedules=[weekly_drift_schedule],
     resources=build_resources(),
 )

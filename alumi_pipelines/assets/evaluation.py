@@ -47,7 +47,7 @@ def plot_key(version: str, name: str) -> str:
 class DetectorEvaluationConfig(Config):
     version: Optional[str] = Field(default=None, description="challenger version; default: the newest version")
     batch: int = Field(default=16, description="validation batch size")
-    device: str = Field(default="cpu", description="cpu, 0 or mps")
+    device: Optional[str] = Field(default=None, description="cpu, 0 or mps; default: the profile's device")
     latency_images: int = Field(default=20, description="test images timed one at a time for latency")
 
 
@@ -128,12 +128,13 @@ def confusion_md(confusion: dict) -> str:
 
 
 def _evaluate_version(registry: MlflowRegistry, version: str, data_yaml: Path, work: Path, config_dir: Path,
-                      config: DetectorEvaluationConfig, default_imgsz: int) -> dict:
+                      config: DetectorEvaluationConfig, defaults: dict) -> dict:
+    """One registered version on the test split, at the image size it was trained with."""
     info = registry.version(version)
     weights = registry.download_weights(version, work / f"v{version}" / "weights")
-    imgsz = int(info.tags.get("imgsz") or default_imgsz)
+    imgsz = int(info.tags.get("imgsz") or defaults["imgsz"])
     metrics = training.evaluate_detector(weights, data_yaml, work / f"v{version}", config_dir=config_dir,
-                                         imgsz=imgsz, batch=config.batch, device=config.device,
+                                         imgsz=imgsz, batch=config.batch, device=config.device or defaults["device"],
                                          latency_images=config.latency_images)
     return {"version": version, "run_id": info.run_id, "dataset_hash": info.tags.get("dataset_hash"),
             "metrics": metrics}
@@ -164,17 +165,21 @@ def detector_evaluation(context: AssetExecutionContext, config: DetectorEvaluati
         raise Failure(f"model {mlflow.model_name!r} has no registered version: materialise detector_model first")
     challenger_version = challenger_info.version
     champion_version = mlflow.alias_version("champion")
-    default_imgsz = training.profile_defaults(settings.profile)["imgsz"]
+    defaults = training.profile_defaults(settings.profile)
     with training.scratch_dir(settings.home, "work", context.run_id, "detector_evaluation") as work:
         pointer = lake_layout.read_gold_pointer(lake)
         local = lake.local_path(pointer["prefix"]) or lake.get_dir(pointer["prefix"], work / "gold")
         data_yaml = training.link_yolo_dataset(local, work / "dataset")
         summary = training.check_yolo_dataset(work / "dataset")
         config_dir = settings.home / "ultralytics"
-        challenger = _evaluate_version(mlflow, challenger_version, data_yaml, work, config_dir, config, default_imgsz)
-        champion = None
+        challenger = _evaluate_version(mlflow, challenger_version, data_yaml, work, config_dir, config, defaults)
+        champion, incomparable = None, None
         if champion_version is not None and champion_version != challenger_version:
-            champion = _evaluate_version(mlflow, champion_version, data_yaml, work, config_dir, config, default_imgsz)
+            try:
+                champion = _evaluate_version(mlflow, champion_version, data_yaml, work, config_dir, config, defaults)
+            except training.DatasetError as exc:  # e.g. the class list changed since the champion was trained
+                incomparable = f"champion v{champion_version} cannot be evaluated on this dataset: {exc}"
+                context.log.warning(incomparable + "; the gate falls back to the absolute floor")
         plot_keys = {}
         for name in SHOWN_PLOTS:
             path = challenger["metrics"]["plots"].get(name)
@@ -196,6 +201,7 @@ def detector_evaluation(context: AssetExecutionContext, config: DetectorEvaluati
         "challenger": challenger,
         "champion": champion,
         "challenger_is_champion": champion_version == challenger_version,
+        "champion_not_comparable": incomparable,
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "dagster_run_id": context.run_id,
     }
@@ -224,6 +230,8 @@ def detector_evaluation(context: AssetExecutionContext, config: DetectorEvaluati
     }
     if champion is not None:
         metadata["champion_mAP50_95"] = champion["metrics"]["map50_95"]
+    if incomparable:
+        metadata["champion_not_comparable"] = MetadataValue.text(incomparable)
     for name, (plot, data) in plot_keys.items():
         metadata[f"plot_{name}"] = MetadataValue.md(_png_md(name, data))
         metadata[f"plot_{name}_path"] = MetadataValue.path(lake.uri(plot))
@@ -248,6 +256,7 @@ def promotion_gate(context: AssetCheckExecutionContext, config: PromotionGateCon
     else:
         decision = gate.decide(challenger["metrics"], champion["metrics"] if champion else None, rule)
     verdict = {"version": challenger["version"], "champion_version": champion["version"] if champion else None,
+               "evaluation_run_id": evaluation["dagster_run_id"],
                "rule": {"tolerance": rule.tolerance, "recall_margin": rule.recall_margin, "floor": rule.floor},
                "dataset_hash": evaluation["dataset_hash"], **decision.as_dict()}
     lake.write_json(gate_key(challenger["version"]), verdict)
@@ -280,11 +289,24 @@ def champion_model(context: AssetExecutionContext, lake: Lake, mlflow: MlflowReg
         raise Failure(f"version {version} has no promotion gate verdict ({gate_key(version)}): run the "
                       "promotion_gate check of detector_evaluation first")
     verdict = lake.read_json(gate_key(version))
+    if verdict.get("evaluation_run_id") != evaluation["dagster_run_id"]:
+        raise Failure(f"the promotion gate verdict of version {version} belongs to an older evaluation: run the "
+                      "promotion_gate check of the latest detector_evaluation first")
     if not verdict.get("passed"):
         raise Failure(f"version {version} did not pass the promotion gate: {'; '.join(verdict.get('reasons', []))}")
     move = mlflow.promote(version)
     mlflow.set_version_tags(version, {"gate.passed": "true"})
-    context.log.info(f"{mlflow.model_name}: champion v{move.champion}, previous v{move.previous or 'none'}"
+    info = mlflow.version(move.champion)
+    lake_layout.write_champion_record(lake, {
+        "model_name": mlflow.model_name,
+        "version": move.champion,
+        "previous": move.previous,
+        "run_id": info.run_id,
+        "dataset_hash": info.tags.get("dataset_hash") or evaluation["dataset_hash"],
+        "trained_at": info.created_at,
+    })
+    context.log.info(f"{mlflow.model_name}: champion v{move.champion}, previous "
+                     f"{'v' + move.previous if move.previous else 'none'}"
                      + ("" if move.changed else " (unchanged)"))
     return MaterializeResult(metadata={
         "model_name": mlflow.model_name,

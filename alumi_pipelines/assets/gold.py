@@ -18,7 +18,7 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
 
 @asset(
-    deps=["processed_images", "processed_labels"],
+    deps=["processed_images", "processed_labels", "label_corrections"],
     group_name="gold",
     owners=["team:data-science"],
     kinds={"parquet", "yaml"},

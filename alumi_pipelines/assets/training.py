@@ -110,6 +110,11 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     return f"epoch {epoch}/{epochs} {shown}"
 
 
+def _point(trial: dict[str, Any], sweep: dict[str, list] | None) -> dict[str, Any]:
+    """The swept values of a trial."""
+    return {k: trial[k] for k in sorted(sweep or {})}
+
+
 def _history_md(history: list[dict[str, float]]) -> str:
     keys = ["train/box_loss", "train/cls_loss", "val/mAP50", "val/mAP50-95"]
     lines = ["| epoch | " + " | ".join(keys) + " |", "| ---: |" + " ---: |" * len(keys)]
@@ -118,9 +123,9 @@ def _history_md(history: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _train_trial(context, registry, run, args, summary, work, base_weights, config_dir, name):
+def _train_trial(context, run, args, summary, work, base_weights, config_dir, name):
     """One training run logged to ``run``: params, per-epoch metrics (also to the run log), artifacts."""
-    run.log_params({**{k: v for k, v in args.items()}, **training.ultralytics_train_kwargs(args)})
+    run.log_params({**args, **training.ultralytics_train_kwargs(args)})
 
     def on_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         context.log.info(f"[{name}] " + _epoch_line(epoch, epochs, metrics))
@@ -176,25 +181,22 @@ def detector_model(context: AssetExecutionContext, config: DetectorTrainingConfi
         with mlflow.run(f"detector-{context.run_id[:8]}", tags=tags) as parent:
             parent.log_params(dataset_params)
             if len(trials) == 1:
-                outcome = _train_trial(context, mlflow, parent, trials[0], summary, work, base_weights, config_dir,
-                                       "train")
+                outcome = _train_trial(context, parent, trials[0], summary, work, base_weights, config_dir, "train")
                 best_run, best_args, trial_rows = parent, trials[0], []
             else:
                 parent.log_params({"sweep": config.sweep, "sweep_mode": config.sweep_mode, "n_trials": len(trials)})
                 outcomes, runs = [], []
                 for i, trial in enumerate(trials):
-                    point = {k: trial[k] for k in sorted(config.sweep or {})}
-                    context.log.info(f"sweep trial {i + 1}/{len(trials)}: {point}")
+                    context.log.info(f"sweep trial {i + 1}/{len(trials)}: {_point(trial, config.sweep)}")
                     with mlflow.run(f"trial-{i + 1}", tags={**tags, "alumi.trial": str(i + 1)},
                                     parent_run_id=parent.run_id) as child:
                         child.log_params(dataset_params)
-                        outcomes.append(_train_trial(context, mlflow, child, trial, summary, work, base_weights,
-                                                     config_dir, f"trial-{i + 1}"))
+                        outcomes.append(_train_trial(context, child, trial, summary, work, base_weights, config_dir,
+                                                     f"trial-{i + 1}"))
                         runs.append(child)
                 best = training.best_trial([o.final_metrics for o in outcomes])
                 outcome, best_run, best_args = outcomes[best], runs[best], trials[best]
-                trial_rows = [{"trial": i + 1, **{k: t[k] for k in sorted(config.sweep or {})},
-                               "val/mAP50-95": o.final_metrics.get("val/mAP50-95")}
+                trial_rows = [{"trial": i + 1, **_point(t, config.sweep), "val/mAP50-95": o.final_metrics.get("val/mAP50-95")}
                               for i, (t, o) in enumerate(zip(trials, outcomes))]
                 parent.set_tags({"alumi.best_trial": best + 1, "alumi.best_run_id": best_run.run_id})
                 parent.log_metrics({f"best/{k}": v for k, v in outcome.final_metrics.items()})
@@ -239,7 +241,8 @@ def detector_model(context: AssetExecutionContext, config: DetectorTrainingConfi
 training_job = define_asset_job(
     "training_job",
     selection=AssetSelection.groups("training"),
-    tags={TRAINING_TAG: "true"},
+    # A refused gate or bad data fails the same way again: run retries are for infrastructure failures only.
+    tags={TRAINING_TAG: "true", "dagster/retry_on_asset_or_op_failure": "false"},
     description="Gold dataset → trained detector → evaluation on the frozen test split → promotion gate → "
     "champion alias. The instance runs one job tagged alumi/training at a time.",
 )

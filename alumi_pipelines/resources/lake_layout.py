@@ -14,6 +14,13 @@ from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
 GOLD_POINTER = "gold/current.json"
+CHAMPION_RECORD = "models/champion.json"  # {version, dataset_hash, promoted_at, trained_at}: read by sensors
+CORRECTIONS_INCOMING = "corrections/incoming"
+CORRECTIONS_VALIDATED = "corrections/validated/corrections.parquet"
+CORRECTIONS_OVERLAY = "corrections/applied/overlay.parquet"
+CORRECTIONS_CHANGES = "corrections/applied/changes.parquet"
+CORRECTIONS_REJECTIONS = "quarantine/corrections/rejections.parquet"
+DRIFT_LATEST = "reports/drift/latest.json"
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -279,15 +286,21 @@ class GoldInfo:
         }
 
 
-def build_gold(lake: Lake, settings: PipelineSettings, corrected_labels=None) -> GoldInfo:
+def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
     """All processed batches (+ applied corrections) → a split YOLO dataset named by its content hash."""
+    import polars as pl
     import yaml
 
     from alumi_pipelines.lib import gold
+    from alumi_pipelines.lib.corrections import corrected_labels
 
     features, labels = read_processed(lake)
-    if corrected_labels is not None:
-        labels = corrected_labels
+    if lake.exists(CORRECTIONS_OVERLAY) and lake.exists(CORRECTIONS_CHANGES):
+        changes = lake.read_table(CORRECTIONS_CHANGES)
+        labels = corrected_labels(labels, lake.read_table(CORRECTIONS_OVERLAY), changes)
+        # an image a correction touched is labelled from now on, even if it arrived unlabelled
+        touched = changes["image_id"].unique().implode()
+        features = features.with_columns(pl.col("labelled") | pl.col("image_id").is_in(touched))
     plan = gold.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed)
     prefix = gold_prefix(plan.dataset_hash)
     info = GoldInfo(
@@ -319,6 +332,132 @@ def build_gold(lake: Lake, settings: PipelineSettings, corrected_labels=None) ->
         lake.write_table(manifest_key, plan.manifest)  # written last: its presence means complete
     lake.write_json(GOLD_POINTER, {**info.pointer(), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     return info
+
+
+# -- corrections -----------------------------------------------------------------------------------
+@dataclass
+class CorrectionsSummary:
+    files: int
+    records: int
+    valid: int
+    rejected: int
+    applied: int
+    no_match: int
+    by_origin: dict[str, int]
+    by_level: dict[str, int]
+    rejections: list[dict]
+
+
+def apply_corrections(lake: Lake, settings: PipelineSettings) -> CorrectionsSummary:
+    """Every file in corrections/incoming → validated table, rejections, and the applied overlay + changes.
+
+    Recomputed from all incoming files on every run, so applying the same corrections again changes nothing.
+    """
+    import polars as pl
+
+    from alumi_pipelines.lib import corrections as corr
+
+    features, labels = read_processed(lake)
+    images = features.unique("image_id", keep="first", maintain_order=True).select(
+        "image_id", "orig_width", "orig_height", "batch"
+    )
+    names = _image_names(lake)
+    files = [f for f in lake.list_files(CORRECTIONS_INCOMING) if f.key.rsplit(".", 1)[-1] in ("jsonl", "json", "csv")]
+    records, rejects = [], []
+    for f in files:
+        recs, bad = corr.parse_incoming(f.key.rsplit("/", 1)[-1], lake.read_bytes(f.key), names=names)
+        records.extend(recs)
+        rejects.extend(bad)
+    valid, invalid = corr.validate(records, images, list(settings.classes))
+    rejects.extend(invalid)
+    lake.write_table(CORRECTIONS_VALIDATED, corr.corrections_frame(valid))
+    lake.write_table(CORRECTIONS_REJECTIONS, corr.rejects_frame(rejects))
+    overlay, changes = corr.apply(labels, valid, list(settings.classes))
+    lake.write_table(CORRECTIONS_OVERLAY, overlay)
+    lake.write_table(CORRECTIONS_CHANGES, changes)
+    count = lambda col: dict(changes.group_by(col).len().sort(col).iter_rows()) if changes.height else {}  # noqa: E731
+    results = count("result")
+    return CorrectionsSummary(
+        files=len(files), records=len(records), valid=len(valid), rejected=len(rejects),
+        applied=results.get("applied", 0), no_match=results.get("no_match", 0),
+        by_origin=count("origin"), by_level=count("level"), rejections=rejects[:50],
+    )
+
+
+def _image_names(lake: Lake) -> dict[str, str]:
+    """Original file name (full landing path and base name) → image_id, from every raw manifest."""
+    names: dict[str, str] = {}
+    manifests = [f.key for f in lake.list_files("raw/manifests") if f.key.endswith(".parquet")]
+    table = lake.read_tables(manifests)
+    if table is None:
+        return names
+    for batch, path, image_id in table.select("batch", "source_path", "image_id").iter_rows():
+        names[f"{batch}/{path}"] = image_id
+        names.setdefault(path.rsplit("/", 1)[-1], image_id)
+    return names
+
+
+def read_validated_corrections(lake: Lake):
+    return lake.read_table(CORRECTIONS_VALIDATED) if lake.exists(CORRECTIONS_VALIDATED) else None
+
+
+# -- champion ----------------------------------------------------------------------------------------
+def write_champion_record(lake: Lake, record: dict) -> None:
+    """The registry's champion, mirrored in the lake so sensors can read it without importing mlflow."""
+    lake.write_json(CHAMPION_RECORD, {**record, "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+
+
+def sync_champion_record(lake: Lake, registry) -> dict | None:
+    """Rewrite the champion record from the registry (after `alumi promote` / `alumi rollback`)."""
+    version = registry.alias_version("champion")
+    if version is None:
+        lake.delete(CHAMPION_RECORD)
+        return None
+    info = registry.version(version)
+    record = {"model_name": registry.model_name, "version": version, "previous": registry.alias_version("previous"),
+              "run_id": info.run_id, "dataset_hash": info.tags.get("dataset_hash"), "trained_at": info.created_at}
+    write_champion_record(lake, record)
+    return record
+
+
+# -- drift -------------------------------------------------------------------------------------------
+def champion_record(lake: Lake) -> dict | None:
+    return lake.read_json(CHAMPION_RECORD) if lake.exists(CHAMPION_RECORD) else None
+
+
+def drift_inputs(lake: Lake, recent_batches: int):
+    """(reference features, current features, reference description, current batches).
+
+    The reference is the train split of the champion's gold dataset (or of the current gold dataset when
+    there is no champion yet); the current set is the most recently processed batches.
+    """
+    import polars as pl
+
+    champion = champion_record(lake)
+    pointer = read_gold_pointer(lake)
+    dataset_hash = (champion or {}).get("dataset_hash") or pointer["dataset_hash"]
+    manifest_key = f"{gold_prefix(dataset_hash)}/manifest.parquet"
+    if not lake.exists(manifest_key):
+        dataset_hash, manifest_key = pointer["dataset_hash"], f"{pointer['prefix']}/manifest.parquet"
+    train_ids = lake.read_table(manifest_key).filter(pl.col("split") == "train")["image_id"].implode()
+    files = sorted(
+        (f for f in lake.list_files("processed/features") if f.key.endswith(".parquet")), key=lambda f: (f.mtime, f.key)
+    )
+    current_batches = [PurePosixPath(f.key).stem for f in files[-recent_batches:]]
+    features, _ = read_processed(lake)
+    reference = features.filter(pl.col("image_id").is_in(train_ids)).unique("image_id", maintain_order=True)
+    current = features.filter(pl.col("batch").is_in(current_batches))
+    return reference, current, f"gold {dataset_hash[:12]} train split" + (" (champion)" if champion else ""), current_batches
+
+
+def write_drift_report(lake: Lake, report_id: str, html: bytes, summary: dict) -> dict:
+    """reports/drift/<id>.html + .json, then latest.json (what the drift sensor reads)."""
+    html_key = lake.write_bytes(f"reports/drift/{report_id}.html", html)
+    json_key = lake.write_json(f"reports/drift/{report_id}.json", summary)
+    latest = {"report_id": report_id, "passed": summary["passed"], "drift_share": summary["drift_share"],
+              "html": html_key, "json": json_key, "batches": summary.get("batches", [])}
+    lake.write_json(DRIFT_LATEST, latest)
+    return latest
 
 
 def read_gold_pointer(lake: Lake) -> dict:

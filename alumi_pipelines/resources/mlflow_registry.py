@@ -38,6 +38,7 @@ class RegistryError(RuntimeError):
 def _mlflow():
     """Import mlflow with its usage telemetry off (nothing leaves the machine)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     return mlflow
@@ -254,12 +255,35 @@ class MlflowRegistry(ConfigurableResource):
             raise RegistryError(f"model {self.model_name!r} version {version}: no best.pt under {info.source}")
         return local
 
+    def resolve_artifact_uri(self, uri: str) -> str:
+        """Where a ``models:/name/version``, ``models:/name@alias`` or ``runs:/id/path`` URI's files live.
+
+        Resolved against this resource's registry (MLflow's own resolution uses the process-wide URI).
+        """
+        client = self.client()
+        if uri.startswith("models:/"):
+            rest = uri[len("models:/"):]
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                return client.get_model_version_by_alias(name, alias).source
+            name, _, version = rest.partition("/")
+            if version in ("", "latest"):
+                found = client.search_model_versions(f"name='{name}'")
+                if not found:
+                    raise RegistryError(f"{uri}: model {name!r} has no version")
+                version = str(max(int(mv.version) for mv in found))
+            return client.get_model_version(name, version).source
+        if uri.startswith("runs:/"):
+            run_id, _, path = uri[len("runs:/"):].partition("/")
+            return f"{client.get_run(run_id).info.artifact_uri}/{path}".rstrip("/")
+        return uri
+
     def download_uri(self, uri: str, dest: Path) -> Path:
         """A ``models:/`` or ``runs:/`` URI downloaded into ``dest`` (the .pt inside when it is a folder)."""
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         mlflow = _mlflow()
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=self.resolve_artifact_uri(uri), dst_path=str(dest),
                                                          tracking_uri=self.tracking_uri))
         if local.is_dir():
             found = sorted(local.rglob("best.pt")) or sorted(local.rglob("*.pt"))

@@ -1,0 +1,63 @@
+"""drift_sensor (a failed drift check → retraining) and weekly_drift_schedule."""
+
+import json
+
+from dagster import (
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from alumi_pipelines.jobs import drift_job, retraining_job
+from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.resources.lake import Lake
+
+# drift report (written by the drift assets) → the job that retrains what drifted
+WATCHED = {layout.DRIFT_LATEST: retraining_job.name, "reports/process_drift/latest.json": "process_risk_job"}
+
+
+@sensor(
+    jobs=[retraining_job],
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Reads the latest drift reports (reports/drift/latest.json, reports/process_drift/latest.json); "
+    "a failed drift check requests one retraining run per report (the cursor keeps the handled report ids).",
+)
+def drift_sensor(context: SensorEvaluationContext, lake: Lake):
+    handled: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    requests, notes = [], []
+    for key, job_name in WATCHED.items():
+        if not lake.exists(key) or job_name not in _known_jobs(context):
+            continue
+        latest = lake.read_json(key)
+        if latest["report_id"] == handled.get(key):
+            continue
+        handled[key] = latest["report_id"]
+        if latest["passed"]:
+            notes.append(f"{key}: report {latest['report_id']} passed (share {latest['drift_share']:.2f})")
+            continue
+        requests.append(RunRequest(run_key=f"drift:{latest['report_id']}", job_name=job_name,
+                                   tags={"alumi/trigger": "drift_sensor", "alumi/drift_report": latest["report_id"]}))
+    if not requests:
+        return SensorResult(skip_reason=SkipReason("; ".join(notes) or "no new failed drift report"),
+                            cursor=json.dumps(handled, sort_keys=True))
+    return SensorResult(run_requests=requests, cursor=json.dumps(handled, sort_keys=True))
+
+
+def _known_jobs(context: SensorEvaluationContext) -> set[str]:
+    repo = getattr(context, "repository_def", None)
+    return set(repo.job_names) if repo is not None else {retraining_job.name}
+
+
+weekly_drift_schedule = ScheduleDefinition(
+    name="weekly_drift_schedule",
+    job=drift_job,
+    cron_schedule="0 6 * * 1",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Every Monday 06:00: compare the newest batch with the champion's training set.",
+)
