@@ -13,9 +13,9 @@ from alumi_pipelines.settings import Settings
 
 
 def _lake(settings: Settings):
-    from alumi_pipelines.resources.lake import Lake
+    from alumi_pipelines.resources import lake_for
 
-    return Lake(base_uri=settings.lake_uri)
+    return lake_for(settings.lake_uri, deferred=False)
 
 
 def register_batches(batch_ids: list[str]) -> list[str]:
@@ -138,6 +138,27 @@ def cmd_batches(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_process_demo_data(args, settings: Settings) -> int:
+    from alumi_pipelines.process_demo import write_process_demo
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    start = dt.date.fromisoformat(args.start) if args.start else today - dt.timedelta(days=args.days + 1)
+    keys = write_process_demo(_lake(settings), start, args.days, args.parts, args.seed)
+    print(f"process data for {args.days} day(s) from {start}: {len(keys)} files in landing/process/")
+    return 0
+
+
+def cmd_process_days(args, settings: Settings) -> int:
+    from alumi_pipelines.process_demo import process_days_tags
+
+    tags = process_days_tags(_lake(settings))
+    if not tags:
+        print("alumi process-days: no day under landing/process/; run `alumi process-demo-data` first", file=sys.stderr)
+        return 1
+    print(json.dumps(tags))
+    return 0
+
+
 def cmd_promote(args, settings: Settings) -> int:
     from alumi_pipelines.resources import lake_layout as layout
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry, promote
@@ -183,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batches", help="list complete landing batches and register them as partitions")
     p.add_argument("--tags", action="store_true", help="print `dagster job execute --tags` JSON covering all batches")
     p.set_defaults(fn=cmd_batches)
+
+    p = sub.add_parser("process-demo-data", help="write simulated casting/rolling historian exports into landing/process/")
+    p.add_argument("--days", type=int, default=6)
+    p.add_argument("--parts", type=int, default=90, help="parts (coils) per day")
+    p.add_argument("--start", help="first day (YYYY-MM-DD); default: so the last day ended yesterday")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_process_demo_data)
+
+    p = sub.add_parser("process-days", help="print `dagster job execute --tags` JSON covering every landed process day")
+    p.set_defaults(fn=cmd_process_days)
 
     for name, fn, helptext in (("promote", cmd_promote, "move the champion alias to a model version"),
                                ("rollback", cmd_rollback, "move the champion alias back to the previous version")):

@@ -1,10 +1,27 @@
 """Jobs users and CI run by name (see DESIGN.md: names other parts rely on)."""
 
+import json
+import os
+
 from dagster import AssetSelection, define_asset_job
 
 from alumi_pipelines.partitions import landing_batches
 
-TRAINING_TAGS = {"alumi/training": "true", "dagster/retry_on_asset_or_op_failure": "false"}
+TRAINING_TAG = "alumi/training"
+
+
+def training_run_tags() -> dict[str, str]:
+    """Tags of runs that train: the instance runs one at a time; on Kubernetes, ALUMI_K8S_TRAINING_CONFIG
+    (JSON: node selector, tolerations, GPU limits; see deploy/helm/values.yaml) routes them to the GPU pool.
+    A refused gate fails the same way again, so run retries are for infrastructure failures only."""
+    tags = {TRAINING_TAG: "true", "dagster/retry_on_asset_or_op_failure": "false"}
+    raw = os.environ.get("ALUMI_K8S_TRAINING_CONFIG", "").strip()
+    if raw:
+        tags["dagster-k8s/config"] = json.dumps(json.loads(raw), sort_keys=True)
+    return tags
+
+
+TRAINING_TAGS = training_run_tags()
 VISION = AssetSelection.all() - AssetSelection.groups("process")
 
 ingestion_job = define_asset_job(

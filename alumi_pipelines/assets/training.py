@@ -21,13 +21,13 @@ from dagster import (
 from pydantic import Field
 
 from alumi_pipelines.assets.evaluation import champion_model, detector_evaluation, promotion_gate
+from alumi_pipelines.jobs import training_run_tags
 from alumi_pipelines.lib import training
 from alumi_pipelines.resources import lake_layout
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
 from alumi_pipelines.settings import Settings
 
-TRAINING_TAG = "alumi/training"
 
 
 class DetectorTrainingConfig(Config):
@@ -242,7 +242,7 @@ training_job = define_asset_job(
     "training_job",
     selection=AssetSelection.groups("training"),
     # A refused gate or bad data fails the same way again: run retries are for infrastructure failures only.
-    tags={TRAINING_TAG: "true", "dagster/retry_on_asset_or_op_failure": "false"},
+    tags=training_run_tags(),
     description="Gold dataset → trained detector → evaluation on the frozen test split → promotion gate → "
     "champion alias. The instance runs one job tagged alumi/training at a time.",
 )

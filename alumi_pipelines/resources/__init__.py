@@ -13,7 +13,21 @@ def build_resources(settings: Settings | None = None) -> dict:
 
     settings = settings or Settings.from_env()
     return {
-        "lake": Lake(base_uri=settings.lake_uri),
+        "lake": lake_for(settings.lake_uri),
         "pipeline_settings": PipelineSettings.from_settings(settings),
         "mlflow": MlflowRegistry.from_settings(settings),
     }
+
+
+AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
+
+
+def lake_for(uri: str, *, deferred: bool = True):
+    """The Lake of a base URI: a local folder, or Azure Data Lake / Blob (credentials from ALUMI_AZURE_*)."""
+    if uri.startswith(AZURE_SCHEMES):
+        from alumi_pipelines.resources.azure import azure_lake  # dagster_azure is imported only when used
+
+        return azure_lake(uri, deferred=deferred)
+    from alumi_pipelines.resources.lake import Lake
+
+    return Lake(base_uri=uri)

@@ -85,7 +85,7 @@ def list_landing_batches(lake: Lake) -> list[LandingBatch]:
         batches.setdefault(parts[1], []).append(f)
     out = []
     for batch_id, files in sorted(batches.items()):
-        if not BATCH_ID.match(batch_id):
+        if not BATCH_ID.match(batch_id) or batch_id == "process":  # landing/process/ is the historian's zone
             continue
         complete = any(f.key.endswith(f"/{BATCH_MARKER}") and f.key.count("/") == 2 for f in files)
         out.append(LandingBatch(batch_id, complete, len(files), max(f.mtime for f in files)))

@@ -13,16 +13,18 @@ from dagster import (
     sensor,
 )
 
+from alumi_pipelines.assets.process_data import process_retraining_job
 from alumi_pipelines.jobs import drift_job, retraining_job
 from alumi_pipelines.resources import lake_layout as layout
 from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.process_layout import PROCESS_DRIFT_LATEST
 
 # drift report (written by the drift assets) → the job that retrains what drifted
-WATCHED = {layout.DRIFT_LATEST: retraining_job.name, "reports/process_drift/latest.json": "process_risk_job"}
+WATCHED = {layout.DRIFT_LATEST: retraining_job.name, PROCESS_DRIFT_LATEST: process_retraining_job.name}
 
 
 @sensor(
-    jobs=[retraining_job],
+    jobs=[retraining_job, process_retraining_job],
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
     description="Reads the latest drift reports (reports/drift/latest.json, reports/process_drift/latest.json); "
@@ -32,7 +34,7 @@ def drift_sensor(context: SensorEvaluationContext, lake: Lake):
     handled: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     requests, notes = [], []
     for key, job_name in WATCHED.items():
-        if not lake.exists(key) or job_name not in _known_jobs(context):
+        if not lake.exists(key):
             continue
         latest = lake.read_json(key)
         if latest["report_id"] == handled.get(key):
@@ -47,11 +49,6 @@ def drift_sensor(context: SensorEvaluationContext, lake: Lake):
         return SensorResult(skip_reason=SkipReason("; ".join(notes) or "no new failed drift report"),
                             cursor=json.dumps(handled, sort_keys=True))
     return SensorResult(run_requests=requests, cursor=json.dumps(handled, sort_keys=True))
-
-
-def _known_jobs(context: SensorEvaluationContext) -> set[str]:
-    repo = getattr(context, "repository_def", None)
-    return set(repo.job_names) if repo is not None else {retraining_job.name}
 
 
 weekly_drift_schedule = ScheduleDefinition(

@@ -21,13 +21,13 @@ from alumi_edge.body_limit import BodyLimitMiddleware
 from alumi_edge.errors import install_error_handlers
 from alumi_edge.feedback import FeedbackQueue
 from alumi_edge.metrics import EdgeMetrics
-from alumi_edge.routers import admin, detect, feedback, health, model
+from alumi_edge.routers import admin, detect, feedback, health, model, risk
 from alumi_edge.serving import ModelHolder
 from alumi_edge.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, detect.router, model.router, feedback.router, admin.router)
+ROUTERS: tuple[APIRouter, ...] = (health.router, detect.router, model.router, feedback.router, admin.router, risk.router)
 
 
 def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:

@@ -134,7 +134,9 @@ def safe_relpath(relpath: str) -> str:
 def open_source(uri: str) -> ReleaseSource:
     """A ReleaseSource for a local path, ``file://`` URI or ``http(s)://`` URL."""
     if uri.startswith(("https://", "http://")):
-        return HttpSource(uri)
+        from alumi_edge.sources_azure import azure_source_for  # an Azure Blob URL with a SAS token
+
+        return azure_source_for(uri) or HttpSource(uri)
     if uri.startswith("file://"):
         parsed = urllib.parse.urlsplit(uri)
         return LocalSource(urllib.parse.unquote(parsed.path))

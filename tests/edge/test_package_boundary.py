@@ -14,7 +14,7 @@ ALLOWED_THIRD_PARTY = {
     "numpy": "numpy", "onnxruntime": "onnxruntime", "cv2": "opencv-python-headless", "fastapi": "fastapi",
     "starlette": "fastapi", "uvicorn": "uvicorn", "pydantic": "pydantic", "pydantic_settings": "pydantic-settings",
     "cryptography": "cryptography", "jwt": "pyjwt", "httpx": "httpx", "prometheus_client": "prometheus-client",
-    "tensorrt": "tensorrt", "pycuda": "pycuda",
+    "tensorrt": "tensorrt", "pycuda": "pycuda", "xgboost": "xgboost",
 }
 
 
@@ -43,7 +43,8 @@ def test_every_third_party_import_is_a_declared_dependency():
     assert imports <= set(ALLOWED_THIRD_PARTY), imports - set(ALLOWED_THIRD_PARTY)
     project = tomllib.loads((EDGE_SRC / "pyproject.toml").read_text())["project"]
     declared = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in project["dependencies"]}
-    declared |= {d.split(">")[0].strip().lower() for d in project["optional-dependencies"]["tensorrt"]}
+    for extra in ("tensorrt", "risk"):
+        declared |= {d.split(">")[0].strip().lower() for d in project["optional-dependencies"][extra]}
     missing = {ALLOWED_THIRD_PARTY[name] for name in imports} - declared
     assert not missing, f"imported but not declared in edge_export/pyproject.toml: {missing}"
     assert project["scripts"] == {"alumi-edge": "alumi_edge.cli:main"}

@@ -1,0 +1,298 @@
+"""Edge latency on CPU, in one run on the same images: HTTP /v1/detect vs bare ONNX Runtime vs PyTorch predict,
+INT8 vs FP32, and a load run of concurrent clients against the server on loopback.
+
+Targets (issue 4): HTTP end-to-end p50 ≤ 1.15× the bare ONNX Runtime call and ≥ 2× faster than ultralytics
+PyTorch predict; INT8 ≥ 1.5× faster than FP32; 0 errors under 16 concurrent clients.
+
+The model is a YOLO checkpoint given with --weights (e.g. the champion's best.pt); without one, an untrained
+yolo11n with 5 classes is built from its yaml (same network, so the same latency; it detects nothing at
+conf 0.25, which makes post-processing cheaper than with a trained model). Everything runs offline and
+only talks to 127.0.0.1.
+
+    .venv/bin/python benchmarks/bench_edge_latency.py                         # 640 px, 60 s load run
+    .venv/bin/python benchmarks/bench_edge_latency.py --seconds 10 --runs 50
+    .venv/bin/python benchmarks/bench_edge_latency.py --weights best.pt --imgsz 320
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CLASSES = ("scratch", "dent", "pit", "crack", "stain")
+HTTP_ROW = "HTTP POST /v1/detect FP32 (1 client)"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(q / 100.0 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+def interleaved(calls: dict, runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Milliseconds per call of each ``name: (fn, items)``, taking turns call by call so that a change of
+    machine load during the run affects every path alike."""
+    for fn, items in calls.values():
+        for i in range(warmup):
+            fn(items[i % len(items)])
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(runs):
+        for name, (fn, items) in calls.items():
+            start = time.perf_counter()
+            fn(items[i % len(items)])
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def untrained_weights(path: Path, imgsz: int) -> Path:
+    """A yolo11n (5 classes) built from its yaml and saved as a checkpoint: no download, no training."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolo11n.yaml", nc=len(CLASSES), verbose=False)
+    model.names = dict(enumerate(CLASSES))
+    model.args = {"imgsz": imgsz, "task": "detect"}
+    torch.save({"model": model, "ema": None, "train_args": {"imgsz": imgsz, "task": "detect"}}, path)
+    return path
+
+
+def make_images(count: int, width: int, height: int, folder: Path) -> list[Path]:
+    """Synthetic aluminium surfaces (lib.synth) as JPEG files."""
+    from alumi_pipelines.lib.synth import encode_image, render_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:03d}.jpg"
+        path.write_bytes(encode_image(render_image(1000 + i, width, height).image, "jpg"))
+        paths.append(path)
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EdgeServer:
+    """``alumi-edge serve`` on 127.0.0.1 in a child process (JWT HS256 on, as deployed)."""
+
+    def __init__(self, model: Path, home: Path, workers: int, threads: int):
+        self.port = free_port()
+        self.secret = "bench-" + "s" * 40
+        env = {**os.environ, "ALUMI_EDGE_HOME": str(home), "ALUMI_EDGE_AUTH": "hs256",
+               "ALUMI_EDGE_JWT_SECRET": self.secret, "ALUMI_EDGE_LOG_LEVEL": "warning",
+               "ALUMI_EDGE_INFERENCE_WORKERS": str(workers), "ALUMI_EDGE_RUNTIME": "onnxruntime",
+               "ALUMI_EDGE_DEVICE": "cpu", "ALUMI_EDGE_INTRA_OP_THREADS": str(threads)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "alumi_edge", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--model", str(model)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def token(self) -> str:
+        import jwt
+
+        return jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, self.secret, algorithm="HS256")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"alumi-edge serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"alumi-edge serve not ready after {timeout} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class HttpDetect:
+    """One keep-alive client posting raw JPEG bodies to /v1/detect; remembers the box count of each answer."""
+
+    def __init__(self, server: EdgeServer):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/jpeg"}
+        self.client = httpx.Client(base_url=server.url, headers=headers, timeout=30.0)
+        self.boxes: list[int] = []
+
+    def __call__(self, body: bytes) -> None:
+        response = self.client.post("/v1/detect", content=body)
+        response.raise_for_status()
+        self.boxes.append(len(response.json()["boxes"]))
+
+    def __enter__(self) -> "HttpDetect":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+
+
+def load_run(server: EdgeServer, images: list[bytes], clients: int, seconds: float) -> dict:
+    """``clients`` threads posting images back to back for ``seconds``; throughput, p50/p99 and errors."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/jpeg"}
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[list[str]] = [[] for _ in range(clients)]
+    start_gate = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client_loop(index: int) -> None:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60.0) as client:
+            start_gate.wait()
+            i = index
+            while time.monotonic() < deadline[0]:
+                started = time.perf_counter()
+                try:
+                    response = client.post("/v1/detect", content=images[i % len(images)])
+                    if response.status_code != 200:
+                        errors[index].append(f"HTTP {response.status_code}")
+                    else:
+                        latencies[index].append((time.perf_counter() - started) * 1000.0)
+                except httpx.HTTPError as exc:
+                    errors[index].append(type(exc).__name__)
+                i += clients
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.monotonic() + seconds
+    began = time.monotonic()
+    start_gate.wait()
+    for thread in threads:
+        thread.join(timeout=seconds + 120)
+    elapsed = time.monotonic() - began
+    done = [v for per in latencies for v in per]
+    failed = [e for per in errors for e in per]
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(done), "errors": len(failed),
+            "error_kinds": sorted(set(failed)), "throughput": len(done) / elapsed if elapsed else 0.0,
+            "p50": percentile(done, 50) if done else float("nan"), "p99": percentile(done, 99) if done else float("nan")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, help="YOLO checkpoint (.pt); default: an untrained yolo11n")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--images", type=int, default=20, help="synthetic test images")
+    parser.add_argument("--image-size", default="1024x768", help="WIDTHxHEIGHT of the synthetic images")
+    parser.add_argument("--runs", type=int, default=100, help="timed calls per sequential measurement")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load run")
+    parser.add_argument("--workers", type=int, default=2, help="server inference threads")
+    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads and torch threads (0: each library's default)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="alumi-bench-edge-") as tmp_name:
+        tmp = Path(tmp_name)
+        from alumi_pipelines.lib import onnx_export as ox
+        from alumi_pipelines.lib.training import _offline_ultralytics
+
+        config_dir = tmp / "ultralytics"
+        _offline_ultralytics(config_dir)
+        import cv2
+        from ultralytics import YOLO
+
+        width, height = (int(v) for v in args.image_size.lower().split("x"))
+        paths = make_images(args.images, width, height, tmp / "images")
+        weights = args.weights or untrained_weights(tmp / "untrained.pt", args.imgsz)
+        exported = ox.export_onnx(weights, tmp / "export", config_dir=config_dir, imgsz=args.imgsz,
+                                  metadata={"model_version": "bench", "dataset_hash": "bench", "mlflow_run_id": "bench"})
+        fp32 = exported.path
+        int8 = ox.quantize_int8(fp32, tmp / "export" / "model_int8.onnx", paths).path
+        frames = [cv2.imread(str(p)) for p in paths]
+        bodies = [p.read_bytes() for p in paths]
+
+        from alumi_edge.runtimes.onnx import OnnxRuntime
+
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        runtime = {name: OnnxRuntime(path, device="cpu", intra_op_threads=args.threads).load()
+                   for name, path in (("fp32", fp32), ("int8", int8))}
+        tensors = {name: [rt.preprocess(f)[0] for f in frames] for name, rt in runtime.items()}
+        torch_model = YOLO(str(weights))
+        server = EdgeServer(fp32, tmp / "edge_home", args.workers, args.threads)
+        try:
+            server.wait_ready()
+            with HttpDetect(server) as http:
+                calls = {
+                    "ONNX Runtime session.run FP32": (runtime["fp32"].forward, tensors["fp32"]),
+                    "ONNX Runtime session.run INT8": (runtime["int8"].forward, tensors["int8"]),
+                    "edge runtime detect FP32 (pre+run+post)":
+                        (lambda f: runtime["fp32"].detect(f, conf=args.conf), frames),
+                    "edge runtime detect INT8 (pre+run+post)":
+                        (lambda f: runtime["int8"].detect(f, conf=args.conf), frames),
+                    HTTP_ROW: (http, bodies),
+                    "ultralytics PyTorch predict": (lambda f: torch_model.predict(
+                        f, imgsz=args.imgsz, conf=args.conf, device="cpu", verbose=False, save=False), frames),
+                }
+                rows = list(interleaved(calls, args.runs).items())
+                detections = round(statistics.mean(http.boxes)) if http.boxes else 0
+            for rt in runtime.values():
+                rt.close()
+            load = load_run(server, bodies, args.clients, args.seconds)
+        finally:
+            server.stop()
+
+    p50 = {name: percentile(t, 50) for name, t in rows}
+    base = p50["ONNX Runtime session.run FP32"]
+    load_avg = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nedge latency, CPU ({os.cpu_count()} cores, load average {load_avg} at the end), "
+          f"threads {args.threads or 'default'}, imgsz {args.imgsz}, {args.images} images {args.image_size}, "
+          f"{args.runs} interleaved runs each, weights: {args.weights or 'untrained yolo11n'}, {detections} detections/image "
+          f"at conf {args.conf}\n")
+    print(f"| {'path':<42} | {'p50 ms':>8} | {'p99 ms':>8} | {'p50 / ORT FP32 run':>18} |")
+    print(f"| {'-' * 42} | {'-' * 8}: | {'-' * 8}: | {'-' * 18}: |")
+    for name, times in rows:
+        p99 = percentile(times, 99)
+        print(f"| {name:<42} | {p50[name]:8.2f} | {p99:8.2f} | {p50[name] / base:17.2f}× |")
+    http = p50[HTTP_ROW]
+    ratios = [
+        ("HTTP / bare ORT session.run FP32", http / base, "≤ 1.15"),
+        ("HTTP / edge runtime detect FP32", http / p50["edge runtime detect FP32 (pre+run+post)"], "–"),
+        ("PyTorch predict / HTTP", p50["ultralytics PyTorch predict"] / http, "≥ 2"),
+        ("FP32 / INT8 session.run", base / p50["ONNX Runtime session.run INT8"], "≥ 1.5"),
+    ]
+    print(f"\n| {'ratio (p50)':<34} | {'value':>6} | {'target':>6} |")
+    print(f"| {'-' * 34} | {'-' * 6}: | {'-' * 6}: |")
+    for label, value, target in ratios:
+        print(f"| {label:<34} | {value:6.2f} | {target:>6} |")
+    print(f"\nload run: {load['clients']} concurrent clients for {load['seconds']} s on 127.0.0.1 "
+          f"({args.workers} inference threads)")
+    print("| requests | throughput req/s | p50 ms | p99 ms | errors |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    print(f"| {load['requests']} | {load['throughput']:.1f} | {load['p50']:.1f} | {load['p99']:.1f} | {load['errors']}"
+          f"{' (' + ', '.join(load['error_kinds']) + ')' if load['errors'] else ''} |")
+    return 0 if load["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

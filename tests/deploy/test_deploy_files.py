@@ -1,0 +1,265 @@
+"""The deploy files agree with the code and with each other: Dockerfiles, Helm values, the PostgreSQL instance."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+TRAINING_TAG = ("alumi/training", "true")
+GPU_POOL = {"agentpool": "gpupool"}
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuation lines joined, comments and parser directives dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = pending + line
+        pending = ""
+        word, _, rest = full.partition(" ")
+        instructions.append((word.upper(), rest.strip()))
+    assert not pending, f"{path}: ends inside a continued line"
+    return instructions
+
+
+def exec_form(arguments: str) -> list[str]:
+    value = json.loads(arguments)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return value
+
+
+def env_of(instructions) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in instructions:
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def args_of(instructions) -> dict[str, str]:
+    return {rest.split("=", 1)[0]: rest.split("=", 1)[1] for word, rest in instructions if word == "ARG" and "=" in rest}
+
+
+def pyproject_upper_bound(name: str) -> str:
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(d for d in deps if re.match(rf"{name}\b", d) and not d.startswith(f"{name}vision"))
+    return re.search(r"<=([\d.]+)", spec).group(1)
+
+
+@pytest.fixture(scope="module")
+def values() -> dict:
+    return yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def deployment(values) -> dict:
+    deployments = values["dagster-user-deployments"]["deployments"]
+    assert values["dagster-user-deployments"]["enabled"] is True and len(deployments) == 1
+    return deployments[0]
+
+
+def deployment_env(deployment) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in deployment["env"] if "value" in item}
+
+
+def queue_limits(limits: list[dict]) -> set[tuple]:
+    return {(item["key"], item.get("value"), item["limit"]) for item in limits}
+
+
+# -- Dockerfiles ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfiles_build_a_non_root_code_location(name):
+    instructions = dockerfile(DEPLOY / name)
+    words = [w for w, _ in instructions]
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    assert words.count("FROM") == 1 and "ADD" not in words
+
+    copied = [rest.split()[0] for w, rest in instructions if w == "COPY"]
+    assert {"alumi_pipelines", "edge_export", "pyproject.toml"} <= set(copied)  # the export job builds the edge wheel
+    runs = " ".join(rest for w, rest in instructions if w == "RUN")
+    assert re.search(r'pip install -e "\.\[azure,postgres\]" "dagster-k8s==\$\{DAGSTER_LIBRARIES_VERSION\}"', runs)
+    import dagster_postgres
+
+    assert args_of(instructions)["DAGSTER_LIBRARIES_VERSION"] == dagster_postgres.__version__  # matches dagster
+    assert args_of(instructions)["TORCH_VERSION"] == pyproject_upper_bound("torch")
+
+    user = [rest for w, rest in instructions if w == "USER"]
+    assert user == ["10001:10001"]
+    assert words.index("USER") > max(i for i, w in enumerate(words) if w in ("RUN", "COPY"))  # nothing runs as root after
+
+    assert exec_form(dict(instructions)["ENTRYPOINT"]) == ["/usr/bin/tini", "--"]
+    cmd = exec_form(dict(instructions)["CMD"])
+    assert cmd[:3] == ["dagster", "api", "grpc"]
+    workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    assert cmd[cmd.index("--module-name") + 1] == workspace["module_name"]
+    assert cmd[cmd.index("--attribute") + 1] == workspace["attribute"]
+    assert cmd[cmd.index("--port") + 1] == dict(instructions)["EXPOSE"]
+
+    env = env_of(instructions)
+    assert env["YOLO_OFFLINE"] == "1" and env["ALUMI_HOME"] == "/var/lib/alumi"
+    assert (DEPLOY / f"{name}.dockerignore").read_text().splitlines()[1] == "**"
+
+
+def test_cpu_and_gpu_images_differ_where_they_should():
+    cpu, gpu = dockerfile(DEPLOY / "Dockerfile"), dockerfile(DEPLOY / "Dockerfile.gpu")
+    cpu_runs = [rest for w, rest in cpu if w == "RUN"]
+    gpu_runs = [rest for w, rest in gpu if w == "RUN"]
+    assert any('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in r for r in cpu_runs)
+    assert args_of(cpu)["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert not any("--index-url" in r for r in gpu_runs)  # CUDA wheels
+    assert any("--force-reinstall" in r and "nvidia-nccl-cu13" in r for r in gpu_runs)
+    assert (env_of(cpu)["ALUMI_PROFILE"], env_of(gpu)["ALUMI_PROFILE"]) == ("cpu", "gpu")
+    assert env_of(gpu)["NVIDIA_VISIBLE_DEVICES"] == "all"
+
+
+# -- Helm values ---------------------------------------------------------------------------------------
+def test_values_use_only_keys_of_the_dagster_chart(values):
+    chart_keys = {"global", "serviceAccount", "dagsterWebserver", "dagster-user-deployments", "postgresql",
+                  "generatePostgresqlPasswordSecret", "generateCeleryConfigSecret", "rabbitmq", "redis", "flower",
+                  "ingress", "imagePullSecrets", "computeLogManager", "scheduler", "runLauncher", "pythonLogs",
+                  "dagsterDaemon", "busybox", "migrate", "telemetry", "retention", "additionalInstanceConfig"}
+    assert set(values) <= chart_keys
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert set(values["runLauncher"]["config"]) == {"k8sRunLauncher"}
+    assert values["computeLogManager"]["type"] == "AzureBlobComputeLogManager"
+
+
+def test_user_deployment_runs_our_image_and_code_location(deployment):
+    image_titles = set()
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        label = dict(dockerfile(DEPLOY / name))["LABEL"]
+        image_titles.add(re.search(r'org\.opencontainers\.image\.title="([^"]+)"', label).group(1))
+    assert image_titles == {"alumi-pipelines", "alumi-pipelines-gpu"}
+    assert deployment["image"]["repository"].rsplit("/", 1)[1] in image_titles
+    assert deployment["image"]["tag"] not in ("", "latest") and deployment["image"]["pullPolicy"] == "IfNotPresent"
+    args = deployment["dagsterApiGrpcArgs"]
+    assert args[args.index("--module-name") + 1] == "alumi_pipelines.definitions"
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    env = deployment_env(deployment)
+    assert env["ALUMI_LAKE_URI"].startswith("abfs://") and env["ALUMI_PROFILE"] == "gpu"
+    assert env["ALUMI_RELEASE_KEY"].startswith("/mnt/secrets-store/")
+    assert deployment["podSecurityContext"]["runAsUser"] == 10001  # the Dockerfiles' user
+
+
+def test_training_runs_are_routed_to_the_gpu_pool_and_others_are_not(values, deployment):
+    tag = json.loads(deployment_env(deployment)["ALUMI_K8S_TRAINING_CONFIG"])
+    assert set(tag) <= {"container_config", "pod_spec_config", "pod_template_spec_metadata", "job_spec_config",
+                        "job_metadata", "merge_behavior"}
+    assert tag["pod_spec_config"]["node_selector"] == GPU_POOL
+    tolerations = tag["pod_spec_config"]["tolerations"]
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in tolerations
+    resources = tag["container_config"]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    mounts = {m["name"]: m["mount_path"] for m in tag["container_config"]["volume_mounts"]}
+    volumes = {v["name"]: v for v in tag["pod_spec_config"]["volumes"]}
+    assert mounts == {"dshm": "/dev/shm"} and volumes["dshm"]["empty_dir"]["medium"] == "Memory"
+
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    default_run = json.dumps(launcher)
+    assert "nvidia.com/gpu" not in default_run and "gpupool" not in default_run  # only tagged runs get the GPU pool
+    assert launcher["resources"]["requests"] and launcher["resources"]["limits"]
+    import alumi_pipelines.assets.training as training
+
+    assert (training.TRAINING_TAG, "true") == TRAINING_TAG
+    assert training.training_job.tags[TRAINING_TAG[0]] == TRAINING_TAG[1]
+
+
+def test_queue_limits_match_dagster_yaml_everywhere(values):
+    local = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_coordinator"]["config"]
+    shared = yaml.safe_load((DEPLOY / "dagster.postgres.yaml").read_text())["run_coordinator"]["config"]
+    helm = values["dagsterDaemon"]["runCoordinator"]
+    assert helm["enabled"] is True and helm["type"] == "QueuedRunCoordinator"
+    queued = helm["config"]["queuedRunCoordinator"]
+    expected = queue_limits(local["tag_concurrency_limits"])
+    assert TRAINING_TAG + (1,) in expected and any(key == "dagster/backfill" for key, _, _ in expected)
+    assert queue_limits(queued["tagConcurrencyLimits"]) == expected == queue_limits(shared["tag_concurrency_limits"])
+    assert queued["maxConcurrentRuns"] == local["max_concurrent_runs"] == shared["max_concurrent_runs"]
+    retries = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_retries"]
+    assert values["dagsterDaemon"]["runRetries"] == {"enabled": retries["enabled"], "maxRetries": retries["max_retries"]}
+    backfills = yaml.safe_load((DEPLOY / "dagster.postgres.yaml").read_text())["backfills"]
+    assert values["additionalInstanceConfig"]["backfills"] == backfills and backfills["num_workers"] >= 1
+
+
+def test_every_pod_has_requests_and_limits(values, deployment):
+    for name, resources in [("webserver", values["dagsterWebserver"]["resources"]),
+                            ("daemon", values["dagsterDaemon"]["resources"]),
+                            ("code location", deployment["resources"]),
+                            ("runs", values["runLauncher"]["config"]["k8sRunLauncher"]["resources"])]:
+        assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
+        assert resources["limits"]["memory"], name
+
+
+def test_secrets_come_from_kubernetes_secrets_and_key_vault(values, deployment):
+    postgres = values["postgresql"]
+    assert postgres["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
+    assert postgres["postgresqlPassword"] == "" and postgres["postgresqlScheme"] == "postgresql+psycopg2"
+    provider = yaml.safe_load((DEPLOY / "helm" / "keyvault-secrets.yaml").read_text())
+    assert provider["kind"] == "SecretProviderClass" and provider["spec"]["provider"] == "azure"
+    synced = {(s["secretName"], d["key"]) for s in provider["spec"]["secretObjects"] for d in s["data"]}
+    assert (values["global"]["postgresqlSecretName"], "postgresql-password") in synced
+    objects = yaml.safe_load(provider["spec"]["parameters"]["objects"])["array"]
+    object_names = {yaml.safe_load(o)["objectName"] for o in objects}
+    assert deployment_env(deployment)["ALUMI_RELEASE_KEY"].rsplit("/", 1)[1] in object_names
+    csi_volumes = [v for v in deployment["volumes"] if "csi" in v]
+    assert csi_volumes[0]["csi"]["volumeAttributes"]["secretProviderClass"] == provider["metadata"]["name"]
+    assert {"name": "alumi-azure", "optional": True} in deployment["envSecrets"]
+    # no literal secret anywhere in the values: secret-looking keys hold nothing, references or placeholders
+    text = (DEPLOY / "helm" / "values.yaml").read_text()
+    assert not re.search(r"(AccountKey=|sig=|BEGIN [A-Z ]*PRIVATE KEY)", text)
+    for name in ("ALUMI_AZURE_ACCOUNT_KEY", "ALUMI_AZURE_SAS_TOKEN", "ALUMI_AZURE_CONNECTION_STRING"):
+        assert name not in deployment_env(deployment)
+
+
+# -- the PostgreSQL instance -----------------------------------------------------------------------------
+def test_postgres_instance_file_is_valid_for_dagster(tmp_path, monkeypatch):
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._serdes.config_class import class_from_code_pointer
+
+    text = (DEPLOY / "dagster.postgres.yaml").read_text()
+    (tmp_path / "dagster.yaml").write_text(text)
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert set(config["storage"]) == {"postgres"}  # run, event log and schedule storage in one database
+    db = config["storage"]["postgres"]["postgres_db"]
+    used_env = {value["env"] for value in db.values() if isinstance(value, dict) and "env" in value}
+    assert used_env == {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD"}
+    assert db["scheme"] == "postgresql+psycopg2"
+    for section in ("compute_logs", "run_coordinator"):
+        module = re.sub(r"^dagster\.core\.", "dagster._core.", config[section]["module"])  # as the instance loader maps it
+        klass = class_from_code_pointer(module, config[section]["class"])
+        result = validate_config(klass.config_type(), config[section]["config"])
+        assert result.success, (section, [e.message for e in result.errors])
+    assert config["compute_logs"]["class"] == "AzureBlobComputeLogManager"
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    mentioned = set(re.findall(r"env: ([A-Z_]+)", text))
+    assert mentioned <= set(re.findall(r"[A-Z][A-Z_]{3,}", header)), mentioned  # every variable is documented
+
+
+def test_jetson_notes_use_real_edge_commands():
+    from alumi_edge.cli import build_parser
+    from alumi_edge.sources_azure import SAS_ENV
+
+    notes = (DEPLOY / "jetson.md").read_text()
+    commands = re.findall(r"\balumi-edge (\w+)", notes)
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)
+    assert {"pull", "serve", "sync"} <= set(commands) <= subcommands
+    assert SAS_ENV in notes and "ALUMI_EDGE_RUNTIME" in notes

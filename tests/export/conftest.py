@@ -1,0 +1,83 @@
+"""Fixtures of the export tests: a synthetic gold dataset, a quickly trained champion in a throwaway MLflow,
+one run of ``export_job`` over them, and helpers to re-run single assets or checks on the same instance."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from export_factory import FAST_CONFIG, IMGSZ, sharpen_detect_head, write_synth_gold  # noqa: E402
+
+
+@dataclass
+class ExportSetup:
+    """The lake, registry and instance of one export run, and what that run produced."""
+
+    root: Path
+    lake: Any
+    registry: Any
+    instance: Any
+    pointer: dict
+    version: str
+    run_id: str
+    result: Any
+
+    def resources(self) -> dict:
+        return {"lake": self.lake, "mlflow": self.registry}
+
+    def materialize(self, assets: list, run_config: dict | None = None, raise_on_error: bool = True,
+                    selection=None):
+        """Run assets (or, with ``selection``, only some of them or of their checks) again on this instance."""
+        from dagster import materialize
+
+        return materialize(assets, instance=self.instance, resources=self.resources(), run_config=run_config or {},
+                           raise_on_error=raise_on_error, selection=selection)
+
+    def record(self, key: str) -> dict:
+        return self.lake.read_json(key)
+
+
+@pytest.fixture(scope="session")
+def trained_champion(tmp_path_factory, _isolated_home):
+    """A 3-epoch yolo11n at imgsz 96 on the synthetic gold (head sharpened, see export_factory), registered in a
+    SQLite MLflow and made champion."""
+    from alumi_pipelines.lib.training import link_yolo_dataset, resolve_training_args, train_detector
+    from alumi_pipelines.resources.lake import Lake
+    from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
+
+    root = tmp_path_factory.mktemp("export")
+    lake = Lake(base_uri=str(root / "lake"))
+    pointer = write_synth_gold(lake)
+    data_yaml = link_yolo_dataset(lake.local_path(pointer["prefix"]), root / "yolo")
+    args = resolve_training_args("ci", {"epochs": 3, "imgsz": IMGSZ, "batch": 8})
+    outcome = train_detector(data_yaml, args, root / "train", config_dir=_isolated_home / "ultralytics")
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+                              artifact_location=str(root / "mlflow" / "artifacts"), model_name="alumi-detector-export")
+    with registry.run("detector-export-test", tags={"dataset_hash": pointer["dataset_hash"]}) as run:
+        weights = sharpen_detect_head(outcome.best_weights, root / "best.pt")
+        run.log_artifact(weights, "weights")
+        version = registry.register_weights(run, tags={"dataset_hash": pointer["dataset_hash"], "imgsz": IMGSZ,
+                                                       "mlflow_run_id": run.run_id})
+    registry.promote(version)
+    return root, lake, registry, pointer, version, run.run_id
+
+
+@pytest.fixture(scope="session")
+def export_run(trained_champion) -> ExportSetup:
+    """``export_job`` executed once end to end (checks included) on the trained champion."""
+    from dagster import DagsterInstance, Definitions
+
+    from alumi_pipelines.assets.export import EXPORT_ASSETS, EXPORT_CHECKS, EXPORT_JOBS
+
+    root, lake, registry, pointer, version, run_id = trained_champion
+    instance = DagsterInstance.ephemeral()
+    defs = Definitions(assets=EXPORT_ASSETS, asset_checks=EXPORT_CHECKS, jobs=EXPORT_JOBS,
+                       resources={"lake": lake, "mlflow": registry})
+    result = defs.resolve_job_def("export_job").execute_in_process(instance=instance, run_config={"ops": FAST_CONFIG})
+    return ExportSetup(root, lake, registry, instance, pointer, version, run_id, result)

@@ -1,0 +1,208 @@
+"""export_job end to end on a quickly trained champion: ONNX + parity, INT8 + margin, TensorRT plan, signed release."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from export_factory import CLASSES, IMGSZ, SPLITS
+
+
+def _check_result(result, check_name: str):
+    evaluations = [e for e in result.get_asset_check_evaluations() if e.check_name == check_name]
+    assert len(evaluations) == 1, f"{check_name} ran {len(evaluations)} times"
+    return evaluations[0]
+
+
+def _meta(result, asset: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_export_job_materialises_every_asset_and_passes_both_checks(export_run):
+    result = export_run.result
+    assert result.success
+    done = sorted(e.asset_key.to_user_string() for e in result.get_asset_materialization_events())
+    assert done == ["edge_release", "onnx_int8_model", "onnx_model", "tensorrt_engine"]
+    assert _check_result(result, "onnx_parity").passed
+    assert _check_result(result, "int8_accuracy").passed
+
+
+def test_onnx_model_carries_pipeline_metadata_and_a_static_input(export_run):
+    import onnx
+
+    from alumi_pipelines.lib.onnx_export import read_metadata
+
+    meta = _meta(export_run.result, "onnx_model")
+    assert meta["onnx_key"] == f"models/onnx/{export_run.version}/model.onnx"
+    path = export_run.lake.local_path(meta["onnx_key"])
+    props = read_metadata(path)
+    assert props["model_version"] == export_run.version
+    assert props["dataset_hash"] == export_run.pointer["dataset_hash"]
+    assert props["mlflow_run_id"] == export_run.run_id
+    assert props["imgsz"] == f"[{IMGSZ}, {IMGSZ}]"
+    assert props["stride"] == "32"
+    assert eval(props["names"]) == dict(enumerate(CLASSES))  # ultralytics writes a dict literal
+    model = onnx.load(str(path))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, IMGSZ, IMGSZ]
+    assert model.opset_import[0].version == meta["opset"] == 17
+    assert meta["size_bytes"] == path.stat().st_size
+    assert not list(Path.cwd().glob("*.onnx")), "export must not write into the working directory"
+
+
+def test_onnx_parity_reports_matching_boxes_on_the_test_split(export_run):
+    check = _check_result(export_run.result, "onnx_parity")
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert meta["images"] == SPLITS["test"]
+    assert meta["images_matching"] == SPLITS["test"]
+    assert meta["map50_diff"] <= 0.002
+    assert meta["box_conf"] == 0.25
+    assert meta["boxes_torch"] == meta["boxes_onnx"] > 10 * SPLITS["test"]
+    record = export_run.record(f"models/onnx/{export_run.version}/parity.json")
+    assert record["passed"] and record["mismatches"] == []
+
+
+def test_int8_model_is_quantised_except_the_head_and_reports_size_latency_and_map(export_run):
+    import onnx
+
+    meta = _meta(export_run.result, "onnx_int8_model")
+    record = export_run.record(meta["int8_record_key"])
+    assert meta["calibration_images"] == SPLITS["train"] + SPLITS["val"] == len(record["calibration"])
+    assert all(c["path"].startswith(export_run.pointer["prefix"] + "/images/") for c in record["calibration"])
+    assert not any("/images/test/" in c["path"] for c in record["calibration"])
+    assert meta["size_bytes_int8"] < meta["size_bytes_fp32"] / 2
+    assert meta["latency_ms_fp32"] > 0 and meta["latency_ms_int8"] > 0
+    assert record["latency_fp32"]["runs"] == 10
+    assert 0.0 <= meta["map50_int8"] <= 1.0 and 0.0 <= meta["map50_fp32"] <= 1.0
+    model = onnx.load(str(export_run.lake.local_path(meta["int8_key"])))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 50
+    excluded = set(record["excluded_nodes"])
+    assert "/model.23/dfl/conv/Conv" in excluded
+    by_name = {n.name: n for n in model.graph.node}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    # The output is produced in float: its producer is the head's final Concat, not a DequantizeLinear.
+    assert producer[model.graph.output[0].name].op_type == "Concat"
+    # The DFL convolution still takes float weights (no DequantizeLinear feeding it).
+    dfl = by_name["/model.23/dfl/conv/Conv"]
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in dfl.input[1:])
+
+
+@pytest.mark.parametrize("margin, passes", [(1.0, True), (-1.0, False)])
+def test_int8_accuracy_margin_decides(export_run, margin, passes):
+    from dagster import AssetSelection
+
+    from alumi_pipelines.assets.export import int8_accuracy, onnx_int8_model
+
+    result = export_run.materialize(
+        [onnx_int8_model, int8_accuracy],
+        selection=AssetSelection.checks(int8_accuracy),
+        run_config={"ops": {"onnx_int8_model_int8_accuracy": {"config": {"margin": margin}}}},
+        raise_on_error=False,
+    )
+    check = _check_result(result, "int8_accuracy")
+    assert check.passed is passes
+    assert check.metadata["margin"].value == margin
+    assert ("within the margin" if passes else "exceeds the margin") in check.metadata["why"].value
+
+
+def test_tensorrt_engine_without_tensorrt_writes_the_plan_and_says_why(export_run):
+    meta = _meta(export_run.result, "tensorrt_engine")
+    assert meta["engine_built"] is False
+    assert "tensorrt" in meta["reason"].lower() and "not installed" in meta["reason"]
+    plan = export_run.record(meta["plan_key"])
+    int8 = export_run.record(f"models/onnx/{export_run.version}/int8.json")
+    assert plan["built_here"] is False and plan["reason"] == meta["reason"]
+    assert plan["onnx"]["path"] == "model.onnx" and plan["onnx"]["shape"] == [1, 3, IMGSZ, IMGSZ]
+    assert plan["engine_cache"]["key_format"] == "<trt_version>-<gpu_name>-<precision>"
+    assert plan["calibration"]["images"] == int8["calibration"]
+    fp16, int8_build = plan["builds"]["fp16"]["argv"], plan["builds"]["int8"]["argv"]
+    assert fp16[:2] == ["trtexec", "--onnx=model.onnx"] and "--fp16" in fp16 and "--int8" not in fp16
+    assert {"--int8", "--fp16"} <= set(int8_build)
+    assert any(a.startswith("--calib=engines/") and a.endswith("-int8.calib") for a in int8_build)
+    engine_suffix = "-<trt_version>-<gpu_name>-fp16.engine"
+    assert any(a.startswith("--saveEngine=engines/") and a.endswith(engine_suffix) for a in fp16)
+
+
+def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _isolated_home):
+    from alumi_edge.manifest import ChecksumError, verify_release_dir
+    from alumi_edge.selftest import run_self_test
+
+    meta = _meta(export_run.result, "edge_release")
+    name = meta["release_version"]
+    assert name == f"{export_run.version}-{export_run.pointer['dataset_hash'][:8]}"
+    lake = export_run.lake
+    keys = {f.key[len(f"releases/{name}/"):] for f in lake.list_files(f"releases/{name}")}
+    wheel = [k for k in keys if k.endswith(".whl")]
+    assert len(wheel) == 1 and wheel[0].startswith("alumi_edge-")
+    assert keys == {"manifest.json", "manifest.sig", "model.onnx", "model_int8.onnx", "tensorrt_plan.json",
+                    "sample/sample.png", "sample/expected.json", wheel[0]}
+    folder = lake.get_dir(f"releases/{name}", tmp_path / "release")
+    public_pem = (_isolated_home / "keys" / "release-dev.key.pub").read_bytes()
+    manifest = verify_release_dir(folder, public_pem)
+    assert manifest.version == name and list(manifest.classes) == list(CLASSES)
+    assert manifest.imgsz == (IMGSZ, IMGSZ)
+    assert manifest.source["model_version"] == export_run.version
+    assert manifest.source["mlflow_run_id"] == export_run.run_id
+    assert {f.role for f in manifest.files} == {"model", "model_int8", "wheel", "build_plan", "sample_image",
+                                                 "sample_expected"}
+    assert manifest.metrics["test_map50_int8"] == _meta(export_run.result, "onnx_int8_model")["map50_int8"]
+    report = run_self_test(folder, manifest)
+    assert report.passed and report.matched == report.expected
+    with zipfile.ZipFile(folder / wheel[0]) as archive:
+        names = archive.namelist()
+    assert "alumi_edge/main.py" in names and not any(n.startswith("alumi_pipelines") for n in names)
+    (folder / "model_int8.onnx").write_bytes(b"tampered")
+    with pytest.raises(ChecksumError, match="model_int8.onnx"):
+        verify_release_dir(folder, public_pem)
+
+
+def test_channel_pointer_points_at_the_release_and_a_rerun_moves_only_the_pointer(export_run):
+    from alumi_pipelines.assets.export import edge_release
+
+    name = _meta(export_run.result, "edge_release")["release_version"]
+    stable = export_run.record("releases/channels/stable.json")
+    assert stable["version"] == name and stable["manifest"] == f"{name}/manifest.json"
+    manifest_before = export_run.lake.read_bytes(f"releases/{name}/manifest.json")
+    config = {"ops": {"edge_release": {"config": {"channels": ["canary"]}}}}
+    again = export_run.materialize([edge_release], run_config=config)
+    meta = _meta(again, "edge_release")
+    assert meta["reused"] is True and meta["release_version"] == name
+    assert export_run.record("releases/channels/canary.json")["version"] == name
+    assert export_run.lake.read_bytes(f"releases/{name}/manifest.json") == manifest_before
+
+
+def test_head_decode_nodes_of_the_exported_model(export_run):
+    from alumi_pipelines.lib.onnx_export import head_decode_nodes
+
+    import onnx
+
+    path = export_run.lake.local_path(f"models/onnx/{export_run.version}/model.onnx")
+    model = onnx.load(str(path))
+    nodes = head_decode_nodes(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert [n for n in nodes if ops[n] == "Conv"] == ["/model.23/dfl/conv/Conv"]
+    assert {"Softmax", "Sigmoid", "Concat", "Sub", "Add", "Div", "Mul"} <= {ops[n] for n in nodes}
+    assert all(n.startswith("/model.23/") for n in nodes)  # nothing outside the Detect head
+    assert ops[nodes[-1]] == "Concat"  # the output's producer is last in graph order
+
+
+def test_export_and_parity_run_offline(trained_champion, no_network, tmp_path, _isolated_home):
+    """Export (with onnxslim) and the PyTorch/ONNX comparison make no network connection and write only where told."""
+    from alumi_pipelines.lib import onnx_export as ox
+
+    root, lake, _registry, pointer, version, run_id = trained_champion
+    config_dir = _isolated_home / "ultralytics"
+    result = ox.export_onnx(root / "best.pt", tmp_path / "out", config_dir=config_dir, imgsz=IMGSZ,
+                            metadata={"model_version": version, "dataset_hash": pointer["dataset_hash"],
+                                      "mlflow_run_id": run_id})
+    assert result.simplified and result.simplify_error == ""
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "model.pt"]
+    images = ox.read_yolo_split(lake.local_path(pointer["prefix"]), "test", len(CLASSES))[:2]
+    report = ox.parity(root / "best.pt", result.path, images, config_dir=config_dir, imgsz=IMGSZ,
+                       num_classes=len(CLASSES))
+    assert report.passed and report.boxes_torch > 0
+    assert no_network == []

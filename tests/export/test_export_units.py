@@ -1,0 +1,225 @@
+"""Pure export logic on hand-made inputs: head-node walk, calibration choice, mAP50, box matching, metadata, keys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alumi_pipelines.lib import onnx_export as ox
+
+
+def _head_like_graph():
+    """A miniature YOLO Detect head: feature convs, DFL box decoding, class sigmoid, one output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32 = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["images", "w_stem"], ["stem"], name="stem/conv"),
+        helper.make_node("Sigmoid", ["stem"], ["stem_sig"], name="stem/act/sigmoid"),
+        helper.make_node("Mul", ["stem", "stem_sig"], ["feat"], name="stem/act/mul"),
+        helper.make_node("Conv", ["feat", "w_box"], ["box_raw"], name="head/cv2/conv"),
+        helper.make_node("Conv", ["feat", "w_cls"], ["cls_raw"], name="head/cv3/conv"),
+        helper.make_node("Reshape", ["box_raw", "s_box"], ["box_flat"], name="head/reshape_box"),
+        helper.make_node("Reshape", ["cls_raw", "s_cls"], ["cls_flat"], name="head/reshape_cls"),
+        helper.make_node("Reshape", ["box_flat", "s_dfl"], ["dfl_in"], name="head/dfl/reshape"),
+        helper.make_node("Transpose", ["dfl_in"], ["dfl_t"], name="head/dfl/transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("Softmax", ["dfl_t"], ["dfl_sm"], name="head/dfl/softmax", axis=1),
+        helper.make_node("Conv", ["dfl_sm", "w_dfl"], ["dfl_out"], name="head/dfl/conv"),
+        helper.make_node("Reshape", ["dfl_out", "s_dist"], ["dist"], name="head/dfl/reshape_1"),
+        helper.make_node("Slice", ["dist", "z", "two", "one"], ["lt"], name="head/slice_lt"),
+        helper.make_node("Slice", ["dist", "two", "four", "one"], ["rb"], name="head/slice_rb"),
+        helper.make_node("Sub", ["anchors", "lt"], ["x1y1"], name="head/sub"),
+        helper.make_node("Add", ["anchors", "rb"], ["x2y2"], name="head/add"),
+        helper.make_node("Add", ["x1y1", "x2y2"], ["sum"], name="head/add_centre"),
+        helper.make_node("Div", ["sum", "two_f"], ["centre"], name="head/div"),
+        helper.make_node("Sub", ["x2y2", "x1y1"], ["wh"], name="head/sub_wh"),
+        helper.make_node("Concat", ["centre", "wh"], ["xywh"], name="head/concat_box", axis=1),
+        helper.make_node("Mul", ["xywh", "strides"], ["boxes"], name="head/mul_stride"),
+        helper.make_node("Sigmoid", ["cls_flat"], ["scores"], name="head/sigmoid"),
+        helper.make_node("Concat", ["boxes", "scores"], ["output0"], name="head/concat_out", axis=1),
+    ]
+    init = [numpy_helper.from_array(np.zeros((1,), np.float32), n)
+            for n in ("w_stem", "w_box", "w_cls", "w_dfl", "anchors", "strides", "two_f")]
+    init += [numpy_helper.from_array(np.zeros((1,), np.int64), n)
+             for n in ("s_box", "s_cls", "s_dfl", "s_dist", "z", "one", "two", "four")]
+    graph = helper.make_graph(nodes, "head", [f32("images", [1, 3, 32, 32])], [f32("output0", [1, 7, 16])],
+                              initializer=init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_head_decode_nodes_walks_back_to_the_feature_convolutions():
+    found = ox.head_decode_nodes(_head_like_graph())
+    assert found == [
+        "head/reshape_box", "head/reshape_cls", "head/dfl/reshape", "head/dfl/transpose", "head/dfl/softmax",
+        "head/dfl/conv", "head/dfl/reshape_1", "head/slice_lt", "head/slice_rb", "head/sub", "head/add",
+        "head/add_centre", "head/div", "head/sub_wh", "head/concat_box", "head/mul_stride", "head/sigmoid",
+        "head/concat_out",
+    ]
+    # The stem's SiLU (Sigmoid + Mul) sits behind a Conv the walk stops at, so it stays quantisable.
+    assert "stem/act/mul" not in found and "head/cv2/conv" not in found and "head/cv3/conv" not in found
+
+
+def test_head_decode_nodes_refuses_a_graph_without_a_decoding_head():
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="only/conv")], "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        initializer=[numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")],
+    )
+    with pytest.raises(ox.ExportError, match="not a YOLO Detect head"):
+        ox.head_decode_nodes(helper.make_model(graph))
+
+
+def test_calibration_selection_is_deterministic_and_capped():
+    names = [f"images/train/{i:04d}.png" for i in range(500)]
+    first = ox.select_calibration_images(names, 300)
+    assert len(first) == 300 == len(set(first))
+    assert ox.select_calibration_images(list(reversed(names)) + names[:10], 300) == first
+    assert ox.select_calibration_images(names[:20], 300) == ox.select_calibration_images(list(reversed(names[:20])), 300)
+    assert len(ox.select_calibration_images(names[:20], 300)) == 20
+    with pytest.raises(ox.ExportError, match="at least 1"):
+        ox.select_calibration_images(names, 0)
+
+
+def _truth(boxes, classes):
+    from pathlib import Path
+
+    return ox.LabelledImage(Path("x.png"), 100, 100, np.asarray(boxes, np.float32).reshape(-1, 4),
+                            np.asarray(classes, np.int64))
+
+
+def _pred(boxes, confs, classes):
+    return ox.ImageDetections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(confs, np.float32),
+                              np.asarray(classes, np.int64))
+
+
+def test_map50_values():
+    truths = [_truth([[10, 10, 50, 50], [60, 60, 90, 90]], [0, 1])]
+    perfect = [_pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.8], [0, 1])]
+    # 0.995, not 1: the 101-point curve ends at precision 0 past full recall, as in ultralytics val.
+    assert ox.map50(perfect, truths, 2) == (pytest.approx(0.995), {0: pytest.approx(0.995), 1: pytest.approx(0.995)})
+    wrong_class = [_pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.8], [1, 0])]
+    assert ox.map50(wrong_class, truths, 2)[0] == 0.0
+    assert ox.map50([_pred([], [], [])], truths, 2)[0] == 0.0
+    # A false positive ranked above the true positive halves precision at full recall for class 0.
+    fp_first = [_pred([[70, 0, 99, 20], [10, 10, 50, 50], [60, 60, 90, 90]], [0.95, 0.9, 0.8], [0, 0, 1])]
+    value, per_class = ox.map50(fp_first, truths, 2)
+    assert per_class[1] == pytest.approx(0.995)
+    assert per_class[0] == pytest.approx(0.5, abs=0.01)
+    assert value == pytest.approx((per_class[0] + per_class[1]) / 2)
+    # Boxes overlapping a truth with IoU below 0.5 do not count.
+    shifted = [_pred([[30, 30, 70, 70]], [0.9], [0])]
+    assert ox.map50(shifted, [_truth([[10, 10, 50, 50]], [0])], 1)[0] == 0.0
+
+
+def test_match_detections_pairs_boxes_greedily_by_class_and_iou():
+    ref = _pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.5], [0, 1])
+    same = _pred([[60.2, 60, 90, 90], [10, 10.3, 50, 50]], [0.5, 0.9], [1, 0])
+    report = ox.match_detections(ref, same, "a.png")
+    assert report.passed and report.matched == 2
+    moved = _pred([[10, 10, 50, 50], [66, 60, 96, 90]], [0.9, 0.5], [0, 1])  # IoU 0.67 < 0.9
+    report = ox.match_detections(ref, moved, "b.png")
+    assert not report.passed and report.matched == 1
+    assert any("b.png: class 1 box" in p and "best IoU 0.667" in p for p in report.problems)
+    other_class = _pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.5], [0, 2])
+    assert ox.match_detections(ref, other_class, "c.png").matched == 1
+    fewer = ox.match_detections(ref, _pred([[10, 10, 50, 50]], [0.9], [0]), "d.png")
+    assert "d.png: 2 reference boxes but 1 candidate boxes" in fewer.problems
+
+
+def test_set_metadata_adds_and_replaces_properties(tmp_path):
+    import onnx
+
+    path = tmp_path / "head.onnx"
+    onnx.save(_head_like_graph(), str(path))
+    ox.set_metadata(path, {"names": "{0: 'a'}", "model_version": "3"})
+    props = ox.set_metadata(path, {"model_version": "4", "dataset_hash": "abc"})
+    assert props == {"names": "{0: 'a'}", "model_version": "4", "dataset_hash": "abc"}
+    assert ox.read_metadata(path) == props
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_export_refuses_missing_pipeline_metadata_and_bad_sizes(tmp_path):
+    with pytest.raises(ox.ExportError, match="dataset_hash, mlflow_run_id must be given"):
+        ox.export_onnx(tmp_path / "best.pt", tmp_path, config_dir=tmp_path, imgsz=96, metadata={"model_version": "1"})
+    with pytest.raises(ox.ExportError, match="imgsz 100: must be a positive multiple of 32"):
+        ox.export_onnx(tmp_path / "best.pt", tmp_path, config_dir=tmp_path, imgsz=100,
+                       metadata={"model_version": "1", "dataset_hash": "d", "mlflow_run_id": "r"})
+
+
+def test_read_yolo_split_converts_labels_to_pixels_and_names_bad_lines(tmp_path):
+    import cv2
+
+    (tmp_path / "images" / "test").mkdir(parents=True)
+    (tmp_path / "labels" / "test").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "images" / "test" / "a.png"), np.zeros((50, 100, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "images" / "test" / "b.png"), np.zeros((50, 100, 3), np.uint8))
+    (tmp_path / "labels" / "test" / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n")
+    [a, b] = ox.read_yolo_split(tmp_path, "test", num_classes=2)
+    assert (a.width, a.height) == (100, 50)
+    np.testing.assert_allclose(a.boxes, [[40, 15, 60, 35]])
+    assert a.class_ids.tolist() == [1] and len(b.boxes) == 0  # b has no label file: background
+    (tmp_path / "labels" / "test" / "a.txt").write_text("7 0.5 0.5 0.2 0.4\n")
+    with pytest.raises(ox.ExportError, match=r"a.txt:1: expected 'class x y w h' with class in 0..1"):
+        ox.read_yolo_split(tmp_path, "test", num_classes=2)
+
+
+def test_time_calls_reports_median_of_the_timed_runs():
+    calls = []
+    stats = ox.time_calls(calls.append, runs=7, warmup=2)
+    assert calls == [0, 1, 0, 1, 2, 3, 4, 5, 6]
+    assert stats.runs == 7 and 0 <= stats.min_ms <= stats.median_ms <= stats.p90_ms
+
+
+def test_release_naming_and_signing_key_choice(tmp_path, monkeypatch):
+    from dagster import Failure
+
+    from alumi_pipelines.assets.export import release_version, signing_key_path
+
+    assert release_version("12", "0123456789abcdef") == "12-01234567"
+    monkeypatch.delenv("ALUMI_RELEASE_KEY", raising=False)
+    assert signing_key_path(None, tmp_path) == (tmp_path / "keys" / "release-dev.key", True)
+    key = tmp_path / "prod.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.setenv("ALUMI_RELEASE_KEY", str(key))
+    assert signing_key_path(None, tmp_path) == (key, False)
+    monkeypatch.setenv("ALUMI_RELEASE_KEY", str(tmp_path / "missing.pem"))
+    with pytest.raises(Failure, match="ALUMI_RELEASE_KEY=.*missing.pem.*no such file"):
+        signing_key_path(None, tmp_path)
+    with pytest.raises(Failure, match="config signing_key"):
+        signing_key_path(str(tmp_path / "other.pem"), tmp_path)
+
+
+def test_stage_gold_copies_only_the_asked_images_and_their_labels_from_a_remote_lake(tmp_path):
+    from alumi_pipelines.assets.export import _image_keys, _stage_gold
+    from alumi_pipelines.resources.lake import Lake
+
+    lake = Lake(base_uri=f"memory://export-stage-{tmp_path.name}")
+    prefix = "gold/datasets/abc"
+    for split, name in (("train", "a"), ("train", "b"), ("test", "c")):
+        lake.write_bytes(f"{prefix}/images/{split}/{name}.png", name.encode())
+        lake.write_bytes(f"{prefix}/labels/{split}/{name}.txt", f"0 0.5 0.5 0.1 0.1 # {name}\n".encode())
+    assert _image_keys(lake, prefix, "train") == ["images/train/a.png", "images/train/b.png"]
+    root = _stage_gold(lake, prefix, ("train", "test"), tmp_path, only={"images/train/b.png", "images/test/c.png"})
+    staged = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert staged == ["images/test/c.png", "images/train/b.png", "labels/test/c.txt", "labels/train/b.txt"]
+    assert (root / "labels/train/b.txt").read_text().endswith("# b\n")
+
+
+def test_onnx_model_without_a_champion_fails_naming_the_alias(tmp_path):
+    from dagster import DagsterInstance, materialize
+
+    from alumi_pipelines.assets.export import onnx_model
+    from alumi_pipelines.resources.lake import Lake
+    from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
+
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                              artifact_location=str(tmp_path / "artifacts"), model_name="no-champion")
+    result = materialize([onnx_model], instance=DagsterInstance.ephemeral(), raise_on_error=False,
+                         resources={"lake": Lake(base_uri=str(tmp_path / "lake")), "mlflow": registry})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "model 'no-champion' has no 'champion' alias: materialise champion_model first" in str(
+        failure.step_failure_data.error.message if failure.step_failure_data.error else failure)
