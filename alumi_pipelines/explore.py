@@ -98,21 +98,18 @@ def draw_boxes(image, boxes, names: Sequence[str] | None = None, *, normalised: 
 
 
 def materialize(selection: Sequence[str], config: dict | None = None, partition_key: str | None = None):
-    """Materialise assets of the code location (with their upstream already in the lake) on the Dagster
-    instance of DAGSTER_HOME, so the runs show in the UI; ``config`` maps asset name → its config."""
-    from dagster import DagsterInstance
-    from dagster import materialize as dagster_materialize
+    """Materialise assets of the code location (their upstream already in the lake) on the Dagster instance
+    of DAGSTER_HOME, so the runs show in the UI; ``config`` maps asset name → its config."""
+    from dagster import AssetKey, DagsterInstance
 
     from alumi_pipelines.definitions import defs
 
-    repo = defs.get_repository_def()
-    assets = list(repo.assets_defs_by_key.values())
-    checks = list(repo.asset_checks_defs_by_key.values()) if hasattr(repo, "asset_checks_defs_by_key") else []
+    job = defs.resolve_implicit_global_asset_job_def()
     run_config = {"ops": {name: {"config": value} for name, value in (config or {}).items()}}
     with DagsterInstance.get() as instance:
-        return dagster_materialize(
-            [*{id(a): a for a in assets}.values(), *checks], selection=list(selection), run_config=run_config,
-            partition_key=partition_key, instance=instance, resources=resources(),
+        return job.execute_in_process(
+            run_config=run_config, instance=instance, partition_key=partition_key,
+            asset_selection=[AssetKey(name) for name in selection], raise_on_error=False,
         )
 
 

@@ -69,3 +69,16 @@ def test_defect_detection_notebook(notebook_home, tmp_path):
     images = [o for c in book.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # class balance, labelled samples, detections
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_process_risk_notebook(notebook_home, tmp_path):
+    from alumi_pipelines.process_demo import write_process_demo
+    from alumi_pipelines.resources.lake import Lake
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    write_process_demo(Lake(base_uri=str(notebook_home / "lake")), today - dt.timedelta(days=7), 6, 90, seed=0)
+    book = _run(REPO / "notebooks" / "process_risk.ipynb", tmp_path)
+    text = _outputs(book)
+    assert "6 days landed" in text and "success: True" in text and "margins over baselines" in text
+    images = [o for c in book.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1
