@@ -67,7 +67,7 @@ def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[API
     app.state.verifier = verifier
     app.state.metrics = EdgeMetrics()
     install_error_handlers(app)
-    for router in (*ROUTERS, *extra_routers):
+    for router in (*extra_routers, *ROUTERS):  # an extra router may replace a default route (first match wins)
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

@@ -178,8 +178,9 @@ def test_training_runs_are_routed_to_the_gpu_pool_and_others_are_not(values, dep
     assert "nvidia.com/gpu" not in default_run and "gpupool" not in default_run  # only tagged runs get the GPU pool
     assert launcher["resources"]["requests"] and launcher["resources"]["limits"]
     import alumi_pipelines.assets.training as training
+    from alumi_pipelines.jobs import TRAINING_TAG as PIPELINE_TRAINING_TAG
 
-    assert (training.TRAINING_TAG, "true") == TRAINING_TAG
+    assert (PIPELINE_TRAINING_TAG, "true") == TRAINING_TAG
     assert training.training_job.tags[TRAINING_TAG[0]] == TRAINING_TAG[1]
 
 

@@ -183,7 +183,7 @@ def test_pull_killed_midway_leaves_current_and_is_cleaned_next_time(tmp_path, re
                                                                     http_release_server):
     _, _, pubkey_path = signing_keys
     home = tmp_path / "device"
-    base = f"http://127.0.0.1:{http_release_server.server_port}/?sv=2026-01-01&sig=secret"
+    base = f"http://127.0.0.1:{http_release_server.server_port}/?sv=2026-01-01&sp=r&se=2099-01-01T00:00:00Z&sig=secret"
     release_store.publish("1.0.0")
     first = _edge_cli("pull", "--source", base, "--pubkey", str(pubkey_path), "--home", str(home))
     assert first.returncode == 0, first.stderr
