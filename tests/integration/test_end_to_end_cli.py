@@ -1,0 +1,33 @@
+"""end_to_end_job through `dagster job execute` on the ci profile, then an edge device pulls what it released."""
+
+import json
+from pathlib import Path
+
+from cli_helpers import BIN, run
+
+
+def test_end_to_end_job_releases_a_model_that_a_device_pulls(cli_env, tmp_path):
+    run([BIN / "alumi", "demo-data", "--images", "24", "--days", "2", "--size", "256", "--start", "2026-11-01"], cli_env)
+    tags = run([BIN / "alumi", "batches", "--tags"], cli_env).stdout.strip()
+    out = run([BIN / "dagster", "job", "execute", "-m", "alumi_pipelines.definitions", "-j", "end_to_end_job",
+               "--tags", tags], cli_env, cwd=tmp_path)
+    log = out.stdout + out.stderr
+    assert "RUN_SUCCESS" in log and "STEP_FAILURE" not in log
+    for check in ("labels_valid", "no_split_leakage", "promotion_gate", "onnx_parity", "int8_accuracy"):
+        assert f"Asset check '{check}'" in log and "passed" in log
+    home = Path(cli_env["ALUMI_HOME"])
+    lake = home / "lake"
+    stable = json.loads((lake / "releases" / "channels" / "stable.json").read_text())
+    manifest = json.loads((lake / "releases" / stable["manifest"]).read_text())
+    roles = {f["role"] for f in manifest["files"]}
+    assert {"model", "model_int8", "wheel", "sample_image", "sample_expected", "build_plan"} <= roles
+    champion = json.loads((lake / "models" / "champion.json").read_text())
+    assert manifest["source"]["model_version"] == champion["version"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()  # nothing in the cwd
+
+    device = tmp_path / "device"
+    pubkey = home / "keys" / "release-dev.key.pub"
+    run([BIN / "alumi-edge", "pull", "--source", str(lake / "releases"), "--pubkey", str(pubkey), "--home", str(device)],
+        cli_env)
+    info = json.loads(run([BIN / "alumi-edge", "info", "--json", "--home", str(device)], cli_env).stdout)
+    assert stable["version"] in json.dumps(info)
