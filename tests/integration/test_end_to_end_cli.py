@@ -3,14 +3,13 @@
 import json
 from pathlib import Path
 
-from cli_helpers import BIN, run
+from cli_helpers import BIN, REPO, run
 
 
 def test_end_to_end_job_releases_a_model_that_a_device_pulls(cli_env, tmp_path):
-    run([BIN / "alumi", "demo-data", "--images", "24", "--days", "2", "--size", "256", "--start", "2026-11-01"], cli_env)
-    tags = run([BIN / "alumi", "batches", "--tags"], cli_env).stdout.strip()
-    out = run([BIN / "dagster", "job", "execute", "-m", "alumi_pipelines.definitions", "-j", "end_to_end_job",
-               "--tags", tags], cli_env, cwd=tmp_path)
+    # the README's first quick-start command, on a small dataset
+    env = {**cli_env, "DEMO_IMAGES": "24", "DEMO_DAYS": "2", "DEMO_SIZE": "256"}
+    out = run(["bash", REPO / "scripts" / "demo"], env, cwd=tmp_path)
     log = out.stdout + out.stderr
     assert "RUN_SUCCESS" in log and "STEP_FAILURE" not in log
     for check in ("labels_valid", "no_split_leakage", "promotion_gate", "onnx_parity", "int8_accuracy"):
