@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     _timed(warm, warm, None)  # imports evidently and plotly's lazy parts outside the timings
     print(f"evidently imported and warmed up in {time.perf_counter() - start:.1f} s", flush=True)
 
-    header = (f"| rows/side | case | sampled s | full s | sampled share | full share | sampled passed | full passed | agree |\n"
-              f"| ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |")
+    header = ("| rows/side | case | sampled s | full s | sampled share | full share | sampled passed | full passed | agree |\n"
+              "| ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |")
     lines = []
     for n in args.rows:
         reference = model.draw({"nominal": 1.0}, n, seed=n, prefix="ref")

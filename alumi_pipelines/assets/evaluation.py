@@ -1,7 +1,6 @@
 """Evaluation stage: challenger vs champion on the frozen test split, the promotion gate, the champion alias."""
 
 
-import base64
 import datetime as dt
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from alumi_pipelines.assets.metadata import png_md
 from alumi_pipelines.lib import gate, training
 from alumi_pipelines.resources import lake_layout
 from alumi_pipelines.resources.lake import Lake
@@ -73,8 +73,6 @@ def gate_rule(config: PromotionGateConfig, profile: str) -> gate.GateRule:
     return gate.rule_for_profile(profile, floor=floor, tolerance=config.tolerance, recall_margin=config.recall_margin)
 
 
-def _png_md(title: str, data: bytes) -> str:
-    return f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(data).decode()})"
 
 
 def _small_png(path: Path, max_side: int = 640) -> bytes:
@@ -233,7 +231,7 @@ def detector_evaluation(context: AssetExecutionContext, config: DetectorEvaluati
     if incomparable:
         metadata["champion_not_comparable"] = MetadataValue.text(incomparable)
     for name, (plot, data) in plot_keys.items():
-        metadata[f"plot_{name}"] = MetadataValue.md(_png_md(name, data))
+        metadata[f"plot_{name}"] = MetadataValue.md(png_md(name, data))
         metadata[f"plot_{name}_path"] = MetadataValue.path(lake.uri(plot))
     return MaterializeResult(metadata=metadata)
 

@@ -17,7 +17,6 @@ on the same tracking server).
 """
 
 
-import base64
 import datetime as dt
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from alumi_pipelines.assets.metadata import png_md
 from alumi_pipelines.resources import process_layout as layout
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.mlflow_registry import CHAMPION, MlflowRegistry
@@ -63,7 +63,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _png_md(title: str, data: bytes) -> MetadataValue:
-    return MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{base64.b64encode(data).decode()})")
+    return MetadataValue.md(png_md(title, data))
 
 
 # -- raw -------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from alumi_pipelines.settings import Settings
 
 def build_resources(settings: Settings | None = None) -> dict:
     """The resources of the code location, from settings (env vars)."""
-    from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
     from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 

@@ -252,8 +252,6 @@ def _empty_features():
 
 def read_processed(lake: Lake, batches: list[str] | None = None):
     """(features, labels) of the given processed batches, or of all of them."""
-    import polars as pl
-
     from alumi_pipelines.lib.labels import empty_labels
 
     if batches is None:
@@ -353,8 +351,6 @@ def apply_corrections(lake: Lake, settings: PipelineSettings) -> CorrectionsSumm
 
     Recomputed from all incoming files on every run, so applying the same corrections again changes nothing.
     """
-    import polars as pl
-
     from alumi_pipelines.lib import corrections as corr
 
     features, labels = read_processed(lake)

@@ -5,7 +5,6 @@ import json
 import cv2
 import numpy as np
 import polars as pl
-import pytest
 from dagster import DagsterInstance, materialize
 
 from alumi_pipelines.assets import gold, processed, raw

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alumi_pipelines.lib import formats
-from alumi_pipelines.lib.formats import AnnotatedImage, Rejection, SourceBox
+from alumi_pipelines.lib.formats import AnnotatedImage, SourceBox
 from alumi_pipelines.lib.imaging import probe
 from alumi_pipelines.lib.labels import ClassMap
 
