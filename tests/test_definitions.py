@@ -27,3 +27,18 @@ def test_definitions_contain_the_documented_names():
     groups = {repo.asset_graph.get(k).group_name for k in repo.asset_graph.get_all_asset_keys()}
     assert {"raw", "processed", "gold"} <= groups
     assert "landing_sensor" in {s.name for s in repo.sensor_defs}
+
+
+def test_every_asset_and_check_says_what_it_is():
+    from alumi_pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and len(node.description) > 30, key
+        assert node.owners, f"{key.to_user_string()} has no owner"
+        assert node.group_name != "default", key
+    for check_key in graph.asset_check_keys:
+        spec = graph.get_check_spec(check_key)
+        assert spec.description and len(spec.description) > 30, check_key

@@ -34,6 +34,9 @@ class DriftConfig(Config):
     group_name="drift",
     owners=["team:data-science"],
     kinds={"evidently", "html"},
+    description="Evidently data-drift report of per-image features (brightness, contrast, sharpness, colour "
+    "statistics, size) of the newest processed batches against the champion's training split, on a bounded "
+    "sample; HTML and JSON in reports/drift/, latest.json for drift_sensor.",
     check_specs=[
         AssetCheckSpec(
             "image_feature_drift",

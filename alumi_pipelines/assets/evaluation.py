@@ -150,6 +150,7 @@ def latest_evaluation(context, lake: Lake) -> dict:
 @asset(
     deps=[AssetKey("detector_model")],
     group_name="training",
+    owners=["team:data-science"],
     kinds={"pytorch", "mlflow"},
     description="The newest detector version (challenger) and the current champion evaluated on the frozen test "
     "split of the current gold dataset: mAP50, mAP50-95, per-class precision/recall/F1, confusion matrix, "
@@ -276,6 +277,7 @@ def promotion_gate(context: AssetCheckExecutionContext, config: PromotionGateCon
 @asset(
     deps=[detector_evaluation],
     group_name="training",
+    owners=["team:data-science"],
     kinds={"mlflow"},
     description="The registry alias 'champion' on the evaluated challenger (the old champion keeps 'previous'); "
     "runs only after the promotion gate passed.",

@@ -196,6 +196,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 @asset(
     deps=[AssetKey("champion_model")],
     group_name=GROUP,
+    owners=["team:ml-platform"],
     kinds={"onnx", "pytorch"},
     description="The champion detector exported to ONNX (static 1×3×imgsz×imgsz, FP32, simplified) with class "
     "names, imgsz, stride, model version, dataset hash and MLflow run id in its metadata; stored at "
@@ -289,6 +290,7 @@ def onnx_parity(context: AssetCheckExecutionContext, config: OnnxParityConfig, l
 @asset(
     deps=[onnx_model],
     group_name=GROUP,
+    owners=["team:ml-platform"],
     kinds={"onnx"},
     description="Static INT8 quantisation (ONNX Runtime QDQ, per-channel QInt8 weights) calibrated on gold train+val "
     "images, with the Detect head's box decoding left in float; size, CPU latency and test mAP50 against FP32.",
@@ -381,6 +383,7 @@ def int8_accuracy(context: AssetCheckExecutionContext, config: Int8AccuracyConfi
 @asset(
     deps=[onnx_int8_model],
     group_name=GROUP,
+    owners=["team:ml-platform"],
     kinds={"tensorrt"},
     description="FP16 and INT8 TensorRT engines with their latency where tensorrt and a CUDA device are present; "
     "everywhere, the on-device build plan (trtexec commands, precision flags, calibration image set, engine "
@@ -477,6 +480,7 @@ def signing_key_path(configured: str | None, home: Path) -> tuple[Path, bool]:
 @asset(
     deps=[tensorrt_engine],
     group_name=GROUP,
+    owners=["team:ml-platform"],
     kinds={"python"},
     description="A signed edge release at releases/<version>/: the alumi-edge wheel, model.onnx, model_int8.onnx, "
     "the TensorRT build plan, a sample image with its expected detections, manifest.json and its Ed25519 "

@@ -146,6 +146,7 @@ def _train_trial(context, run, args, summary, work, base_weights, config_dir, na
 @asset(
     deps=[AssetKey("gold_dataset")],
     group_name="training",
+    owners=["team:data-science"],
     kinds={"pytorch", "mlflow"},
     description="A YOLO detector trained offline on the current gold dataset (train/val splits); params, "
     "per-epoch metrics, weights and plots in MLflow; registered as a new version of the detector model.",
