@@ -59,13 +59,15 @@ def test_asset_groups_launch_ingestion_and_read_metadata(tmp_path, browser):
         # the asset graph, grouped by lake zone
         page.goto(f"{dev.url}/asset-groups", wait_until="networkidle")
         _dismiss_welcome(page)
-        for group in ("raw", "processed", "gold"):
+        for group in ("raw", "processed", "corrections", "gold", "training", "export", "drift", "process"):
             page.get_by_text(group, exact=True).first.wait_for(timeout=30000)
         _shot(page, shots, "1-asset-groups")
+        page.set_viewport_size({"width": 1400, "height": 2400})  # the catalog renders only the rows in view
         page.goto(f"{dev.url}/assets", wait_until="networkidle")
         for asset in ("raw_images", "raw_labels", "processed_images", "processed_labels", "gold_dataset"):
             page.get_by_text(asset, exact=True).first.wait_for(timeout=30000)
         _shot(page, shots, "2-catalog")
+        page.set_viewport_size({"width": 1400, "height": 900})
 
         # launch the ingestion job for every landing batch from the job page
         page.goto(f"{dev.url}/locations/alumi_pipelines.definitions/jobs/ingestion_job", wait_until="networkidle")
