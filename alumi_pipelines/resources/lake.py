@@ -200,6 +200,36 @@ class Lake(ConfigurableResource):
             return key
         return self.write_bytes(key, Path(local).read_bytes())
 
+    def copy(self, src: str, dst: str) -> bool:
+        """Copy an object within the lake unless ``dst`` exists; returns whether it copied.
+
+        Locally a hard link (objects are only ever replaced by rename, never rewritten in place, so a
+        shared inode cannot change under a reader); remotely a server-side copy.
+        """
+        fs, _ = self._filesystem()
+        source, target = self.path(src), self.path(dst)
+        if not self.is_local:
+            if fs.exists(target):
+                return False
+            fs.copy(source, target)
+            return True
+        for attempt in (1, 2):
+            try:
+                os.link(source, target)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                if attempt == 2 or not os.path.exists(source):
+                    raise
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            except OSError:  # a filesystem without hard links
+                if self.exists(dst):
+                    return False
+                self.write_bytes(dst, self.read_bytes(src))
+                return True
+        return False
+
     def put_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
         """Publish every file of a local folder under a prefix (each file atomically)."""
         local_dir = Path(local_dir)

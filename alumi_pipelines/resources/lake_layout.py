@@ -190,10 +190,13 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     def work(row: dict):
         # read, normalise and write in the worker: file creation is slow on some disks and releases the GIL
         ext = ".jpg" if row["format"] == "jpeg" else f".{row['format']}"
-        data = lake.read_bytes(raw_image_key(row["image_id"], ext))
+        raw_key = raw_image_key(row["image_id"], ext)
+        data = lake.read_bytes(raw_key)
         info = imaging.ImageInfo(row["width"], row["height"], row["channels"], row["format"])
         processed = imaging.normalise(data, info, settings.image_size, image_id=row["image_id"])
         key = processed_image_key(row["image_id"])
+        if processed.data is data:  # already conforming: the processed zone shares the raw object
+            return row, processed, lake.copy(raw_key, key)
         new = not lake.exists(key)
         if new:
             lake.write_bytes(key, processed.data)

@@ -75,3 +75,14 @@ def test_put_and_get_dir(lake, tmp_path):
     assert lake.put_dir(src, "gold/datasets/h") == ["gold/datasets/h/a.txt", "gold/datasets/h/sub/b.txt"]
     out = lake.get_dir("gold/datasets/h", tmp_path / "out")
     assert (out / "sub" / "b.txt").read_text() == "b"
+
+
+def test_copy_within_the_lake_never_overwrites(lake):
+    lake.write_bytes("raw/images/ab/x.jpg", b"one")
+    assert lake.copy("raw/images/ab/x.jpg", "processed/images/ab/x.jpg") is True
+    assert lake.read_bytes("processed/images/ab/x.jpg") == b"one"
+    assert lake.copy("raw/images/ab/x.jpg", "processed/images/ab/x.jpg") is False
+    lake.write_bytes("raw/images/ab/x.jpg", b"two")  # a rewrite replaces the raw object, not the copy
+    assert lake.read_bytes("processed/images/ab/x.jpg") == b"one"
+    with pytest.raises(FileNotFoundError):
+        lake.copy("raw/images/ab/missing.jpg", "processed/images/ab/missing.jpg")
