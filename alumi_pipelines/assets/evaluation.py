@@ -23,6 +23,7 @@ from pydantic import Field
 from alumi_pipelines.assets.metadata import png_md
 from alumi_pipelines.lib import gate, training
 from alumi_pipelines.resources import lake_layout
+from alumi_pipelines.resources.lake_layout import evaluation_key, gate_key, plot_key
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
 from alumi_pipelines.settings import Settings
@@ -30,18 +31,6 @@ from alumi_pipelines.settings import Settings
 EVALUATION_ASSET = AssetKey("detector_evaluation")
 # Plots of the challenger's evaluation kept in the lake and shown in the asset's metadata.
 SHOWN_PLOTS = ("confusion_matrix_normalized", "BoxPR_curve", "val_batch0_pred")
-
-
-def evaluation_key(version: str) -> str:
-    return f"models/evaluations/{version}.json"
-
-
-def gate_key(version: str) -> str:
-    return f"models/evaluations/{version}.gate.json"
-
-
-def plot_key(version: str, name: str) -> str:
-    return f"models/evaluations/{version}/{name}"
 
 
 class DetectorEvaluationConfig(Config):

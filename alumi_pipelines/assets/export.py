@@ -36,6 +36,14 @@ from pydantic import Field
 
 from alumi_pipelines.lib import training
 from alumi_pipelines.resources import lake_layout
+from alumi_pipelines.resources.lake_layout import (
+    engine_key,
+    export_record_key,
+    int8_record_key,
+    onnx_prefix,
+    parity_record_key,
+    plan_key,
+)
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.mlflow_registry import CHAMPION, MlflowRegistry, VersionInfo
 from alumi_pipelines.settings import Settings
@@ -44,31 +52,6 @@ GROUP = "export"
 RELEASE_KEY_ENV = "ALUMI_RELEASE_KEY"
 DEV_KEY_NAME = "release-dev.key"
 EDGE_SOURCE = Path(__file__).resolve().parents[2] / "edge_export"
-
-
-# -- lake keys -------------------------------------------------------------------------------------
-def onnx_prefix(model_version: str) -> str:
-    return f"models/onnx/{model_version}"
-
-
-def export_record_key(model_version: str) -> str:
-    return f"{onnx_prefix(model_version)}/export.json"
-
-
-def parity_record_key(model_version: str) -> str:
-    return f"{onnx_prefix(model_version)}/parity.json"
-
-
-def int8_record_key(model_version: str) -> str:
-    return f"{onnx_prefix(model_version)}/int8.json"
-
-
-def plan_key(model_version: str) -> str:
-    return f"{onnx_prefix(model_version)}/tensorrt_plan.json"
-
-
-def engine_key(model_version: str, file_name: str) -> str:
-    return f"models/tensorrt/{model_version}/{file_name}"
 
 
 def release_version(model_version: str, dataset_hash: str) -> str:

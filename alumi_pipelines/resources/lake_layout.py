@@ -64,6 +64,43 @@ def gold_prefix(dataset_hash: str) -> str:
     return f"gold/datasets/{dataset_hash}"
 
 
+# -- models: evaluations, exports ------------------------------------------------------------------
+def evaluation_key(version: str) -> str:
+    return f"models/evaluations/{version}.json"
+
+
+def gate_key(version: str) -> str:
+    return f"models/evaluations/{version}.gate.json"
+
+
+def plot_key(version: str, name: str) -> str:
+    return f"models/evaluations/{version}/{name}"
+
+
+def onnx_prefix(model_version: str) -> str:
+    return f"models/onnx/{model_version}"
+
+
+def export_record_key(model_version: str) -> str:
+    return f"{onnx_prefix(model_version)}/export.json"
+
+
+def parity_record_key(model_version: str) -> str:
+    return f"{onnx_prefix(model_version)}/parity.json"
+
+
+def int8_record_key(model_version: str) -> str:
+    return f"{onnx_prefix(model_version)}/int8.json"
+
+
+def plan_key(model_version: str) -> str:
+    return f"{onnx_prefix(model_version)}/tensorrt_plan.json"
+
+
+def engine_key(model_version: str, file_name: str) -> str:
+    return f"models/tensorrt/{model_version}/{file_name}"
+
+
 # -- landing ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LandingBatch:
