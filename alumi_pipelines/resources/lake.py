@@ -35,12 +35,27 @@ def check_key(key: str) -> str:
         raise LakeKeyError(f"lake key {key!r}: must be a non-empty string")
     if "\x00" in key or "\\" in key:
         raise LakeKeyError(f"lake key {key!r}: must not contain NUL or backslashes")
+    parts = key.split("/")
+    if ":" not in parts[0] and all(part and part != "." and part != ".." for part in parts):
+        return key  # already normal (the common case, checked without pathlib: lake keys are hot)
     path = PurePosixPath(key)
     if path.is_absolute() or ":" in path.parts[0]:
         raise LakeKeyError(f"lake key {key!r}: must be relative to the lake")
     if any(part in ("..", "") for part in path.parts):
         raise LakeKeyError(f"lake key {key!r}: must not contain '..'")
     return path.as_posix()
+
+
+@dataclass(frozen=True)
+class _Location:
+    """The resolved filesystem, root and locality: looked up once per call on the per-image paths."""
+
+    fs: Any
+    root: str
+    local: bool
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,7 @@ class Lake(ConfigurableResource):
 
     _fs: Any = PrivateAttr(default=None)
     _root: str = PrivateAttr(default="")
+    _location: Any = PrivateAttr(default=None)
 
     # -- addressing ---------------------------------------------------------------------------
     def _filesystem(self) -> tuple[Any, str]:
@@ -72,14 +88,20 @@ class Lake(ConfigurableResource):
             self._fs, self._root = fs, root.rstrip("/")
         return self._fs, self._root
 
+    def _locate(self) -> _Location:
+        location = self._location
+        if location is None:
+            fs, root = self._filesystem()
+            location = self._location = _Location(fs, root, self.is_local)
+        return location
+
     @property
     def is_local(self) -> bool:
         return "://" not in self.base_uri or self.base_uri.startswith("file://")
 
     def path(self, key: str) -> str:
         """Full path of a key in the underlying filesystem."""
-        _, root = self._filesystem()
-        return f"{root}/{check_key(key)}"
+        return self._locate().path(key)
 
     def uri(self, key: str) -> str:
         """A URI a user can open (a file:// URI locally, the fsspec URI remotely)."""
@@ -92,13 +114,18 @@ class Lake(ConfigurableResource):
 
     # -- reading ------------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
-        fs, _ = self._filesystem()
-        return fs.exists(self.path(key))
+        location = self._locate()
+        full = location.path(key)
+        return os.path.exists(full) if location.local else location.fs.exists(full)
 
     def read_bytes(self, key: str) -> bytes:
-        fs, _ = self._filesystem()
+        location = self._locate()
+        full = location.path(key)
         try:
-            return fs.cat_file(self.path(key))
+            if location.local:  # unbuffered plain open: fsspec's local layer costs more than a small image
+                with open(full, "rb", buffering=0) as fh:
+                    return fh.readall()
+            return location.fs.cat_file(full)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"lake key {key!r} does not exist ({self.uri(key)})") from exc
 
@@ -152,9 +179,9 @@ class Lake(ConfigurableResource):
     # -- writing (atomic) ---------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> str:
         """Write a whole object atomically; returns its key."""
-        fs, _ = self._filesystem()
-        full = self.path(key)
-        if self.is_local:
+        location = self._locate()
+        full = location.path(key)
+        if location.local:
             parent = os.path.dirname(full)
             tmp = os.path.join(parent, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
             try:
@@ -173,7 +200,7 @@ class Lake(ConfigurableResource):
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
-            fs.pipe_file(full, data)
+            location.fs.pipe_file(full, data)
         return key
 
     def write_json(self, key: str, obj: Any) -> str:
@@ -206,9 +233,9 @@ class Lake(ConfigurableResource):
         Locally a hard link (objects are only ever replaced by rename, never rewritten in place, so a
         shared inode cannot change under a reader); remotely a server-side copy.
         """
-        fs, _ = self._filesystem()
-        source, target = self.path(src), self.path(dst)
-        if not self.is_local:
+        location = self._locate()
+        fs, source, target = location.fs, location.path(src), location.path(dst)
+        if not location.local:
             if fs.exists(target):
                 return False
             fs.copy(source, target)

@@ -222,45 +222,36 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
             pl.len().alias("copies"),
         )
     )
-    rows = per_image.to_dicts()
+    ids, formats, widths, heights, channels = (
+        per_image[c].to_list() for c in ("image_id", "format", "width", "height", "channels")
+    )
 
-    def work(row: dict):
+    def work(i: int):
         # read, normalise and write in the worker: file creation is slow on some disks and releases the GIL
-        ext = ".jpg" if row["format"] == "jpeg" else f".{row['format']}"
-        raw_key = raw_image_key(row["image_id"], ext)
+        image_id, fmt = ids[i], formats[i]
+        raw_key = raw_image_key(image_id, ".jpg" if fmt == "jpeg" else f".{fmt}")
         data = lake.read_bytes(raw_key)
-        info = imaging.ImageInfo(row["width"], row["height"], row["channels"], row["format"])
-        processed = imaging.normalise(data, info, settings.image_size, image_id=row["image_id"])
-        key = processed_image_key(row["image_id"])
+        info = imaging.ImageInfo(widths[i], heights[i], channels[i], fmt)
+        processed = imaging.normalise(data, info, settings.image_size, image_id=image_id)
+        key = processed_image_key(image_id)
         if processed.data is data:  # already conforming: the processed zone shares the raw object
-            return row, processed, lake.copy(raw_key, key)
-        new = not lake.exists(key)
-        if new:
-            lake.write_bytes(key, processed.data)
-        return row, processed, new
+            new = lake.copy(raw_key, key)
+        else:
+            new = not lake.exists(key)
+            if new:
+                lake.write_bytes(key, processed.data)
+        return processed.width, processed.height, processed.features, new  # not the bytes: a batch can be large
 
-    written = 0
-    out = []
-    for row, processed, new in imaging.parallel_map(work, rows, settings.workers):
-        written += new
-        out.append(
-            {
-                "image_id": row["image_id"],
-                "batch": batch,
-                "orig_width": row["width"],
-                "orig_height": row["height"],
-                "channels": row["channels"],
-                "width": processed.width,
-                "height": processed.height,
-                "labelled": row["labelled"],
-                "copies": row["copies"],
-                "line_id": row["line_id"],
-                "camera_id": row["camera_id"],
-                "captured_at": row["captured_at"],
-                **processed.features,
-            }
-        )
-    features = pl.DataFrame(out, orient="row", infer_schema_length=None) if out else _empty_features()
+    results = list(imaging.parallel_map(work, range(len(ids)), settings.workers))
+    written = sum(r[3] for r in results)
+    features = _empty_features()
+    if results:
+        features = per_image.rename({"width": "orig_width", "height": "orig_height"}).with_columns(
+            pl.lit(batch).alias("batch"),
+            pl.Series("width", [r[0] for r in results], pl.Int64),
+            pl.Series("height", [r[1] for r in results], pl.Int64),
+            *(pl.Series(c, [r[2][c] for r in results], pl.Float64) for c in imaging.FEATURE_COLUMNS),
+        ).select(features.columns).cast(features.schema)
     lake.write_table(processed_features_key(batch), features)
 
     labels = lake.read_table(raw_labels_key(batch))
@@ -273,8 +264,8 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     )
     lake.write_table(processed_labels_key(batch), labels)
     counts = dict(labels.group_by("class_name").len().sort("class_name").iter_rows())
-    means = {c: round(float(features[c].mean() or 0.0), 3) for c in imaging.FEATURE_COLUMNS} if out else {}
-    return ProcessedBatch(len(out), written, labels.height, counts, means)
+    means = {c: round(float(features[c].mean() or 0.0), 3) for c in imaging.FEATURE_COLUMNS} if results else {}
+    return ProcessedBatch(len(results), written, labels.height, counts, means)
 
 
 def _empty_features():

@@ -74,6 +74,8 @@ def test_normalise_is_deterministic():
 
 def test_parallel_map_keeps_order():
     assert list(imaging.parallel_map(lambda x: x * 2, range(50), workers=2)) == [x * 2 for x in range(50)]
+    assert list(imaging.parallel_map(lambda x: x + 1, iter(range(37)), workers=2, chunk=5)) == list(range(1, 38))
+    assert list(imaging.parallel_map(str, [], workers=2)) == []
 
 
 def test_conforming_jpeg_keeps_its_bytes_and_grey_jpeg_is_reencoded():
@@ -93,3 +95,22 @@ def test_features_do_not_depend_on_resolution():
     f_small, f_big = imaging.features(small), imaging.features(big)
     assert f_big["brightness"] == pytest.approx(f_small["brightness"], rel=0.02)
     assert f_big["sharpness"] == pytest.approx(f_small["sharpness"], rel=0.25)
+
+
+def test_features_equal_a_plain_numpy_computation():
+    rng = np.random.default_rng(2)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (300, 360, 3), dtype=np.uint8), (3, 3), 1)
+    grey = imaging.thumbnail(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), imaging.FEATURE_SIDE)
+    assert max(grey.shape) == imaging.FEATURE_SIDE
+    g = grey.astype(np.float64)
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]  # interior Laplacian
+    padded = np.pad(g, 1, mode="reflect")  # OpenCV's default border (BORDER_REFLECT_101)
+    full = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * g
+    assert np.allclose(full[1:-1, 1:-1], lap)
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)  # 360 px is below 2 x FEATURE_SIDE: colour is measured as is
+    f = imaging.features(image)
+    assert f["brightness"] == pytest.approx(g.mean(), abs=1e-3)
+    assert f["contrast"] == pytest.approx(g.std(), abs=1e-3)
+    assert f["sharpness"] == pytest.approx(full.var(), rel=1e-9, abs=1e-3)
+    assert (f["mean_b"], f["mean_g"], f["mean_r"]) == pytest.approx(tuple(image.reshape(-1, 3).mean(0)), abs=1e-3)
+    assert f["saturation"] == pytest.approx(hsv[:, :, 1].mean(), abs=1e-3)

@@ -86,3 +86,15 @@ def test_copy_within_the_lake_never_overwrites(lake):
     assert lake.read_bytes("processed/images/ab/x.jpg") == b"one"
     with pytest.raises(FileNotFoundError):
         lake.copy("raw/images/ab/missing.jpg", "processed/images/ab/missing.jpg")
+
+
+@pytest.mark.parametrize(("key", "normal"), [("a/b.jpg", "a/b.jpg"), ("a//b", "a/b"), ("a/./b", "a/b"), ("a/b/", "a/b")])
+def test_keys_are_normalised(key, normal):
+    assert check_key(key) == normal
+
+
+def test_unsafe_keys_are_refused_by_every_method(lake):
+    for call in (lambda: lake.read_bytes("../x"), lambda: lake.write_bytes("/etc/x", b""),
+                 lambda: lake.copy("a", "b/../../c"), lambda: lake.exists("c:/x")):
+        with pytest.raises(LakeKeyError):
+            call()
