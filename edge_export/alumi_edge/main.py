@@ -16,6 +16,7 @@ from typing import Sequence
 from fastapi import APIRouter, FastAPI
 
 from alumi_edge import __version__
+from alumi_edge.allocator import keep_large_buffers
 from alumi_edge.auth import TokenVerifier
 from alumi_edge.body_limit import BodyLimitMiddleware
 from alumi_edge.errors import install_error_handlers
@@ -38,6 +39,7 @@ def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[API
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
+        state.keeps_buffers = settings.keep_buffers and keep_large_buffers()
         state.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="alumi-infer")
         loop = asyncio.get_running_loop()
 

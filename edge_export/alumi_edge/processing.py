@@ -79,11 +79,16 @@ def letterbox(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray,
 
 
 def to_input_tensor(letterboxed_bgr: np.ndarray) -> np.ndarray:
-    """(H, W, 3) BGR uint8 → (1, 3, H, W) RGB float32 in [0, 1], contiguous."""
-    rgb_chw = letterboxed_bgr[:, :, ::-1].transpose(2, 0, 1)
-    tensor = np.ascontiguousarray(rgb_chw, dtype=np.float32)
-    tensor /= np.float32(255.0)  # division, not multiplication by 1/255: bit-identical to ultralytics
-    return tensor[None]
+    """(H, W, 3) BGR uint8 → (1, 3, H, W) RGB float32 in [0, 1], contiguous.
+
+    Each colour plane is divided straight into its place in the output (no strided float copy first);
+    division, not multiplication by 1/255, so the tensor is bit-identical to ultralytics'.
+    """
+    h, w = letterboxed_bgr.shape[:2]
+    tensor = np.empty((1, 3, h, w), dtype=np.float32)
+    for channel, plane in enumerate(reversed(cv2.split(letterboxed_bgr))):  # B, G, R planes → R, G, B
+        np.divide(plane, np.float32(255.0), out=tensor[0, channel], dtype=np.float32)
+    return tensor
 
 
 def preprocess(image_bgr: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:

@@ -14,6 +14,7 @@ from alumi_edge.processing import (
     postprocess,
     preprocess,
     scale_to_original,
+    to_input_tensor,
 )
 
 
@@ -148,3 +149,11 @@ def test_scale_to_original_inverts_letterbox():
     as_input[:, [0, 2]] = as_input[:, [0, 2]] * params.gain_x + params.pad_left
     as_input[:, [1, 3]] = as_input[:, [1, 3]] * params.gain_y + params.pad_top
     np.testing.assert_allclose(scale_to_original(as_input, params), original, atol=1e-3)
+
+
+def test_input_tensor_is_bit_identical_to_the_plain_numpy_conversion():
+    image = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    reference = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)[None] / np.float32(255.0)
+    tensor = to_input_tensor(image)
+    assert tensor.shape == (1, 3, 48, 80) and tensor.dtype == np.float32
+    assert np.array_equal(tensor, reference)

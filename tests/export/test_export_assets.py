@@ -81,13 +81,13 @@ def test_int8_model_is_quantised_except_the_head_and_reports_size_latency_and_ma
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 50
     excluded = set(record["excluded_nodes"])
-    assert "/model.23/dfl/conv/Conv" in excluded
+    assert "/model.23/dfl/MatMul" in excluded
     by_name = {n.name: n for n in model.graph.node}
     producer = {o: n for n in model.graph.node for o in n.output}
     # The output is produced in float: its producer is the head's final Concat, not a DequantizeLinear.
     assert producer[model.graph.output[0].name].op_type == "Concat"
-    # The DFL convolution still takes float weights (no DequantizeLinear feeding it).
-    dfl = by_name["/model.23/dfl/conv/Conv"]
+    # The DFL bin-weighted sum still takes float weights (no DequantizeLinear feeding it).
+    dfl = by_name["/model.23/dfl/MatMul"]
     assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in dfl.input[1:])
 
 
@@ -184,7 +184,10 @@ def test_head_decode_nodes_of_the_exported_model(export_run):
     model = onnx.load(str(path))
     nodes = head_decode_nodes(model)
     ops = {n.name: n.op_type for n in model.graph.node}
-    assert [n for n in nodes if ops[n] == "Conv"] == ["/model.23/dfl/conv/Conv"]
+    # The DFL's bin-weighted sum is a MatMul after its softmax over the last axis (dfl_softmax_last_axis).
+    assert [n for n in nodes if ops[n] in ("Conv", "MatMul")] == ["/model.23/dfl/MatMul"]
+    softmax = next(n for n in model.graph.node if n.name == "/model.23/dfl/Softmax")
+    assert [a.i for a in softmax.attribute if a.name == "axis"] == [-1]
     assert {"Softmax", "Sigmoid", "Concat", "Sub", "Add", "Div", "Mul"} <= {ops[n] for n in nodes}
     assert all(n.startswith("/model.23/") for n in nodes)  # nothing outside the Detect head
     assert ops[nodes[-1]] == "Concat"  # the output's producer is last in graph order

@@ -223,3 +223,64 @@ def test_onnx_model_without_a_champion_fails_naming_the_alias(tmp_path):
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "model 'no-champion' has no 'champion' alias: materialise champion_model first" in str(
         failure.step_failure_data.error.message if failure.step_failure_data.error else failure)
+
+
+def _dfl_graph(bins: int = 16, anchors: int = 50):
+    """The DFL decoding exactly as ultralytics exports it: (1, 4*bins, a) → distances (1, 4, a)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "s_in"], ["r"], name="/model.23/dfl/Reshape"),
+        helper.make_node("Transpose", ["r"], ["t"], name="/model.23/dfl/Transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("Softmax", ["t"], ["sm"], name="/model.23/dfl/Softmax", axis=1),
+        helper.make_node("Conv", ["sm", "w"], ["c"], name="/model.23/dfl/conv/Conv"),
+        helper.make_node("Reshape", ["c", "s_out"], ["y"], name="/model.23/dfl/Reshape_1"),
+    ]
+    init = [
+        numpy_helper.from_array(np.array([1, 4, bins, anchors], np.int64), "s_in"),
+        numpy_helper.from_array(np.array([1, 4, anchors], np.int64), "s_out"),
+        numpy_helper.from_array(np.arange(bins, dtype=np.float32).reshape(1, bins, 1, 1), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes, "dfl", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4 * bins, anchors])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, anchors])], initializer=init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_dfl_rewrite_keeps_the_numbers_and_moves_the_softmax_to_the_last_axis():
+    import onnx
+
+    model = _dfl_graph()
+    x = np.random.default_rng(0).normal(0, 3, (1, 64, 50)).astype(np.float32)
+    before = _run(model, x)
+    assert ox.dfl_softmax_last_axis(model) is True
+    onnx.checker.check_model(model)
+    ops = [(n.op_type, [a.i for a in n.attribute if a.name == "axis"]) for n in model.graph.node]
+    assert ops == [("Reshape", []), ("Transpose", []), ("Softmax", [-1]), ("MatMul", []), ("Reshape", [])]
+    assert "w" not in {i.name for i in model.graph.initializer}  # the conv's weights went with it
+    after = _run(model, x)
+    assert after.shape == (1, 4, 50)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    # An independent reference: expected bin value under the softmax over the 16 bins.
+    logits = x.reshape(4, 16, 50)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(after[0], (p * np.arange(16)[None, :, None]).sum(axis=1), rtol=1e-5, atol=1e-5)
+    assert ox.dfl_softmax_last_axis(model) is False  # nothing left to rewrite
+
+
+def test_dfl_rewrite_leaves_other_softmaxes_alone():
+    model = _dfl_graph()
+    for node in model.graph.node:
+        if node.op_type == "Transpose":
+            node.attribute[0].ints[:] = [0, 1, 3, 2]  # not the DFL's transpose
+    before = model.SerializeToString()
+    assert ox.dfl_softmax_last_axis(model) is False
+    assert model.SerializeToString() == before
