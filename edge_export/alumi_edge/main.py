@@ -39,7 +39,8 @@ def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[API
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
-        state.keeps_buffers = settings.keep_buffers and keep_large_buffers()
+        if settings.keep_buffers and not keep_large_buffers():
+            log.info("large freed buffers are returned to the system (no glibc mallopt here)")
         state.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="alumi-infer")
         loop = asyncio.get_running_loop()
 
