@@ -502,6 +502,11 @@ def edge_release(context: AssetExecutionContext, config: EdgeReleaseConfig, lake
             expected = release.expected_detections(
                 found.boxes.tolist(), found.confidences.tolist(), found.class_ids.tolist(), record["names"],
                 conf=config.sample_conf, iou=onnx_export.NMS_IOU)
+            # The INT8 model's own boxes on the same image: a device self-tests whichever model it serves.
+            found_int8 = onnx_export.predict_onnx(model_int8, [sample], conf=config.sample_conf)[0]
+            expected["roles"] = {"model_int8": {"boxes": release.expected_detections(
+                found_int8.boxes.tolist(), found_int8.confidences.tolist(), found_int8.class_ids.tolist(),
+                record["names"], conf=config.sample_conf, iou=onnx_export.NMS_IOU)["boxes"]}}
             expected_path = work / "in" / "sample_expected.json"
             expected_path.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
             parity = lake.read_json(parity_record_key(version)) if lake.exists(parity_record_key(version)) else {}

@@ -138,7 +138,8 @@ def pull(
                 manifest = _download_release(source, version, partial, public_key_pem, log)
                 if self_test:
                     report = run_self_test(partial, manifest)
-                    log(f"self-test passed: {report.matched}/{report.expected} expected boxes matched")
+                    log(f"self-test passed: {report.matched}/{report.expected} expected boxes matched "
+                        f"({', '.join(report.models)})")
                 _fsync_tree(partial)
                 os.rename(partial, target)
             except BaseException:

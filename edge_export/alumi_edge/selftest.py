@@ -2,7 +2,10 @@
 
 ``sample_expected`` JSON: ``{"conf": 0.25, "iou": 0.7, "max_det": 300, "boxes": [{"class_id",
 "class_name", "confidence", "x1", "y1", "x2", "y2"}, ...]}`` in original-image pixels, written by the
-pipeline from the same model. Boxes whose confidence lies within ``conf_tol`` of the threshold may
+pipeline from the same model. An optional ``"roles": {"model_int8": {"boxes": [...]}}`` holds the
+expected boxes of the release's other model files on the same image; each one the release carries is
+tested too, so whichever model a device serves has been run before the switch (older devices ignore
+the key). Boxes whose confidence lies within ``conf_tol`` of the threshold may
 appear on one side only (numerical noise of a different runtime); every other box must match one of
 the same class with IoU ≥ ``iou_min`` and confidence within ``conf_tol``.
 """
@@ -28,6 +31,7 @@ class SelfTestReport:
     detected: int
     matched: int
     problems: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # the release files that were run
 
     @property
     def passed(self) -> bool:
@@ -75,6 +79,16 @@ def compare_detections(
     return report
 
 
+def _check_boxes(where: str, boxes) -> None:
+    if not isinstance(boxes, list):
+        raise ManifestError(f"{where}: expected a 'boxes' list")
+    for i, box in enumerate(boxes):
+        missing = [k for k in ("class_id", "confidence", "x1", "y1", "x2", "y2") if k not in box]
+        if missing:
+            raise ManifestError(f"{where}: boxes[{i}] lacks {', '.join(missing)}")
+        box.setdefault("class_name", str(box["class_id"]))
+
+
 def load_expected(path: Path) -> dict:
     """Parse a sample_expected file, naming the field that is wrong."""
     try:
@@ -83,11 +97,12 @@ def load_expected(path: Path) -> dict:
         raise ManifestError(f"{path.name}: not readable JSON ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("boxes"), list):
         raise ManifestError(f"{path.name}: expected an object with a 'boxes' list")
-    for i, box in enumerate(data["boxes"]):
-        missing = [k for k in ("class_id", "confidence", "x1", "y1", "x2", "y2") if k not in box]
-        if missing:
-            raise ManifestError(f"{path.name}: boxes[{i}] lacks {', '.join(missing)}")
-        box.setdefault("class_name", str(box["class_id"]))
+    _check_boxes(path.name, data["boxes"])
+    roles = data.setdefault("roles", {})
+    if not isinstance(roles, dict):
+        raise ManifestError(f"{path.name}: 'roles' must be an object of role: {{boxes}}")
+    for role, entry in roles.items():
+        _check_boxes(f"{path.name} roles.{role}", entry.get("boxes") if isinstance(entry, dict) else None)
     return data
 
 
@@ -110,21 +125,37 @@ def run_self_test(
     max_det = int(expected.get("max_det", 300))
     factory = runtime_factory or (lambda path: OnnxRuntime(path, device="cpu").load())
     try:
-        runtime = factory(release_dir / model.path)
         picture = decode_image((release_dir / image.path).read_bytes())
-        result = runtime.detect(picture, conf=conf, iou=iou, max_det=max_det)
-    except ReleaseError:
-        raise
     except Exception as exc:
-        raise SelfTestError(f"release {manifest.version}: the model failed to run on {image.path}: {exc}") from exc
-    if list(runtime.info.names) != list(manifest.classes):
-        raise SelfTestError(
-            f"release {manifest.version}: model classes {list(runtime.info.names)} differ from the manifest's "
-            f"{list(manifest.classes)}"
-        )
-    report = compare_detections(result.boxes, expected["boxes"], conf_threshold=conf)
-    if not report.passed:
-        raise SelfTestError(
-            f"release {manifest.version}: self-test on {image.path} failed: " + "; ".join(report.problems[:5])
-        )
-    return report
+        raise SelfTestError(f"release {manifest.version}: sample image {image.path} does not decode: {exc}") from exc
+    cases = [(model, expected["boxes"])]
+    for role, entry in expected["roles"].items():
+        other = manifest.file_for_role(role)
+        if other is not None:
+            cases.append((other, entry["boxes"]))
+    total = SelfTestReport(expected=0, detected=0, matched=0)
+    for file, boxes in cases:
+        try:
+            runtime = factory(release_dir / file.path)
+            result = runtime.detect(picture, conf=conf, iou=iou, max_det=max_det)
+        except ReleaseError:
+            raise
+        except Exception as exc:
+            raise SelfTestError(
+                f"release {manifest.version}: {file.path} failed to run on {image.path}: {exc}") from exc
+        if list(runtime.info.names) != list(manifest.classes):
+            raise SelfTestError(
+                f"release {manifest.version}: {file.path} classes {list(runtime.info.names)} differ from the "
+                f"manifest's {list(manifest.classes)}"
+            )
+        report = compare_detections(result.boxes, boxes, conf_threshold=conf)
+        if not report.passed:
+            raise SelfTestError(
+                f"release {manifest.version}: self-test of {file.path} on {image.path} failed: "
+                + "; ".join(report.problems[:5])
+            )
+        total.expected += report.expected
+        total.detected += report.detected
+        total.matched += report.matched
+        total.models.append(file.path)
+    return total

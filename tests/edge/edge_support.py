@@ -116,8 +116,13 @@ class ReleaseStore:
         expected: dict | None = None,
         model_path: Path | None = None,
         extra_bytes: int = 0,
+        int8_boxes: list | None = None,
     ) -> Path:
-        """Write and sign a release with a colour model, sample image and expected boxes; move the channels."""
+        """Write and sign a release with a colour model, sample image and expected boxes; move the channels.
+
+        ``int8_boxes`` adds a second model file (role ``model_int8``, the same network) with these expected
+        boxes under the sample document's ``roles``.
+        """
         from alumi_pipelines.lib.release import ReleaseInput, publish_release, write_release
 
         staging = self.work / f"staging-{version}"
@@ -126,9 +131,12 @@ class ReleaseStore:
         sample = color_image(128, 128, squares=(("red", 32, 32, 32), ("blue", 96, 64, 32)))
         (staging / "sample.png").write_bytes(encode(sample))
         expected = expected if expected is not None else expected_for(model, sample)
+        files = [ReleaseInput(model, "model.onnx", "model")]
+        if int8_boxes is not None:
+            expected = {**expected, "roles": {"model_int8": {"boxes": int8_boxes}}}
+            files.append(ReleaseInput(model, "model_int8.onnx", "model_int8"))
         (staging / "sample_expected.json").write_text(json.dumps(expected))
-        files = [
-            ReleaseInput(model, "model.onnx", "model"),
+        files += [
             ReleaseInput(staging / "sample.png", "sample.png", "sample_image"),
             ReleaseInput(staging / "sample_expected.json", "sample_expected.json", "sample_expected"),
         ]

@@ -133,6 +133,26 @@ def test_failing_self_test_is_refused(tmp_path, release_store, signing_keys):
     _assert_untouched(home, "1.0.0", "1.1.0")
 
 
+def test_every_model_of_the_release_is_self_tested(tmp_path, release_store, signing_keys):
+    """The INT8 model has its own expected boxes: a release whose INT8 model disagrees is refused."""
+    from edge_support import color_image, expected_for, make_color_onnx
+
+    _, public_pem, _ = signing_keys
+    home = tmp_path / "device"
+    sample = color_image(128, 128, squares=(("red", 32, 32, 32), ("blue", 96, 64, 32)))
+    good = expected_for(make_color_onnx(tmp_path / "m.onnx"), sample)["boxes"]
+    assert {b["class_name"] for b in good} == {"red", "blue"}
+    release_store.publish("1.0.0", int8_boxes=good)
+    lines: list[str] = []
+    pull(str(release_store.root), home, public_pem, log=lines.append)
+    assert any("(model.onnx, model_int8.onnx)" in line for line in lines)
+    wrong = [dict(b, class_id=1, class_name="green") if b["class_name"] == "red" else b for b in good]
+    release_store.publish("1.1.0", int8_boxes=wrong)
+    with pytest.raises(SelfTestError, match=r"model_int8\.onnx .*expected green box"):
+        pull(str(release_store.root), home, public_pem)
+    _assert_untouched(home, "1.0.0", "1.1.0")
+
+
 def test_channel_pointer_outside_releases_is_refused(tmp_path, release_store, signing_keys):
     _, public_pem, _ = signing_keys
     (release_store.root / "channels").mkdir()

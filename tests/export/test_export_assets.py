@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import zipfile
 from pathlib import Path
 
@@ -152,6 +154,10 @@ def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _i
     assert manifest.metrics["test_map50_int8"] == _meta(export_run.result, "onnx_int8_model")["map50_int8"]
     report = run_self_test(folder, manifest)
     assert report.passed and report.matched == report.expected
+    assert report.models == ["model.onnx", "model_int8.onnx"]  # whichever model a device serves was run
+    expected = json.loads((folder / "sample" / "expected.json").read_text())
+    assert set(expected["roles"]) == {"model_int8"}
+    assert expected["boxes"] and expected["roles"]["model_int8"]["boxes"]
     with zipfile.ZipFile(folder / wheel[0]) as archive:
         names = archive.namelist()
     assert "alumi_edge/main.py" in names and not any(n.startswith("alumi_pipelines") for n in names)
