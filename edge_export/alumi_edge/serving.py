@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alumi_edge.device_home import DeviceHome, HomeError
-from alumi_edge.manifest import verify_file
+from alumi_edge.manifest import ReleaseError, verify_file
 from alumi_edge.model_info import read_model_info
 from alumi_edge.runtimes import Runtime, create_runtime
+from alumi_edge.selftest import load_expected
 from alumi_edge.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,41 @@ class LoadedModel:
         }
 
 
+def serves_on_cpu(settings: EdgeSettings) -> bool:
+    """Whether the configured runtime and device resolve to ONNX Runtime on the CPU."""
+    if settings.device == "cpu" and settings.runtime != "tensorrt":
+        return True
+    if settings.runtime == "tensorrt" or settings.device == "cuda":
+        return False
+    if settings.runtime == "auto":
+        from alumi_edge.runtimes.tensorrt import tensorrt_available
+
+        if tensorrt_available()[0]:
+            return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
+def serving_role(settings: EdgeSettings, manifest, release_dir: Path) -> str:
+    """The release file to serve: the configured role, or on ``auto`` the INT8 model where it runs on the CPU.
+
+    TensorRT builds its own engine (FP16/INT8) from the FP32 ONNX, and a GPU runs the FP32 ONNX; on a CPU
+    the INT8 model (held at export to lose at most the configured mAP50 margin) is the faster one. Only an
+    INT8 model that has its own expected boxes, and so was self-tested at pull, is chosen on ``auto``.
+    """
+    if settings.model_role != "auto":
+        return settings.model_role
+    expected = manifest.file_for_role("sample_expected")
+    if manifest.file_for_role("model_int8") is None or expected is None:
+        return "model"
+    try:
+        tested = "model_int8" in load_expected(release_dir / expected.path)["roles"]
+    except ReleaseError:
+        return "model"
+    return "model_int8" if tested and serves_on_cpu(settings) else "model"
+
+
 class ModelHolder:
     """Resolves which model to serve, loads it, and swaps it on reload."""
 
@@ -65,12 +101,14 @@ class ModelHolder:
             raise NoModel(f"no release installed under {self.home.root} (run 'alumi-edge pull'), no ALUMI_EDGE_MODEL_PATH")
         try:
             manifest = self.home.manifest(version)
-            path = self.home.model_path(version, self.settings.model_role)
+            role = serving_role(self.settings, manifest, self.home.version_dir(version))
+            path = self.home.model_path(version, role)
         except HomeError as exc:
             raise NoModel(str(exc)) from exc
-        entry = manifest.file_for_role(self.settings.model_role)
+        entry = manifest.file_for_role(role)
         verify_file(path, entry)  # catches on-disk corruption since the pull
         summary = {
+            "role": role,
             "version": manifest.version,
             "created_at": manifest.created_at,
             "metrics": manifest.metrics,

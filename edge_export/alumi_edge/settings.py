@@ -19,7 +19,8 @@ class EdgeSettings(BaseSettings):
 
     home: Path = Field(Path("~/.alumi-edge"), description="device folder: versions/, current, feedback queue")
     model_path: Path | None = Field(None, description="serve this ONNX instead of the pulled release")
-    model_role: Literal["model", "model_int8"] = Field("model", description="which model file of the release to serve")
+    model_role: Literal["auto", "model", "model_int8"] = Field(
+        "auto", description="release file to serve; auto: the INT8 model on a CPU when the release has one, else the FP32")
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = Field("auto", description="TensorRT when available on auto")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime device")
     precision: Literal["fp16", "fp32"] = Field("fp16", description="TensorRT engine precision")

@@ -76,6 +76,16 @@ def color_image(width: int = 128, height: int = 96, squares=(("red", 32, 32, 32)
     return image
 
 
+def release_sample() -> np.ndarray:
+    """The sample image every test release carries (a red and a blue square)."""
+    return color_image(128, 128, squares=(("red", 32, 32, 32), ("blue", 96, 64, 32)))
+
+
+def release_int8_boxes(work: Path) -> list[dict]:
+    """Expected boxes of the test releases' INT8 model (the same colour network) on the sample image."""
+    return expected_for(make_color_onnx(work / "int8-reference.onnx"), release_sample())["boxes"]
+
+
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:
     import cv2
 
@@ -128,7 +138,7 @@ class ReleaseStore:
         staging = self.work / f"staging-{version}"
         staging.mkdir(parents=True)
         model = model_path or make_color_onnx(staging / "model.onnx", model_version=version)
-        sample = color_image(128, 128, squares=(("red", 32, 32, 32), ("blue", 96, 64, 32)))
+        sample = release_sample()
         (staging / "sample.png").write_bytes(encode(sample))
         expected = expected if expected is not None else expected_for(model, sample)
         files = [ReleaseInput(model, "model.onnx", "model")]

@@ -266,3 +266,49 @@ def test_inference_runs_in_the_worker_pool_not_on_the_event_loop(client):
     finally:
         del loaded.runtime.detect
     assert len(seen) == 3 and all(name.startswith("alumi-infer") for name in seen), seen
+
+
+def _served(home, **settings) -> dict:
+    with TestClient(create_app(edge_settings(home, **settings))) as client:
+        return client.get("/v1/model", headers=auth_header()).json()
+
+
+def test_a_cpu_device_serves_the_self_tested_int8_model_unless_told_otherwise(tmp_path, release_store, signing_keys):
+    from alumi_edge.pull import pull
+    from edge_support import release_int8_boxes
+
+    boxes = release_int8_boxes(tmp_path)
+    home = tmp_path / "device"
+    release_store.publish("1.0.0")  # FP32 only: that is what auto serves
+    pull(str(release_store.root), home, signing_keys[1])
+    assert _served(home)["model_path"].endswith("/model.onnx") and _served(home)["release"]["role"] == "model"
+    release_store.publish("1.1.0", int8_boxes=boxes)
+    pull(str(release_store.root), home, signing_keys[1])
+    auto = _served(home)
+    assert auto["model_version"] == "1.1.0" and auto["release"]["role"] == "model_int8"
+    assert auto["model_path"].endswith("/model_int8.onnx")
+    assert _served(home, model_role="model")["release"]["role"] == "model"
+
+
+def test_an_int8_model_without_its_own_expected_boxes_is_not_chosen(tmp_path, release_store, signing_keys):
+    """A release written before INT8 self-tests: its INT8 file was never run at pull, so auto keeps FP32."""
+    import json
+
+    from alumi_edge.device_home import DeviceHome
+    from alumi_edge.pull import pull
+    from alumi_edge.serving import serving_role
+    from edge_support import release_int8_boxes
+
+    home = tmp_path / "device"
+    release_store.publish("1.0.0", int8_boxes=release_int8_boxes(tmp_path))
+    pull(str(release_store.root), home, signing_keys[1])
+    device = DeviceHome(home)
+    manifest, folder = device.manifest(), device.version_dir("1.0.0")
+    settings = edge_settings(home)
+    assert serving_role(settings, manifest, folder) == "model_int8"
+    expected = folder / manifest.file_for_role("sample_expected").path
+    document = json.loads(expected.read_text())
+    del document["roles"]
+    expected.write_text(json.dumps(document))
+    assert serving_role(settings, manifest, folder) == "model"
+    assert serving_role(edge_settings(home, model_role="model_int8"), manifest, folder) == "model_int8"

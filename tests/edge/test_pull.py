@@ -135,12 +135,11 @@ def test_failing_self_test_is_refused(tmp_path, release_store, signing_keys):
 
 def test_every_model_of_the_release_is_self_tested(tmp_path, release_store, signing_keys):
     """The INT8 model has its own expected boxes: a release whose INT8 model disagrees is refused."""
-    from edge_support import color_image, expected_for, make_color_onnx
+    from edge_support import release_int8_boxes
 
     _, public_pem, _ = signing_keys
     home = tmp_path / "device"
-    sample = color_image(128, 128, squares=(("red", 32, 32, 32), ("blue", 96, 64, 32)))
-    good = expected_for(make_color_onnx(tmp_path / "m.onnx"), sample)["boxes"]
+    good = release_int8_boxes(tmp_path)
     assert {b["class_name"] for b in good} == {"red", "blue"}
     release_store.publish("1.0.0", int8_boxes=good)
     lines: list[str] = []
