@@ -13,6 +13,7 @@ turns. Target: pipeline >= 70 % of the floor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import statistics
@@ -85,15 +86,35 @@ def _prepare(lake, settings, batch: str, *, cr7: bool, n: int, size: int) -> int
     return len({m["image_id"] for m in result.manifest})
 
 
+def _measure(name: str, tmp: Path, *, cr7: bool, n: int, size: int, args, workers: int) -> list[tuple]:
+    """Floor and pipeline (folders exist, empty zone) on one dataset, taking turns; one row per zone."""
+    from alumi_pipelines.resources.lake import Lake
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+
+    lake = Lake(base_uri=str(tmp / "lake"))
+    classes = ["inclusions", "dents", "oil_spots", "pits", "punching", "linear", "macular"] if cr7 else None
+    settings = PipelineSettings(classes=classes or ["scratch", "dent", "pit", "crack", "stain"],
+                                image_size=args.size, workers=workers)
+    images = _prepare(lake, settings, "bench", cr7=cr7, n=n, size=size)
+    floor, later, first = [], [], []
+    for _ in range(args.repeat):  # taking turns, so a change of machine load hits all alike
+        floor.append(_floor(lake, "bench", args.size, workers))
+        later.append(_pipeline(lake, "bench", settings, tmp / "attic", keep_folders=True))
+        first.append(_pipeline(lake, "bench", settings, tmp / "attic", keep_folders=False))
+    f = statistics.median(floor)
+    rows = []
+    for zone, times in (("folders exist", later), ("empty zone", first)):
+        p = statistics.median(times)
+        rows.append((name, zone, images, images / f, images / p, f / p))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic", type=int, default=200, help="synthetic 1024x1024 images (0 to skip)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size", type=int, default=640, help="processed longest side")
     args = parser.parse_args()
-
-    from alumi_pipelines.resources.lake import Lake
-    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
     workers = os.cpu_count() or 1
     rows = []
@@ -104,22 +125,13 @@ def main() -> int:
         print(f"skipping cr7: {CR7} not found")
     if args.synthetic:
         cases.append((f"synthetic {args.synthetic} x 1024x1024", False, args.synthetic, 1024))
-    for name, cr7, n, size in cases:
-        with tempfile.TemporaryDirectory() as tmp:
-            lake = Lake(base_uri=str(Path(tmp) / "lake"))
-            classes = ["inclusions", "dents", "oil_spots", "pits", "punching", "linear", "macular"] if cr7 else None
-            settings = PipelineSettings(classes=classes or ["scratch", "dent", "pit", "crack", "stain"],
-                                        image_size=args.size, workers=workers)
-            images = _prepare(lake, settings, "bench", cr7=cr7, n=n, size=size)
-            floor, later, first = [], [], []
-            for _ in range(args.repeat):  # taking turns, so a change of machine load hits all alike
-                floor.append(_floor(lake, "bench", args.size, workers))
-                later.append(_pipeline(lake, "bench", settings, Path(tmp) / "attic", keep_folders=True))
-                first.append(_pipeline(lake, "bench", settings, Path(tmp) / "attic", keep_folders=False))
-            f = statistics.median(floor)
-            for zone, times in (("folders exist", later), ("empty zone", first)):
-                p = statistics.median(times)
-                rows.append((name, zone, images, images / f, images / p, f / p))
+    # Every case's files stay until all are measured: freeing thousands of inodes makes ext4 scan past
+    # them when it allocates new ones for minutes afterwards (seen here: 0.1 -> 2 ms per file created),
+    # which would bill the next case for the previous one's clean-up.
+    with contextlib.ExitStack() as keep:
+        for name, cr7, n, size in cases:
+            tmp = Path(keep.enter_context(tempfile.TemporaryDirectory()))
+            rows += _measure(name, tmp, cr7=cr7, n=n, size=size, args=args, workers=workers)
     print(f"\nworkers={workers}, processed size {args.size}, median of {args.repeat}")
     print(f"{'dataset':<32} {'processed zone':<15} {'images':>7} {'floor img/s':>12} {'pipeline img/s':>15} {'ratio':>7}")
     for name, zone, images, floor_rate, pipe_rate, ratio in rows:
