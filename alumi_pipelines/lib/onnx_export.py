@@ -272,7 +272,7 @@ def dfl_softmax_last_axis(model) -> bool:
         bins = numpy_helper.to_array(weight)
         if bins.ndim != 4 or bins.shape[0] != 1 or bins.shape[2:] != (1, 1):
             continue
-        matmul_weight = numpy_helper.from_array(bins.reshape(-1, 1).astype(bins.dtype), f"{weight.name}.as_matmul")
+        matmul_weight = numpy_helper.from_array(bins.reshape(-1, 1), f"{weight.name}.as_matmul")
         graph.initializer.append(matmul_weight)
         prefix = softmax.name.rsplit("/", 1)[0] if "/" in softmax.name else softmax.name
         replacement = [
