@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from alumi_pipelines.lib import int8_graph
+
 OPSET = 17
 EVAL_CONF = 0.001  # confidence threshold for mAP (as ultralytics val)
 NMS_IOU = 0.7
@@ -30,11 +32,11 @@ PIPELINE_METADATA_KEYS = ("model_version", "dataset_hash", "mlflow_run_id")
 ACTIVATION_TYPES = ("QUInt8", "QInt8")
 
 # Ops the Detect head uses to turn feature maps into boxes and scores: distribution focal loss
-# (Reshape/Transpose/Softmax/Conv), anchor arithmetic and the class sigmoid. Quantising these
+# (Reshape/Transpose/Softmax/Conv as exported, ReduceMax/Exp/MatMul once rewritten), anchor arithmetic and the class sigmoid. Quantising these
 # to 8 bits wrecks the pixel coordinates, so they stay in float.
 HEAD_DECODE_OPS = frozenset(
     {"Concat", "Sigmoid", "Mul", "Add", "Sub", "Div", "Reshape", "Slice", "Split", "Softmax", "Transpose",
-     "Unsqueeze", "Squeeze", "Gather", "Shape", "Constant", "Cast", "Flatten"}
+     "Unsqueeze", "Squeeze", "Gather", "Shape", "Constant", "Cast", "Flatten", "ReduceMax", "Exp"}
 )
 
 
@@ -110,7 +112,7 @@ class ExportResult:
     sha256: str
     size_bytes: int
     simplify_error: str = ""
-    dfl_last_axis: bool = False  # the head's DFL softmax was rewritten to run over the last axis
+    dfl_rewritten: bool = False  # the head's DFL decoding was rewritten without a transpose (rewrite_dfl)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -217,8 +219,8 @@ def export_onnx(
     import onnx
 
     model = onnx.load(str(target))
-    dfl_last_axis = dfl_softmax_last_axis(model)
-    if dfl_last_axis:
+    dfl_rewritten = rewrite_dfl(model)
+    if dfl_rewritten:
         onnx.save(model, str(target))
     props = set_metadata(target, {k: metadata[k] for k in metadata})
     onnx.checker.check_model(str(target))
@@ -229,19 +231,24 @@ def export_onnx(
         raise ExportError(f"{target}: metadata imgsz {info.input_hw} differs from the requested {imgsz}")
     return ExportResult(path=target, imgsz=imgsz, opset=opset, simplified=simplified, metadata=props,
                         names=list(info.names), sha256=file_sha256(target), size_bytes=target.stat().st_size,
-                        simplify_error=simplify_error, dfl_last_axis=dfl_last_axis)
+                        simplify_error=simplify_error, dfl_rewritten=dfl_rewritten)
 
 
-def dfl_softmax_last_axis(model) -> bool:
-    """Rewrite the Detect head's DFL to take its softmax over the last axis; True when it was rewritten.
+def rewrite_dfl(model) -> bool:
+    """Rewrite the Detect head's DFL decoding without a transpose; True when it was rewritten.
 
     ultralytics exports the distribution focal loss decoding as ``Reshape(b, 4, 16, a) → Transpose(0, 2,
-    1, 3) → Softmax(axis=1) → 1×1 Conv`` (the conv's weights are the bin values 0..15). ONNX Runtime
-    runs a softmax over an inner axis through an internal transpose on one thread: about 3 ms at 640 px
-    here, an eighth of the whole FP32 model. ``Transpose(0, 1, 3, 2) → Softmax(axis=-1) → MatMul(bins)``
-    is the same arithmetic with a vectorised softmax, and its output has the same element order, so the
-    head's following Reshape is unchanged. ``model`` (an ``onnx.ModelProto``) is edited in place; a graph
-    without this pattern is left as it is.
+    1, 3) → Softmax(axis=1) → 1×1 Conv`` (the conv's weights are the bin values 0..15): the expected bin
+    under a softmax over the 16 bins. ONNX Runtime runs that softmax through an internal transpose on one
+    thread (about 3 ms at 640 px here), and a softmax over the last axis still needs an explicit
+    transpose (0.6 ms). The same arithmetic without moving any data::
+
+        m = ReduceMax(x, axis=2); e = Exp(x - m)
+        s = MatMul([bins; ones], e)          # (b, 4, 2, a): Σ e·bin and Σ e per box side and anchor
+        out = s[:, :, 0:1] / s[:, :, 1:2]    # (b, 4, 1, a): the conv's output elements, in the same order
+
+    The max is subtracted as a softmax does, so large logits cannot overflow. ``model`` (an
+    ``onnx.ModelProto``) is edited in place; a graph without this pattern is left as it is.
     """
     from onnx import helper, numpy_helper
 
@@ -252,6 +259,7 @@ def dfl_softmax_last_axis(model) -> bool:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     initializers = {init.name: init for init in graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
     def attr(node, name, default=None):
         found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
@@ -272,15 +280,30 @@ def dfl_softmax_last_axis(model) -> bool:
         bins = numpy_helper.to_array(weight)
         if bins.ndim != 4 or bins.shape[0] != 1 or bins.shape[2:] != (1, 1):
             continue
-        matmul_weight = numpy_helper.from_array(bins.reshape(-1, 1), f"{weight.name}.as_matmul")
-        graph.initializer.append(matmul_weight)
         prefix = softmax.name.rsplit("/", 1)[0] if "/" in softmax.name else softmax.name
+        name = lambda part: f"{prefix}/{part}"  # noqa: E731
+        row = bins.reshape(1, -1).astype(np.float32)
+        graph.initializer.extend([
+            numpy_helper.from_array(np.concatenate([row, np.ones_like(row)]), name("bins_and_ones")),
+            numpy_helper.from_array(np.array([2], np.int64), name("bin_axis")),
+            numpy_helper.from_array(np.array([0], np.int64), name("at_0")),
+            numpy_helper.from_array(np.array([1], np.int64), name("at_1")),
+            numpy_helper.from_array(np.array([2], np.int64), name("at_2")),
+        ])
+        x = transpose.input[0]
+        reduce_max = (helper.make_node("ReduceMax", [x, name("bin_axis")], [name("max")], keepdims=1,
+                                       name=name("ReduceMax")) if opset >= 18 else
+                      helper.make_node("ReduceMax", [x], [name("max")], axes=[2], keepdims=1, name=name("ReduceMax")))
         replacement = [
-            helper.make_node("Transpose", [transpose.input[0]], [transpose.output[0]], name=transpose.name,
-                             perm=[0, 1, 3, 2]),
-            helper.make_node("Softmax", [softmax.input[0]], [softmax.output[0]], name=softmax.name, axis=-1),
-            helper.make_node("MatMul", [softmax.output[0], matmul_weight.name], [conv.output[0]],
-                             name=f"{prefix}/MatMul"),
+            reduce_max,
+            helper.make_node("Sub", [x, name("max")], [name("shifted")], name=name("Sub")),
+            helper.make_node("Exp", [name("shifted")], [name("exp")], name=name("Exp")),
+            helper.make_node("MatMul", [name("bins_and_ones"), name("exp")], [name("sums")], name=name("MatMul")),
+            helper.make_node("Slice", [name("sums"), name("at_0"), name("at_1"), name("bin_axis")], [name("weighted")],
+                             name=name("SliceWeighted")),
+            helper.make_node("Slice", [name("sums"), name("at_1"), name("at_2"), name("bin_axis")], [name("total")],
+                             name=name("SliceTotal")),
+            helper.make_node("Div", [name("weighted"), name("total")], [conv.output[0]], name=name("Div")),
         ]
         old = {id(transpose), id(softmax), id(conv)}
         nodes = []
@@ -543,8 +566,8 @@ def _above(detections: ImageDetections, conf: float) -> ImageDetections:
 def head_decode_nodes(model) -> list[str]:
     """Names of the Detect head's box-decoding nodes, found by walking back from the graph outputs.
 
-    The walk follows producers through :data:`HEAD_DECODE_OPS` and the DFL convolution (a Conv fed by
-    a Softmax) and stops at every other node — the head's last feature convolutions are where it ends,
+    The walk follows producers through :data:`HEAD_DECODE_OPS` and the DFL's bin-weighted sum (a Conv
+    fed by a Softmax, or a MatMul of an Exp after :func:`rewrite_dfl`) and stops at every other node — the head's last feature convolutions are where it ends,
     so those and everything before them stay quantisable. ``model`` is an ``onnx.ModelProto`` or a path.
     """
     import onnx
@@ -556,9 +579,11 @@ def head_decode_nodes(model) -> list[str]:
         if not node.name:
             node.name = f"{node.op_type}_{i}"  # quantize_static addresses nodes by name
 
-    def is_dfl_conv(node) -> bool:  # the bin-weighted sum: a Conv as exported, a MatMul once rewritten
-        source = producer.get(node.input[0]) if node.input else None
-        return node.op_type in ("Conv", "MatMul") and source is not None and source.op_type == "Softmax"
+    def is_dfl_conv(node) -> bool:  # the bin-weighted sum: a Conv after a Softmax as exported, a MatMul of Exp
+        if node.op_type not in ("Conv", "MatMul"):
+            return False
+        sources = [producer[i] for i in node.input if i in producer]
+        return any(s.op_type in ("Softmax", "Exp") for s in sources)
 
     found: dict[str, None] = {}
     stack = [producer[o.name] for o in model.graph.output if o.name in producer]
@@ -588,6 +613,9 @@ class QuantizationResult:
     per_channel: bool
     size_bytes: int
     preprocessed: bool
+    float_nodes: list[str] = field(default_factory=list)  # attention cores and upsampling kept in float
+    shared_concat_scales: int = 0  # Concats whose inputs now share the output's scale
+    input_format: str = "rgb_f32_nchw"  # bgr_u8_s2d2 when the model takes packed uint8 pixels
 
 
 def quantize_int8(
@@ -599,13 +627,20 @@ def quantize_int8(
     activation_type: str = "QUInt8",
     exclude_head: bool = True,
     op_types: Sequence[str] | None = None,
+    float_ops: bool = True,
+    share_concat_scales: bool = True,
+    pixel_input: bool = True,
 ) -> QuantizationResult:
     """Static QDQ quantisation with ONNX Runtime (QInt8 weights, per channel), calibrated on images.
 
     The model is first shape-inferred and optimised (``quant_pre_process``); the Detect head's
-    box-decoding nodes stay in float (:func:`head_decode_nodes`). ``op_types`` limits quantisation to those
-    op types (default: every type ONNX Runtime quantises). QUInt8 activations: on x86 CPUs without VNNI,
-    QInt8 activations ran about 2.4× slower than QUInt8 here. Metadata properties are carried over.
+    box-decoding nodes stay in float (:func:`head_decode_nodes`), and with ``float_ops`` so do the
+    attention cores and the upsampling, which ONNX Runtime runs faster in float. ``op_types`` limits
+    quantisation to those op types (default: every type ONNX Runtime quantises). QUInt8 activations: on
+    x86 CPUs without VNNI, QInt8 activations ran about 2.4× slower than QUInt8 here. The quantised graph then gets the CPU rewrites of
+    :mod:`alumi_pipelines.lib.int8_graph` that are switched on: one scale per Concat, and (QUInt8 only)
+    packed uint8 pixels as input, recorded in the metadata property ``input_format``. Metadata
+    properties of the FP32 model are carried over.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -631,6 +666,8 @@ def quantize_int8(
     model = onnx.load(str(prepared))
     input_name = model.graph.input[0].name
     excluded = head_decode_nodes(model) if exclude_head else []
+    float_nodes = (int8_graph.attention_float_nodes(model, exclude=set(excluded))
+                   + int8_graph.resize_nodes(model, exclude=set(excluded))) if float_ops else []
     onnx.save(model, str(prepared))  # with the names head_decode_nodes gave unnamed nodes
 
     class ImageReader(CalibrationDataReader):
@@ -651,16 +688,28 @@ def quantize_int8(
             str(prepared), str(out_path), ImageReader(),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded + float_nodes, calibrate_method=CalibrationMethod.MinMax,
             op_types_to_quantize=list(op_types) if op_types else None,
         )
     finally:
         prepared.unlink(missing_ok=True)
-    props = read_metadata(fp32_path)
-    set_metadata(out_path, {**props, "quantization": f"int8-qdq-{activation_type.lower()}",
-                            "quantization_excluded_nodes": str(len(excluded))})
+    quantized = onnx.load(str(out_path))
+    shared = int8_graph.share_concat_scales(quantized) if share_concat_scales else 0
+    packed = int8_graph.pack_pixel_input(quantized) if pixel_input and activation_type == "QUInt8" else None
+    input_format = packed.input_format if packed else int8_graph.FLOAT_FORMAT
+    onnx.checker.check_model(quantized)
+    props = {p.key: p.value for p in quantized.metadata_props}
+    props.update(read_metadata(fp32_path))
+    props.update({"quantization": f"int8-qdq-{activation_type.lower()}", "quantization_excluded_nodes": str(len(excluded)),
+                  "input_format": input_format})
+    del quantized.metadata_props[:]
+    for key, value in props.items():
+        quantized.metadata_props.add(key=key, value=str(value))
+    staged = out_path.with_name(f".tmp-{out_path.name}")
+    onnx.save(quantized, str(staged))
+    staged.replace(out_path)
     return QuantizationResult(out_path, excluded, len(calibration_images), activation_type, per_channel,
-                              out_path.stat().st_size, preprocessed)
+                              out_path.stat().st_size, preprocessed, float_nodes, shared, input_format)
 
 
 # -- latency -------------------------------------------------------------------------------------

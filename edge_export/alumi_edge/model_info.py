@@ -15,6 +15,14 @@ from pathlib import Path
 
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto)
 
+# What the model's input tensor holds (metadata property ``input_format``; absent means the first):
+# - rgb_f32_nchw: (1, 3, H, W) float32, RGB, pixel / 255 — what ultralytics exports;
+# - bgr_u8_s2d2: (1, H/2, W/2, 12) uint8, the letterboxed BGR pixels with each 2×2 block packed into the
+#   channels (space-to-depth) — the INT8 model, whose first convolution was rearranged to read them.
+FLOAT_INPUT = "rgb_f32_nchw"
+PIXEL_INPUT = "bgr_u8_s2d2"
+INPUT_FORMATS = (FLOAT_INPUT, PIXEL_INPUT)
+
 
 class ModelMetadataError(ValueError):
     """The model file is not an ONNX model or its metadata cannot be understood."""
@@ -95,11 +103,23 @@ class ModelInfo:
     model_version: str = ""
     dataset_hash: str = ""
     end_to_end: bool = False
+    input_format: str = FLOAT_INPUT
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the input tensor the model takes."""
+        h, w = self.input_hw
+        return (1, 3, h, w) if self.input_format == FLOAT_INPUT else (1, h // 2, w // 2, 12)
+
+    @property
+    def input_dtype(self) -> str:
+        """numpy dtype name of the input tensor."""
+        return "float32" if self.input_format == FLOAT_INPUT else "uint8"
 
 
 def parse_model_info(props: dict[str, str], source: str = "model") -> ModelInfo:
@@ -129,6 +149,12 @@ def parse_model_info(props: dict[str, str], source: str = "model") -> ModelInfo:
         raise ModelMetadataError(f"{source}: metadata property 'names' lists no class")
     if min(input_hw) <= 0:
         raise ModelMetadataError(f"{source}: metadata property 'imgsz'={props['imgsz']!r} must be positive")
+    input_format = props.get("input_format", "") or FLOAT_INPUT
+    if input_format not in INPUT_FORMATS:
+        raise ModelMetadataError(f"{source}: metadata property 'input_format'={input_format!r}: expected one of "
+                                 f"{', '.join(INPUT_FORMATS)} (a newer alumi-edge may be needed)")
+    if input_format == PIXEL_INPUT and (input_hw[0] % 2 or input_hw[1] % 2):
+        raise ModelMetadataError(f"{source}: input_format {PIXEL_INPUT} needs even image sides, imgsz is {input_hw}")
     return ModelInfo(
         names=names,
         input_hw=input_hw,
@@ -136,6 +162,7 @@ def parse_model_info(props: dict[str, str], source: str = "model") -> ModelInfo:
         model_version=props.get("model_version", ""),
         dataset_hash=props.get("dataset_hash", ""),
         end_to_end=props.get("end2end", "False").strip().lower() == "true",
+        input_format=input_format,
         metadata=dict(props),
     )
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from alumi_edge.model_info import FLOAT_INPUT, INPUT_FORMATS, PIXEL_INPUT
+
 PAD_VALUE = 114
 # Offset per class id that separates the classes for class-wise NMS in one pass (as ultralytics).
 CLASS_OFFSET = 7680.0
@@ -91,10 +93,37 @@ def to_input_tensor(letterboxed_bgr: np.ndarray) -> np.ndarray:
     return tensor
 
 
-def preprocess(image_bgr: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+def pack_pixels(letterboxed_bgr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) BGR uint8, even sides → (1, H/2, W/2, 12) uint8 (input format ``bgr_u8_s2d2``).
+
+    Position (y, x) holds the 2×2 block of pixels at rows 2y, 2y+1 and columns 2x, 2x+1; channel
+    ``(row parity * 2 + column parity) * 3 + c`` is BGR channel c of one of them. Values are copied, never
+    scaled. One ``cv2.merge`` of the even and the odd rows, each seen as 6-channel pixel pairs.
+    """
+    h, w = letterboxed_bgr.shape[:2]
+    if letterboxed_bgr.ndim != 3 or letterboxed_bgr.shape[2] != 3 or letterboxed_bgr.dtype != np.uint8:
+        raise ValueError(f"image array of shape {letterboxed_bgr.shape} ({letterboxed_bgr.dtype}): "
+                         "expected (height, width, 3) uint8")
+    if h % 2 or w % 2:
+        raise ValueError(f"image of {w}x{h}: packing 2x2 blocks needs even sides")
+    pairs = np.ascontiguousarray(letterboxed_bgr).reshape(h // 2, 2, w // 2, 6)
+    return cv2.merge([pairs[:, 0], pairs[:, 1]])[None]
+
+
+def to_model_input(letterboxed_bgr: np.ndarray, input_format: str = FLOAT_INPUT) -> np.ndarray:
+    """The letterboxed image as the input tensor of a model with ``input_format``."""
+    if input_format == FLOAT_INPUT:
+        return to_input_tensor(letterboxed_bgr)
+    if input_format == PIXEL_INPUT:
+        return pack_pixels(letterboxed_bgr)
+    raise ValueError(f"input format {input_format!r}: expected one of {', '.join(INPUT_FORMATS)}")
+
+
+def preprocess(image_bgr: np.ndarray, input_hw: tuple[int, int],
+               input_format: str = FLOAT_INPUT) -> tuple[np.ndarray, Letterbox]:
     """Letterbox then convert to the model's input tensor."""
     padded, params = letterbox(image_bgr, input_hw)
-    return to_input_tensor(padded), params
+    return to_model_input(padded, input_format), params
 
 
 def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -16,11 +16,14 @@ COLOR_NAMES = ("red", "green", "blue")
 CELL = 16
 
 
-def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", names=COLOR_NAMES) -> Path:
+def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", names=COLOR_NAMES,
+                    input_format: str = "rgb_f32_nchw") -> Path:
     """A detector ONNX with the YOLO output layout that finds red, green and blue squares.
 
     Each 16×16 cell of the input is one candidate box; its class scores are the cell's mean of
     ``channel - (other channels) / 2`` in RGB, so a pure red cell scores 1.0 as "red" and grey scores 0.
+    With ``input_format="bgr_u8_s2d2"`` it takes the packed uint8 pixels instead (as the INT8 export does)
+    and unpacks them with DepthToSpace: same scores, same boxes.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -32,8 +35,17 @@ def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", n
     centres = (np.arange(grid, dtype=np.float32) + 0.5) * CELL
     cy, cx = np.meshgrid(centres, centres, indexing="ij")
     anchors = np.stack([cx.ravel(), cy.ravel(), np.full(grid * grid, CELL, np.float32), np.full(grid * grid, CELL, np.float32)])
-    nodes = [
-        helper.make_node("Conv", ["images", "w"], ["scores_map"]),
+    pixels = input_format == "bgr_u8_s2d2"
+    unpack = [
+        helper.make_node("Transpose", ["images"], ["packed_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["packed_nchw"], ["packed_float"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["packed_float", "max_pixel"], ["packed_unit"]),
+        helper.make_node("DepthToSpace", ["packed_unit"], ["bgr"], blocksize=2, mode="DCR"),
+    ] if pixels else []
+    if pixels:
+        weights = weights[:, ::-1].copy()  # the unpacked image is BGR
+    nodes = unpack + [
+        helper.make_node("Conv", ["bgr" if pixels else "images", "w"], ["scores_map"]),
         helper.make_node("AveragePool", ["scores_map"], ["pooled"], kernel_shape=[CELL, CELL], strides=[CELL, CELL]),
         helper.make_node("Reshape", ["pooled", "shape"], ["scores"]),
         helper.make_node("Concat", ["anchors", "scores"], ["output0"], axis=1),
@@ -41,10 +53,12 @@ def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", n
     graph = helper.make_graph(
         nodes,
         "color_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, imgsz // 2, imgsz // 2, 12]) if pixels else
+         helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + len(names), grid * grid])],
         initializer=[
             numpy_helper.from_array(weights, "w"),
+            *([numpy_helper.from_array(np.array(255, np.float32), "max_pixel")] if pixels else []),
             numpy_helper.from_array(np.array([1, len(names), grid * grid], dtype=np.int64), "shape"),
             numpy_helper.from_array(anchors[None].astype(np.float32), "anchors"),
         ],
@@ -58,6 +72,7 @@ def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", n
         "task": "detect",
         "model_version": model_version,
         "dataset_hash": "d" * 16,
+        **({"input_format": input_format} if pixels else {}),
     }.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value

@@ -15,6 +15,7 @@ from alumi_edge.processing import (
     preprocess,
     scale_to_original,
     to_input_tensor,
+    to_model_input,
 )
 
 
@@ -157,3 +158,21 @@ def test_input_tensor_is_bit_identical_to_the_plain_numpy_conversion():
     tensor = to_input_tensor(image)
     assert tensor.shape == (1, 3, 48, 80) and tensor.dtype == np.float32
     assert np.array_equal(tensor, reference)
+
+
+def test_packed_pixel_input_and_its_errors():
+    image = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    packed, params = preprocess(image, (64, 64), "bgr_u8_s2d2")
+    letterboxed, _ = letterbox(image, (64, 64))
+    assert packed.shape == (1, 32, 32, 12) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed[0, :, :, 0:3], letterboxed[0::2, 0::2])  # even rows, even columns
+    np.testing.assert_array_equal(packed[0, :, :, 3:6], letterboxed[0::2, 1::2])
+    np.testing.assert_array_equal(packed[0, :, :, 6:9], letterboxed[1::2, 0::2])
+    np.testing.assert_array_equal(packed[0, :, :, 9:12], letterboxed[1::2, 1::2])
+    np.testing.assert_array_equal(to_model_input(letterboxed), to_input_tensor(letterboxed))
+    with pytest.raises(ValueError, match="51x40: packing 2x2 blocks needs even sides"):
+        to_model_input(np.zeros((40, 51, 3), np.uint8), "bgr_u8_s2d2")
+    with pytest.raises(ValueError, match="float32"):
+        to_model_input(np.zeros((40, 50, 3), np.float32), "bgr_u8_s2d2")
+    with pytest.raises(ValueError, match="input format 'nhwc'"):
+        to_model_input(letterboxed, "nhwc")

@@ -8,11 +8,11 @@ import types
 import numpy as np
 import pytest
 
-from alumi_edge.model_info import ModelMetadataError, parse_model_info, read_model_info
+from alumi_edge.model_info import ModelInfo, ModelMetadataError, parse_model_info, read_model_info
 from alumi_edge.runtimes import OnnxRuntime, RuntimeUnavailable, create_runtime
 from alumi_edge.runtimes.onnx import providers_for
 from alumi_edge.runtimes.tensorrt import TensorRTRuntime, engine_cache_name, tensorrt_available
-from edge_support import color_image
+from edge_support import color_image, make_color_onnx
 
 
 def test_model_info_from_onnx_metadata(color_onnx):
@@ -31,6 +31,51 @@ def test_model_info_errors_name_the_property(tmp_path):
     junk.write_bytes(b"\xff" * 64)
     with pytest.raises(ModelMetadataError, match="junk.onnx"):
         read_model_info(junk)
+
+
+def test_model_info_input_format(tmp_path):
+    props = {"names": '["a"]', "imgsz": "[64, 96]"}
+    info = parse_model_info(props)
+    assert info.input_format == "rgb_f32_nchw" and info.input_shape == (1, 3, 64, 96) and info.input_dtype == "float32"
+    packed = parse_model_info({**props, "input_format": "bgr_u8_s2d2"})
+    assert packed.input_shape == (1, 32, 48, 12) and packed.input_dtype == "uint8"
+    with pytest.raises(ModelMetadataError, match="'input_format'='rgb_u8'.*newer alumi-edge"):
+        parse_model_info({**props, "input_format": "rgb_u8"})
+    with pytest.raises(ModelMetadataError, match="even image sides"):
+        parse_model_info({"names": '["a"]', "imgsz": "[63, 64]", "input_format": "bgr_u8_s2d2"})
+
+
+def test_packed_pixel_model_detects_the_same_boxes_as_the_float_model(tmp_path, color_onnx):
+    packed_path = make_color_onnx(tmp_path / "packed.onnx", input_format="bgr_u8_s2d2")
+    image = color_image(squares=(("red", 32, 32, 32), ("blue", 80, 48, 16)))
+    plain = OnnxRuntime(color_onnx).load()
+    packed = OnnxRuntime(packed_path).load()
+    tensor, _ = packed.preprocess(image)
+    assert tensor.dtype == np.uint8 and tensor.shape == (1, 32, 32, 12)
+    packed.warmup()
+    want, got = plain.detect(image), packed.detect(image)
+    assert [b.class_name for b in got.boxes] == [b.class_name for b in want.boxes] and len(got.boxes) >= 2
+    for a, b in zip(got.boxes, want.boxes):
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+        assert (a.x1, a.y1, a.x2, a.y2) == pytest.approx((b.x1, b.y1, b.x2, b.y2), abs=1e-3)
+    # TensorRT builds from the FP32 ONNX: on "auto" a packed model goes to ONNX Runtime, asked for it refuses.
+    assert isinstance(create_runtime(packed_path, kind="auto", device="auto"), OnnxRuntime)
+    with pytest.raises(RuntimeUnavailable, match="bgr_u8_s2d2"):
+        TensorRTRuntime(packed_path, tmp_path / "engines").load()
+
+
+def test_onnx_runtime_refuses_a_model_whose_input_contradicts_its_metadata(tmp_path):
+    import onnx
+
+    path = make_color_onnx(tmp_path / "model.onnx")
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="input_format", value="bgr_u8_s2d2")
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match="tensor\\(float\\) but metadata 'input_format' 'bgr_u8_s2d2' means tensor\\(uint8\\)"):
+        OnnxRuntime(path).load()
+    with pytest.raises(ValueError, match="model input is \\(32, 32\\) but metadata 'imgsz' says \\(64, 64\\)"):
+        OnnxRuntime(make_color_onnx(tmp_path / "small.onnx", imgsz=32),
+                    info=ModelInfo(names=("r", "g", "b"), input_hw=(64, 64))).load()
 
 
 def test_tensorrt_guard_explains_and_auto_falls_back(color_onnx):

@@ -90,7 +90,16 @@ def test_int8_model_is_quantised_except_the_head_and_reports_size_latency_and_ma
     assert producer[model.graph.output[0].name].op_type == "Concat"
     # The DFL bin-weighted sum still takes float weights (no DequantizeLinear feeding it).
     dfl = by_name["/model.23/dfl/MatMul"]
-    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in dfl.input[1:])
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in dfl.input)
+    # CPU rewrites (lib.int8_graph): packed uint8 pixels in, attention and upsampling in float, shared scales.
+    assert record["input_format"] == meta["input_format"] == "bgr_u8_s2d2"
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["input_format"] == "bgr_u8_s2d2" and props["model_version"] == export_run.version
+    model_input = model.graph.input[0]
+    assert model_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in model_input.type.tensor_type.shape.dim] == [1, IMGSZ // 2, IMGSZ // 2, 12]
+    assert {by_name[n].op_type for n in record["float_nodes"]} == {"Softmax", "MatMul", "Transpose", "Mul", "Resize"}
+    assert record["shared_concat_scales"] >= 10
 
 
 @pytest.mark.parametrize("margin, passes", [(1.0, True), (-1.0, False)])
@@ -190,11 +199,10 @@ def test_head_decode_nodes_of_the_exported_model(export_run):
     model = onnx.load(str(path))
     nodes = head_decode_nodes(model)
     ops = {n.name: n.op_type for n in model.graph.node}
-    # The DFL's bin-weighted sum is a MatMul after its softmax over the last axis (dfl_softmax_last_axis).
+    # The DFL's bin-weighted sum is a MatMul of Exp, with no transpose (rewrite_dfl).
     assert [n for n in nodes if ops[n] in ("Conv", "MatMul")] == ["/model.23/dfl/MatMul"]
-    softmax = next(n for n in model.graph.node if n.name == "/model.23/dfl/Softmax")
-    assert [a.i for a in softmax.attribute if a.name == "axis"] == [-1]
-    assert {"Softmax", "Sigmoid", "Concat", "Sub", "Add", "Div", "Mul"} <= {ops[n] for n in nodes}
+    assert not [n for n in model.graph.node if n.name.startswith("/model.23/dfl/") and n.op_type == "Transpose"]
+    assert {"ReduceMax", "Exp", "Sigmoid", "Concat", "Sub", "Add", "Div", "Mul"} <= {ops[n] for n in nodes}
     assert all(n.startswith("/model.23/") for n in nodes)  # nothing outside the Detect head
     assert ops[nodes[-1]] == "Concat"  # the output's producer is last in graph order
 

@@ -254,26 +254,43 @@ def _run(model, x):
     return session.run(None, {"x": x})[0]
 
 
-def test_dfl_rewrite_keeps_the_numbers_and_moves_the_softmax_to_the_last_axis():
+def test_dfl_rewrite_keeps_the_numbers_and_moves_no_data():
     import onnx
 
     model = _dfl_graph()
     x = np.random.default_rng(0).normal(0, 3, (1, 64, 50)).astype(np.float32)
+    x[0, 5, 7] = 400.0  # a logit whose exp overflows float32 unless the max is subtracted
     before = _run(model, x)
-    assert ox.dfl_softmax_last_axis(model) is True
+    assert ox.rewrite_dfl(model) is True
     onnx.checker.check_model(model)
-    ops = [(n.op_type, [a.i for a in n.attribute if a.name == "axis"]) for n in model.graph.node]
-    assert ops == [("Reshape", []), ("Transpose", []), ("Softmax", [-1]), ("MatMul", []), ("Reshape", [])]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Reshape", "ReduceMax", "Sub", "Exp", "MatMul", "Slice", "Slice", "Div", "Reshape"]
+    assert "Transpose" not in ops and "Softmax" not in ops
     assert "w" not in {i.name for i in model.graph.initializer}  # the conv's weights went with it
     after = _run(model, x)
-    assert after.shape == (1, 4, 50)
+    assert after.shape == (1, 4, 50) and np.isfinite(after).all()
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     # An independent reference: expected bin value under the softmax over the 16 bins.
-    logits = x.reshape(4, 16, 50)
+    logits = x.reshape(4, 16, 50).astype(np.float64)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(after[0], (p * np.arange(16)[None, :, None]).sum(axis=1), rtol=1e-5, atol=1e-5)
-    assert ox.dfl_softmax_last_axis(model) is False  # nothing left to rewrite
+    assert after[0, 0, 7] == pytest.approx(5.0, abs=1e-4)  # the huge logit's bin takes all the weight
+    assert ox.rewrite_dfl(model) is False  # nothing left to rewrite
+
+
+def test_dfl_rewrite_for_opset_18_passes_the_axis_as_an_input():
+    from onnx import helper
+
+    model = _dfl_graph()
+    model.opset_import[0].version = 18
+    x = np.random.default_rng(1).normal(0, 2, (1, 64, 50)).astype(np.float32)
+    before = _run(model, x)
+    assert ox.rewrite_dfl(model) is True
+    reduce_max = next(n for n in model.graph.node if n.op_type == "ReduceMax")
+    assert len(reduce_max.input) == 2 and not [a for a in reduce_max.attribute if a.name == "axes"]
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
+    assert helper.get_attribute_value(reduce_max.attribute[0]) == 1  # keepdims
 
 
 def test_dfl_rewrite_leaves_other_softmaxes_alone():
@@ -282,5 +299,5 @@ def test_dfl_rewrite_leaves_other_softmaxes_alone():
         if node.op_type == "Transpose":
             node.attribute[0].ints[:] = [0, 1, 3, 2]  # not the DFL's transpose
     before = model.SerializeToString()
-    assert ox.dfl_softmax_last_axis(model) is False
+    assert ox.rewrite_dfl(model) is False
     assert model.SerializeToString() == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alumi_edge.model_info import ModelInfo, read_model_info
+from alumi_edge.model_info import FLOAT_INPUT, ModelInfo, read_model_info
 from alumi_edge.runtimes.base import Box, DetectionResult, Runtime, RuntimeUnavailable
 from alumi_edge.runtimes.onnx import OnnxRuntime
 
@@ -29,7 +29,10 @@ def create_runtime(
         raise ValueError(f"runtime {kind!r}: expected one of {', '.join(RUNTIME_KINDS)}")
     model_path = Path(model_path)
     info = info if info is not None else read_model_info(model_path)
-    if kind in ("auto", "tensorrt") and device != "cpu":
+    if kind == "auto" and device != "cpu" and info.input_format != FLOAT_INPUT:
+        log.info("TensorRT not used: %s takes %s input (TensorRT builds from the FP32 ONNX)", model_path,
+                 info.input_format)
+    elif kind in ("auto", "tensorrt") and device != "cpu":
         from alumi_edge.runtimes.tensorrt import TensorRTRuntime, tensorrt_available
 
         available, reason = tensorrt_available()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from alumi_edge.model_info import ModelInfo, read_model_info
-from alumi_edge.processing import Detections, Letterbox, postprocess, preprocess
+from alumi_edge.processing import PAD_VALUE, Detections, Letterbox, postprocess, preprocess, to_model_input
 
 
 class RuntimeUnavailable(ImportError):
@@ -62,11 +62,11 @@ class Runtime(ABC):
 
     @abstractmethod
     def forward(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the network on a (1, 3, H, W) float32 tensor and return its raw output."""
+        """Run the network on its input tensor (as :meth:`preprocess` makes it) and return its raw output."""
 
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """Letterbox and normalise an image for this model."""
-        return preprocess(image_bgr, self.info.input_hw)
+        """Letterbox an image and make it this model's input tensor (``info.input_format``)."""
+        return preprocess(image_bgr, self.info.input_hw, self.info.input_format)
 
     def postprocess(
         self, output: np.ndarray, params: Letterbox, conf: float = 0.25, iou: float = 0.7, max_det: int = 300
@@ -120,7 +120,7 @@ class Runtime(ABC):
     def warmup(self, runs: int = 1) -> None:
         """Run the network on a grey input so the first real request does not pay for lazy setup."""
         h, w = self.info.input_hw
-        tensor = np.full((1, 3, h, w), 114 / 255, dtype=np.float32)
+        tensor = to_model_input(np.full((h, w, 3), PAD_VALUE, dtype=np.uint8), self.info.input_format)
         for _ in range(runs):
             self.forward(tensor)
 

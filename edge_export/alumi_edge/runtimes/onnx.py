@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alumi_edge.model_info import ModelInfo
+from alumi_edge.model_info import FLOAT_INPUT, ModelInfo
 from alumi_edge.runtimes.base import Runtime, RuntimeUnavailable
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -27,6 +27,23 @@ def providers_for(device: str, available: list[str]) -> list[str]:
     if device == "auto" and has_cuda:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def check_input(model_path: Path, name: str, shape: list, tensor_type: str, info: ModelInfo) -> None:
+    """The session's input must be what the metadata's ``imgsz`` and ``input_format`` promise."""
+    if len(shape) != 4:
+        raise ValueError(f"{model_path}: model input {name} has shape {shape}, expected 4 dims")
+    expected_type = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}[info.input_dtype]
+    if tensor_type != expected_type:
+        raise ValueError(f"{model_path}: model input {name} is {tensor_type} but metadata 'input_format' "
+                         f"{info.input_format!r} means {expected_type}")
+    static = [d if isinstance(d, int) else None for d in shape]
+    expected = info.input_shape
+    if any(d is not None and d != e for d, e in zip(static[1:], expected[1:])):
+        if info.input_format == FLOAT_INPUT:
+            raise ValueError(f"{model_path}: model input is {tuple(shape[2:])} but metadata 'imgsz' says {info.input_hw}")
+        raise ValueError(f"{model_path}: model input {name} has shape {shape}; metadata 'imgsz' {info.input_hw} with "
+                         f"input_format {info.input_format!r} means {list(expected)}")
 
 
 class OnnxRuntime(Runtime):
@@ -62,14 +79,7 @@ class OnnxRuntime(Runtime):
         options.log_severity_level = 3
         session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
         model_input = session.get_inputs()[0]
-        shape = model_input.shape
-        if len(shape) != 4:
-            raise ValueError(f"{self.model_path}: model input {model_input.name} has shape {shape}, expected 4 dims")
-        static_hw = tuple(d for d in shape[2:] if isinstance(d, int))
-        if len(static_hw) == 2 and static_hw != self.info.input_hw:
-            raise ValueError(
-                f"{self.model_path}: model input is {static_hw} but metadata 'imgsz' says {self.info.input_hw}"
-            )
+        check_input(self.model_path, model_input.name, model_input.shape, model_input.type, self.info)
         self._session = session
         self._input_name = model_input.name
         active = session.get_providers()[0]

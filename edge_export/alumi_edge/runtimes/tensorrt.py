@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alumi_edge.model_info import ModelInfo
+from alumi_edge.model_info import FLOAT_INPUT, ModelInfo
 from alumi_edge.runtimes.base import Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,10 @@ class TensorRTRuntime(Runtime):
 
     def load(self) -> "TensorRTRuntime":
         """Load the cached engine for this model/GPU/TensorRT, building it first when absent."""
+        if self.info.input_format != FLOAT_INPUT:
+            raise RuntimeUnavailable(
+                f"{self.model_path}: TensorRT builds its engines from the FP32 ONNX (input_format {FLOAT_INPUT}); "
+                f"this model takes {self.info.input_format} (the CPU INT8 model): serve model.onnx on a GPU")
         trt, cuda = _import_tensorrt()
         self._trt, self._cuda = trt, cuda
         device = cuda.Device(0)
