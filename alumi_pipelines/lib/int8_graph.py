@@ -117,43 +117,61 @@ def _quantised_tensors(graph, initializers) -> dict[str, tuple[str, str]]:
     return out
 
 
-def share_concat_scales(model) -> int:
-    """Give every quantised Concat's inputs the scale and zero point of one range that covers all of them
+def share_concat_scales(model, max_widening: float = 2.0) -> int:
+    """Give each quantised Concat's inputs the scale and zero point of one range that covers all of them
     and the output; returns how many Concats now share one scale.
 
     Tensors that already share a scale initializer (ops ONNX Runtime runs in uint8 without requantising:
     Split, MaxPool, Resize, …) are kept together, so each group gets the union of its members' ranges and
     nothing that was a copy becomes a requantisation. The union only widens a range: each tensor keeps
-    every value it could represent, at a coarser step where its own range was narrower.
+    every value it could represent, at a coarser step. A Concat is left alone when that would widen some
+    member's range more than ``max_widening`` times (2: at most one bit of its eight), as when a branch of
+    small activations meets one of large ones.
     """
     from onnx import numpy_helper
 
     graph = model.graph
     producer, _, initializers = _index(graph)
     params = _quantised_tensors(graph, initializers)
+    ranges: dict[str, tuple[float, float]] = {}
+    for tensor, (scale_name, zero_name) in params.items():
+        zero_point = numpy_helper.to_array(initializers[zero_name])
+        info = np.iinfo(zero_point.dtype)
+        scale, zero = float(numpy_helper.to_array(initializers[scale_name])), int(zero_point)
+        ranges[tensor] = ((info.min - zero) * scale, (info.max - zero) * scale)
     parent: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
 
     def find(x: str) -> str:
         parent.setdefault(x, x)
+        members.setdefault(x, [x])
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
     def union(a: str, b: str) -> None:
-        parent[find(a)] = find(b)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+            members[rb].extend(members.pop(ra))
 
     def source(dequantized: str) -> str | None:  # the float tensor behind a DequantizeLinear output
         dq = producer.get(dequantized)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
 
+    def width(tensors) -> tuple[float, float]:  # (narrowest member's width, width of the union)
+        low = min(ranges[t][0] for t in tensors)
+        high = max(ranges[t][1] for t in tensors)
+        return min(ranges[t][1] - ranges[t][0] for t in tensors), high - low
+
     by_scale: dict[str, list[str]] = defaultdict(list)
     for tensor, (scale, _) in params.items():
         by_scale[scale].append(tensor)
-    for members in by_scale.values():
-        for tensor in members[1:]:
-            union(members[0], tensor)
+    for group in by_scale.values():
+        for tensor in group[1:]:
+            union(group[0], tensor)
     shared = 0
     for node in graph.node:
         if node.op_type != "Concat" or node.output[0] not in params:
@@ -161,28 +179,26 @@ def share_concat_scales(model) -> int:
         inputs = [source(i) for i in node.input]
         if any(t is None or t not in params for t in inputs):
             continue
+        roots = {find(t) for t in [*inputs, node.output[0]]}
+        narrowest, union_width = width([t for r in roots for t in members[r]])
+        if narrowest <= 0 or union_width / narrowest > max_widening:
+            continue
         for tensor in inputs:
             union(tensor, node.output[0])
         shared += 1
-    groups: dict[str, list[str]] = defaultdict(list)
-    for tensor in params:
-        groups[find(tensor)].append(tensor)
-    for members in groups.values():
-        if len({params[t] for t in members}) < 2:
+    for root, group in members.items():
+        if parent.get(root, root) != root or len({params[t] for t in group}) < 2:
             continue
-        low, high = 0.0, 0.0  # a quantisation range always holds 0
-        dtype = numpy_helper.to_array(initializers[params[members[0]][1]]).dtype
-        info = np.iinfo(dtype)
-        for tensor in members:
-            scale = float(numpy_helper.to_array(initializers[params[tensor][0]]))
-            zero = int(numpy_helper.to_array(initializers[params[tensor][1]]))
-            low, high = min(low, (info.min - zero) * scale), max(high, (info.max - zero) * scale)
+        low = min(0.0, *(ranges[t][0] for t in group))  # a quantisation range always holds 0
+        high = max(0.0, *(ranges[t][1] for t in group))
+        zero_dtype = numpy_helper.to_array(initializers[params[group[0]][1]]).dtype
+        info = np.iinfo(zero_dtype)
         scale = np.float32((high - low) / (info.max - info.min))
-        zero = np.clip(np.round(info.min - low / scale), info.min, info.max).astype(dtype)
-        for tensor in members:
+        zero = np.clip(np.round(info.min - low / scale), info.min, info.max).astype(zero_dtype)
+        for tensor in group:
             scale_name, zero_name = params[tensor]
             initializers[scale_name].CopyFrom(numpy_helper.from_array(np.array(scale, np.float32), scale_name))
-            initializers[zero_name].CopyFrom(numpy_helper.from_array(np.array(zero, dtype), zero_name))
+            initializers[zero_name].CopyFrom(numpy_helper.from_array(np.array(zero, zero_dtype), zero_name))
     return shared
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import Request
@@ -11,11 +14,22 @@ from alumi_edge.errors import ApiError
 from alumi_edge.settings import EdgeSettings
 
 LEEWAY_S = 5
+CACHED_TOKENS = 256
 _bearer = HTTPBearer(auto_error=False)
 
 
+def _now() -> float:
+    return time.time()
+
+
 class TokenVerifier:
-    """Checks signature, expiry (required), and audience/issuer when configured."""
+    """Checks signature, expiry (required), and audience/issuer when configured.
+
+    A device's clients send the same token with every request until it expires, and a full check
+    (base64, JSON, HMAC or RSA, claims) costs about 0.3 ms. The claims of the last ``CACHED_TOKENS``
+    tokens that passed are kept by their exact string: signature, audience and issuer cannot change
+    for the same bytes, and expiry is checked again on every use.
+    """
 
     def __init__(self, settings: EdgeSettings):
         resolved = settings.jwt_key_and_algorithm()
@@ -31,9 +45,28 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.admin_scope = settings.admin_scope
+        self._verified: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; ApiError 401 naming what is wrong otherwise."""
+        with self._lock:
+            cached = self._verified.get(token)
+            if cached is not None:
+                claims, expires = cached
+                if _now() <= expires + LEEWAY_S:
+                    self._verified.move_to_end(token)
+                    return dict(claims)
+                del self._verified[token]
+                raise ApiError(401, "token_expired", "bearer token has expired")
+        claims = self._decode(token)
+        with self._lock:
+            self._verified[token] = (dict(claims), float(claims["exp"]))
+            while len(self._verified) > CACHED_TOKENS:
+                self._verified.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
         import jwt
 
         required = ["exp"] + (["aud"] if self.audience else []) + (["iss"] if self.issuer else [])

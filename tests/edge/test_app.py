@@ -92,6 +92,26 @@ def test_missing_expired_forged_tokens_get_401(client, headers, code):
     assert client.post("/v1/detect", content=encode(RED_AT_32), headers=auth_header()).status_code == 200
 
 
+def test_a_verified_token_is_checked_once_and_still_expires(client, monkeypatch):
+    from alumi_edge import auth
+
+    verifier = client.app.state.verifier
+    decoded = []
+    real_decode = verifier._decode
+    monkeypatch.setattr(verifier, "_decode", lambda token: decoded.append(token) or real_decode(token))
+    token = make_token(expires_in=60)
+    for _ in range(3):
+        assert client.get("/v1/model", headers=auth_header(token)).status_code == 200
+    assert decoded == [token]  # signature and claims checked on first use only
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert client.get("/v1/model", headers=auth_header(forged)).json()["error"] == "token_invalid"
+    start = auth._now()
+    monkeypatch.setattr(auth, "_now", lambda: start + 60 + auth.LEEWAY_S + 1)
+    response = client.get("/v1/model", headers=auth_header(token))
+    assert response.status_code == 401 and response.json()["error"] == "token_expired"
+    assert token not in verifier._verified
+
+
 def test_token_without_expiry_is_refused(client):
     import jwt
 

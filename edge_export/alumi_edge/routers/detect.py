@@ -7,6 +7,7 @@ import hashlib
 import time
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from alumi_edge.auth import require_token
@@ -86,10 +87,12 @@ async def detect(
         metrics.stage_latency.labels(stage=stage).observe(result.timing_ms[stage] / 1000.0)
     for box in result.boxes:
         metrics.detections.labels(class_name=box.class_name).inc()
-    return {
+    # Every value is already a JSON type (str, int, float, lists and dicts of them): answering with a
+    # JSONResponse skips FastAPI's generic per-value encoder.
+    return JSONResponse({
         "model_version": loaded.version,
         "runtime": loaded.runtime.name,
         "boxes": [box.to_dict() for box in result.boxes],
         "timing_ms": {"decode": decode_ms, **result.timing_ms, "request": round(total_s * 1000.0, 3)},
         "image": {"width": result.width, "height": result.height, "sha256": hashlib.sha256(data).hexdigest()},
-    }
+    })
