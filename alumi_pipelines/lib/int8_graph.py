@@ -49,6 +49,50 @@ def _attr(node, name, default=None):
     return found[0] if found else default
 
 
+def _requantize_biases(graph, tensor: str, input_scale: float) -> int:
+    """Re-quantise the int32 bias of every Conv that reads the quantised ``tensor`` for its new input scale.
+
+    A QDQ Conv's bias is quantised at ``input scale × weight scale``; ONNX Runtime fuses
+    DequantizeLinear → Conv → QuantizeLinear into a QLinearConv only while that holds, so a rewrite that
+    moves an input's scale must move the bias with it (else the Conv silently runs in float). Returns how
+    many biases were rewritten.
+    """
+    from onnx import numpy_helper
+
+    producer, consumers, initializers = _index(graph)
+    done = 0
+    for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]:
+        for dequantize in consumers.get(quantize.output[0], []):
+            if dequantize.op_type != "DequantizeLinear":
+                continue
+            for conv in consumers.get(dequantize.output[0], []):
+                if conv.op_type != "Conv" or conv.input[0] != dequantize.output[0] or len(conv.input) < 3:
+                    continue
+                weight_dq, bias_dq = producer.get(conv.input[1]), producer.get(conv.input[2])
+                if (weight_dq is None or bias_dq is None or bias_dq.op_type != "DequantizeLinear"
+                        or weight_dq.op_type != "DequantizeLinear" or bias_dq.input[0] not in initializers
+                        or bias_dq.input[1] not in initializers or weight_dq.input[1] not in initializers):
+                    continue
+                quantized = numpy_helper.to_array(initializers[bias_dq.input[0]])
+                if quantized.dtype != np.int32:
+                    continue
+                old_scale = numpy_helper.to_array(initializers[bias_dq.input[1]]).astype(np.float64)
+                weight_scale = numpy_helper.to_array(initializers[weight_dq.input[1]]).astype(np.float32)
+                new_scale = (np.float32(input_scale) * weight_scale).astype(np.float32)
+                bias = quantized.astype(np.float64) * old_scale
+                info = np.iinfo(np.int32)
+                requantized = np.clip(np.round(bias / new_scale.astype(np.float64)), info.min, info.max).astype(np.int32)
+                for name, value in ((bias_dq.input[0], requantized), (bias_dq.input[1], new_scale.reshape(old_scale.shape))):
+                    if sum(name in n.input for n in graph.node) > 1:  # shared: give this Conv its own copy
+                        own = f"{name}_{conv.name or conv.output[0]}"
+                        graph.initializer.append(numpy_helper.from_array(value, own))
+                        bias_dq.input[list(bias_dq.input).index(name)] = own
+                    else:
+                        initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+                done += 1
+    return done
+
+
 # -- which nodes stay float ------------------------------------------------------------------------
 def attention_float_nodes(model, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Names of attention cores to keep in float: each Softmax (not in ``exclude``) between two MatMuls —
@@ -199,6 +243,8 @@ def share_concat_scales(model, max_widening: float = 2.0) -> int:
             scale_name, zero_name = params[tensor]
             initializers[scale_name].CopyFrom(numpy_helper.from_array(np.array(scale, np.float32), scale_name))
             initializers[zero_name].CopyFrom(numpy_helper.from_array(np.array(zero, zero_dtype), zero_name))
+        for tensor in group:
+            _requantize_biases(graph, tensor, float(scale))
     return shared
 
 
@@ -287,6 +333,7 @@ def pack_pixel_input(model) -> PixelInput | None:
                            helper.make_attribute("group", 1)])
     initializers[scale_name].CopyFrom(numpy_helper.from_array(np.array(1 / 255, np.float32), scale_name))
     initializers[zero_name].CopyFrom(numpy_helper.from_array(np.array(0, np.uint8), zero_name))
+    _requantize_biases(graph, model_input.name, 1 / 255)
     shape = (1, dims[2] // 2, dims[3] // 2, 12)
     nodes = list(graph.node)
     position = nodes.index(quantize)

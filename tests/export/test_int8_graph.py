@@ -13,7 +13,7 @@ from alumi_pipelines.lib import int8_graph
 SIDE = 32
 
 
-def _float_model(first_kernel: int = 3):
+def _float_model(first_kernel: int = 3, branch_gain: float = 1.0):
     """A stem like YOLO's: 3×3 stride-2 conv + SiLU, Split, a 1×1 conv + SiLU, Concat, nearest 2× upsample, conv."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -23,8 +23,11 @@ def _float_model(first_kernel: int = 3):
     for name, shape in [("w0", (8, 3, first_kernel, first_kernel)), ("w1", (4, 4, 1, 1)), ("w2", (6, 12, 1, 1))]:
         t = w(*shape)
         t.name = name
+        if name == "w1":
+            t = numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(branch_gain), name)
         inits.append(t)
     inits += [numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b0"),
+              numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
               numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
               numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
     pad = first_kernel // 2
@@ -34,7 +37,7 @@ def _float_model(first_kernel: int = 3):
         helper.make_node("Sigmoid", ["c0"], ["s0"], name="stem/sigmoid"),
         helper.make_node("Mul", ["c0", "s0"], ["a0"], name="stem/mul"),
         helper.make_node("Split", ["a0", "halves"], ["left", "right"], name="split", axis=1),
-        helper.make_node("Conv", ["right", "w1"], ["c1"], name="branch/conv"),
+        helper.make_node("Conv", ["right", "w1", "b1"], ["c1"], name="branch/conv"),
         helper.make_node("Sigmoid", ["c1"], ["s1"], name="branch/sigmoid"),
         helper.make_node("Mul", ["c1", "s1"], ["a1"], name="branch/mul"),
         helper.make_node("Concat", ["left", "right", "a1"], ["cat"], name="concat", axis=1),
@@ -79,6 +82,18 @@ def _run(model, feed):
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+
+def _optimised_ops(model, tmp_path) -> list[str]:
+    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
 
 
 def _params(model, tensor: str) -> tuple[float, int]:
@@ -140,10 +155,13 @@ def test_pack_pixel_input_gives_bit_identical_outputs(tmp_path):
     q = next(n for n in reference.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
     init[q.input[1]].CopyFrom(numpy_helper.from_array(np.array(1 / 255, np.float32), q.input[1]))
     init[q.input[2]].CopyFrom(numpy_helper.from_array(np.array(0, np.uint8), q.input[2]))
+    assert int8_graph._requantize_biases(reference.graph, "images", 1 / 255) == 1  # the stem conv's bias
 
     rewritten = copy.deepcopy(quantised)
     packed = int8_graph.pack_pixel_input(rewritten)
     checker.check_model(rewritten)
+    ops = _optimised_ops(rewritten, tmp_path)
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops
     assert packed == int8_graph.PixelInput("images", (1, SIDE // 2, SIDE // 2, 12))
     assert not [n for n in rewritten.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images"]
     conv = next(n for n in rewritten.graph.node if n.name == "stem/conv")
@@ -168,14 +186,16 @@ def test_pack_pixel_input_leaves_a_model_without_the_pattern_alone(tmp_path):
 
 # -- Concat scales --------------------------------------------------------------------------------------
 def test_share_concat_scales_gives_the_concat_one_range_covering_every_input(tmp_path):
-    quantised = _quantised(_float_model(), tmp_path)
+    # The branch (a1) is the widest input, so the split halves the branch conv reads are widened to it.
+    quantised = _quantised(_float_model(branch_gain=3.0), tmp_path)
     members = ["left", "right", "a1", "cat", "a0"]  # Split keeps a0's scale on left/right
     before = {t: _params(quantised, t) for t in members if _has_quantize(quantised, t)}
-    assert len({before[t] for t in ("a1", "cat")}) == 2  # calibrated apart
+    assert len({before[t] for t in ("right", "cat")}) == 2  # calibrated apart
     images = _images(4, seed=5)
     outputs_before = [_run(quantised, to_input_tensor(i)) for i in images]
 
-    # The branch's range is about half the others': two times wider is past a 1.5 limit, within a 3 limit.
+    assert before["a1"][0] > 1.5 * before["right"][0]  # the branch's range is well over the split halves'
+    # Sharing widens the halves by that factor: past a 1.5 limit, within a 3 limit.
     untouched = copy.deepcopy(quantised)
     assert int8_graph.share_concat_scales(untouched, max_widening=1.5) == 0
     assert untouched.SerializeToString() == quantised.SerializeToString()
@@ -183,11 +203,15 @@ def test_share_concat_scales_gives_the_concat_one_range_covering_every_input(tmp
     assert int8_graph.share_concat_scales(rewritten, max_widening=3.0) == 1
     after = {t: _params(rewritten, t) for t in before}
     assert len(set(after.values())) == 1  # one scale and zero point for the whole group
+    # The branch conv reads a tensor whose scale moved: its int32 bias moved with it, so ONNX Runtime still
+    # fuses every conv into a QLinearConv (a stale bias scale silently leaves the conv in float).
+    ops = _optimised_ops(rewritten, tmp_path)
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops
     scale, zero = next(iter(after.values()))
     for tensor, (old_scale, old_zero) in before.items():  # the shared range contains each old range
         assert (0 - zero) * scale <= (0 - old_zero) * old_scale + 1e-6
         assert (255 - zero) * scale >= (255 - old_zero) * old_scale - 1e-6
-    float_model = _float_model()
+    float_model = _float_model(branch_gain=3.0)
     for image, old in zip(images, outputs_before):
         full = _run(float_model, to_input_tensor(image))
         new = _run(rewritten, to_input_tensor(image))
