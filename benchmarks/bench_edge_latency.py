@@ -133,50 +133,74 @@ class EdgeServer:
 
 
 class HttpDetect:
-    """One keep-alive client posting raw JPEG bodies to /v1/detect; remembers the box count of each answer."""
+    """One keep-alive HTTP/1.1 connection (standard library ``http.client``) posting raw JPEG bodies to
+    /v1/detect; remembers the box count of each answer.
 
-    def __init__(self, server: EdgeServer):
-        import httpx
+    The client is part of what an HTTP round trip costs, so it is the leanest common one: httpx added
+    about 1 ms per call here (11.3 vs 10.2 ms on the same server), which would be billed to the server.
+    """
 
-        headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/jpeg"}
-        self.client = httpx.Client(base_url=server.url, headers=headers, timeout=30.0)
+    def __init__(self, server: EdgeServer, timeout: float = 60.0):
+        import http.client
+
+        self.server = server
+        self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/jpeg"}
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
         self.boxes: list[int] = []
 
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of one POST; reconnects once when the kept-alive connection was closed."""
+        import http.client
+
+        for attempt in (0, 1):
+            try:
+                self.connection.request("POST", "/v1/detect", body=body, headers=self.headers)
+                response = self.connection.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.connection.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def __call__(self, body: bytes) -> None:
-        response = self.client.post("/v1/detect", content=body)
-        response.raise_for_status()
-        self.boxes.append(len(response.json()["boxes"]))
+        import json
+
+        status, data = self.post(body)
+        if status != 200:
+            raise RuntimeError(f"/v1/detect answered {status}: {data[:200]!r}")
+        self.boxes.append(len(json.loads(data)["boxes"]))
 
     def __enter__(self) -> "HttpDetect":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.client.close()
+        self.connection.close()
 
 
 def load_run(server: EdgeServer, images: list[bytes], clients: int, seconds: float) -> dict:
     """``clients`` threads posting images back to back for ``seconds``; throughput, p50/p99 and errors."""
-    import httpx
+    import http.client
 
-    headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/jpeg"}
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[list[str]] = [[] for _ in range(clients)]
     start_gate = threading.Barrier(clients + 1)
     deadline = [0.0]
 
     def client_loop(index: int) -> None:
-        with httpx.Client(base_url=server.url, headers=headers, timeout=60.0) as client:
+        with HttpDetect(server) as client:
             start_gate.wait()
             i = index
             while time.monotonic() < deadline[0]:
                 started = time.perf_counter()
                 try:
-                    response = client.post("/v1/detect", content=images[i % len(images)])
-                    if response.status_code != 200:
-                        errors[index].append(f"HTTP {response.status_code}")
+                    status, _ = client.post(images[i % len(images)])
+                    if status != 200:
+                        errors[index].append(f"HTTP {status}")
                     else:
                         latencies[index].append((time.perf_counter() - started) * 1000.0)
-                except httpx.HTTPError as exc:
+                except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, bad answer
                     errors[index].append(type(exc).__name__)
                 i += clients
 
