@@ -17,7 +17,7 @@ threads (``benchmarks/bench_edge_latency.py``):
   3 bytes at a time); as a 12-channel 2×2 stride-1 convolution it is exact and about twice as fast,
   and the float tensor, the input QuantizeLinear and a layout transpose go away.
 
-Only onnx and numpy are used; nothing here runs a model.
+Only onnx and numpy are used (and alumi_edge's names for the input layouts); nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# alumi_edge.processing.INPUT_FORMATS names the same layouts; the edge package packs the pixels.
-PIXEL_FORMAT = "bgr_u8_s2d2"
-FLOAT_FORMAT = "rgb_f32_nchw"
+from alumi_edge.model_info import FLOAT_INPUT as FLOAT_FORMAT  # the input layouts the edge runtime knows
+from alumi_edge.model_info import PIXEL_INPUT as PIXEL_FORMAT
 
 
 def _index(graph):
