@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "ultralytics", "mlflow", "evidently", "great_expectations", "xgboost", "albumentations", "onnxruntime")
+HEAVY = ("torch", "ultralytics", "mlflow", "evidently", "great_expectations", "xgboost", "albumentations", "onnxruntime",
+         "onnx", "cv2", "polars", "pyarrow")
 
 
 def test_definitions_load_without_heavy_imports():

@@ -1,7 +1,5 @@
 """Gold zone: the training-ready dataset, split and laid out for YOLO, named by its content hash."""
 
-
-import polars as pl
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -56,6 +54,8 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
     "Failing means test scores would be inflated by training images.",
 )
 def no_split_leakage(lake: Lake) -> AssetCheckResult:
+    import polars as pl
+
     manifest = layout.read_gold_manifest(lake)
     leaked = manifest.group_by("image_id").agg(pl.col("split").n_unique().alias("n")).filter(pl.col("n") > 1)
     return AssetCheckResult(
