@@ -143,26 +143,24 @@ class HttpDetect:
     def __init__(self, server: EdgeServer, timeout: float = 60.0):
         import http.client
 
-        self.server = server
-        self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {server.token()}", "Content-Type": "image/jpeg"}
         self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
         self.boxes: list[int] = []
 
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        self.connection.request("POST", "/v1/detect", body=body, headers=self.headers)
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
     def post(self, body: bytes) -> tuple[int, bytes]:
-        """(status, body) of one POST; reconnects once when the kept-alive connection was closed."""
+        """(status, body) of one POST; one fresh attempt when the kept-alive connection was dropped."""
         import http.client
 
-        for attempt in (0, 1):
-            try:
-                self.connection.request("POST", "/v1/detect", body=body, headers=self.headers)
-                response = self.connection.getresponse()
-                return response.status, response.read()
-            except (http.client.HTTPException, ConnectionError):
-                self.connection.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._post(body)
+        except (http.client.HTTPException, ConnectionError):
+            self.connection.close()  # the next request opens a new connection
+            return self._post(body)
 
     def __call__(self, body: bytes) -> None:
         import json

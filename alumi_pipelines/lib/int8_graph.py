@@ -29,23 +29,8 @@ import numpy as np
 
 from alumi_edge.model_info import FLOAT_INPUT as FLOAT_FORMAT  # the input layouts the edge runtime knows
 from alumi_edge.model_info import PIXEL_INPUT as PIXEL_FORMAT
-
-
-def _index(graph):
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    initializers = {init.name: init for init in graph.initializer}
-    return producer, consumers, initializers
-
-
-def _attr(node, name, default=None):
-    from onnx import helper
-
-    found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
-    return found[0] if found else default
+from alumi_pipelines.lib.onnx_graph import graph_index as _index
+from alumi_pipelines.lib.onnx_graph import node_attr as _attr
 
 
 def _requantize_biases(graph, tensor: str, input_scale: float) -> int:

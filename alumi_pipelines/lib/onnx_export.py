@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from alumi_pipelines.lib import int8_graph
+from alumi_pipelines.lib.onnx_graph import graph_index, node_attr
 
 OPSET = 17
 EVAL_CONF = 0.001  # confidence threshold for mAP (as ultralytics val)
@@ -32,7 +33,8 @@ PIPELINE_METADATA_KEYS = ("model_version", "dataset_hash", "mlflow_run_id")
 ACTIVATION_TYPES = ("QUInt8", "QInt8")
 
 # Ops the Detect head uses to turn feature maps into boxes and scores: distribution focal loss
-# (Reshape/Transpose/Softmax/Conv as exported, ReduceMax/Exp/MatMul once rewritten), anchor arithmetic and the class sigmoid. Quantising these
+# (Reshape/Transpose/Softmax/Conv as exported, ReduceMax/Exp/MatMul once rewritten), anchor arithmetic
+# and the class sigmoid. Quantising these
 # to 8 bits wrecks the pixel coordinates, so they stay in float.
 HEAD_DECODE_OPS = frozenset(
     {"Concat", "Sigmoid", "Mul", "Add", "Sub", "Div", "Reshape", "Slice", "Split", "Softmax", "Transpose",
@@ -144,8 +146,15 @@ def set_metadata(path: str | Path, props: Mapping[str, Any]) -> dict[str, str]:
     """Add or replace ``metadata_props`` of an ONNX file in place (atomically); returns all properties."""
     import onnx
 
+    return save_with_metadata(onnx.load(str(path)), path, props)
+
+
+def save_with_metadata(model, path: str | Path, props: Mapping[str, Any]) -> dict[str, str]:
+    """Add or replace ``props`` in the ``metadata_props`` of ``model`` (an ``onnx.ModelProto``) and save it
+    to ``path`` atomically (a temporary file, then a rename); returns all properties."""
+    import onnx
+
     path = Path(path)
-    model = onnx.load(str(path))
     current = {p.key: p.value for p in model.metadata_props}
     current.update({str(k): str(v) for k, v in props.items()})
     del model.metadata_props[:]
@@ -220,9 +229,7 @@ def export_onnx(
 
     model = onnx.load(str(target))
     dfl_rewritten = rewrite_dfl(model)
-    if dfl_rewritten:
-        onnx.save(model, str(target))
-    props = set_metadata(target, {k: metadata[k] for k in metadata})
+    props = save_with_metadata(model, target, {k: metadata[k] for k in metadata})
     onnx.checker.check_model(str(target))
     from alumi_edge.model_info import parse_model_info
 
@@ -253,17 +260,9 @@ def rewrite_dfl(model) -> bool:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    initializers = {init.name: init for init in graph.initializer}
+    producer, consumers, initializers = graph_index(graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
-
-    def attr(node, name, default=None):
-        found = [helper.get_attribute_value(a) for a in node.attribute if a.name == name]
-        return found[0] if found else default
+    attr = node_attr
 
     rewritten = False
     for softmax in [n for n in graph.node if n.op_type == "Softmax" and attr(n, "axis") == 1]:
@@ -567,7 +566,8 @@ def head_decode_nodes(model) -> list[str]:
     """Names of the Detect head's box-decoding nodes, found by walking back from the graph outputs.
 
     The walk follows producers through :data:`HEAD_DECODE_OPS` and the DFL's bin-weighted sum (a Conv
-    fed by a Softmax, or a MatMul of an Exp after :func:`rewrite_dfl`) and stops at every other node — the head's last feature convolutions are where it ends,
+    fed by a Softmax, or a MatMul of an Exp after :func:`rewrite_dfl`) and stops at every other node —
+    the head's last feature convolutions are where it ends,
     so those and everything before them stay quantisable. ``model`` is an ``onnx.ModelProto`` or a path.
     """
     import onnx
@@ -615,7 +615,7 @@ class QuantizationResult:
     preprocessed: bool
     float_nodes: list[str] = field(default_factory=list)  # attention cores and upsampling kept in float
     shared_concat_scales: int = 0  # Concats whose inputs now share the output's scale
-    input_format: str = "rgb_f32_nchw"  # bgr_u8_s2d2 when the model takes packed uint8 pixels
+    input_format: str = int8_graph.FLOAT_FORMAT  # int8_graph.PIXEL_FORMAT when it takes packed uint8 pixels
 
 
 def quantize_int8(
@@ -637,8 +637,8 @@ def quantize_int8(
     box-decoding nodes stay in float (:func:`head_decode_nodes`), and with ``float_ops`` so do the
     attention cores and the upsampling, which ONNX Runtime runs faster in float. ``op_types`` limits
     quantisation to those op types (default: every type ONNX Runtime quantises). QUInt8 activations: on
-    x86 CPUs without VNNI, QInt8 activations ran about 2.4× slower than QUInt8 here. The quantised graph then gets the CPU rewrites of
-    :mod:`alumi_pipelines.lib.int8_graph` that are switched on: one scale per Concat, and (QUInt8 only)
+    x86 CPUs without VNNI, QInt8 activations ran about 2.4× slower than QUInt8 here. The quantised graph
+    then gets the CPU rewrites of :mod:`alumi_pipelines.lib.int8_graph` that are switched on: one scale per Concat, and (QUInt8 only)
     packed uint8 pixels as input, recorded in the metadata property ``input_format``. Metadata
     properties of the FP32 model are carried over.
     """
@@ -698,16 +698,9 @@ def quantize_int8(
     packed = int8_graph.pack_pixel_input(quantized) if pixel_input and activation_type == "QUInt8" else None
     input_format = packed.input_format if packed else int8_graph.FLOAT_FORMAT
     onnx.checker.check_model(quantized)
-    props = {p.key: p.value for p in quantized.metadata_props}
-    props.update(read_metadata(fp32_path))
-    props.update({"quantization": f"int8-qdq-{activation_type.lower()}", "quantization_excluded_nodes": str(len(excluded)),
-                  "input_format": input_format})
-    del quantized.metadata_props[:]
-    for key, value in props.items():
-        quantized.metadata_props.add(key=key, value=str(value))
-    staged = out_path.with_name(f".tmp-{out_path.name}")
-    onnx.save(quantized, str(staged))
-    staged.replace(out_path)
+    save_with_metadata(quantized, out_path, {
+        **read_metadata(fp32_path), "quantization": f"int8-qdq-{activation_type.lower()}",
+        "quantization_excluded_nodes": len(excluded), "input_format": input_format})
     return QuantizationResult(out_path, excluded, len(calibration_images), activation_type, per_channel,
                               out_path.stat().st_size, preprocessed, float_nodes, shared, input_format)
 

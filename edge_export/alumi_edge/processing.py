@@ -100,10 +100,10 @@ def pack_pixels(letterboxed_bgr: np.ndarray) -> np.ndarray:
     ``(row parity * 2 + column parity) * 3 + c`` is BGR channel c of one of them. Values are copied, never
     scaled. One ``cv2.merge`` of the even and the odd rows, each seen as 6-channel pixel pairs.
     """
-    h, w = letterboxed_bgr.shape[:2]
     if letterboxed_bgr.ndim != 3 or letterboxed_bgr.shape[2] != 3 or letterboxed_bgr.dtype != np.uint8:
         raise ValueError(f"image array of shape {letterboxed_bgr.shape} ({letterboxed_bgr.dtype}): "
                          "expected (height, width, 3) uint8")
+    h, w = letterboxed_bgr.shape[:2]
     if h % 2 or w % 2:
         raise ValueError(f"image of {w}x{h}: packing 2x2 blocks needs even sides")
     pairs = np.ascontiguousarray(letterboxed_bgr).reshape(h // 2, 2, w // 2, 6)

@@ -37,9 +37,8 @@ def check_input(model_path: Path, name: str, shape: list, tensor_type: str, info
     if tensor_type != expected_type:
         raise ValueError(f"{model_path}: model input {name} is {tensor_type} but metadata 'input_format' "
                          f"{info.input_format!r} means {expected_type}")
-    static = [d if isinstance(d, int) else None for d in shape]
     expected = info.input_shape
-    if any(d is not None and d != e for d, e in zip(static[1:], expected[1:])):
+    if any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected[1:])):  # symbolic dims pass
         if info.input_format == FLOAT_INPUT:
             raise ValueError(f"{model_path}: model input is {tuple(shape[2:])} but metadata 'imgsz' says {info.input_hw}")
         raise ValueError(f"{model_path}: model input {name} has shape {shape}; metadata 'imgsz' {info.input_hw} with "
