@@ -1,3 +1,5 @@
-from alumi_pipelines.cli import main
 import sys
+
+from alumi_pipelines.cli import main
+
 sys.exit(main())

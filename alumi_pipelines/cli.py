@@ -9,6 +9,9 @@ import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from alumi_pipelines.assets.raw import list_landing_batches, write_landing_file, write_quarantine
+from alumi_pipelines.assets.training.champion import sync_champion_record
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.settings import Settings
 
 
@@ -37,8 +40,7 @@ def register_batches(batch_ids: list[str]) -> list[str]:
 
 
 def cmd_demo_data(args, settings: Settings) -> int:
-    from alumi_pipelines.lib.synth import write_landing_batch
-    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.lib.vision.synth import write_landing_batch
 
     lake = _lake(settings)
     start = dt.date.fromisoformat(args.start) if args.start else dt.date.today() - dt.timedelta(days=args.days - 1)
@@ -47,11 +49,19 @@ def cmd_demo_data(args, settings: Settings) -> int:
         day = start + dt.timedelta(days=d)
         batch = f"day-{day.isoformat()}" + (f"-{args.condition}" if args.condition != "nominal" else "")
         summary = write_landing_batch(
-            lambda key, data, b=batch: layout.write_landing_file(lake, b, key, data),
-            batch, args.images, day=day, seed=args.seed, size=args.size, condition=args.condition,
+            lambda key, data, b=batch: write_landing_file(lake, b, key, data),
+            batch,
+            args.images,
+            day=day,
+            seed=args.seed,
+            size=args.size,
+            condition=args.condition,
         )
         batches.append(batch)
-        print(f"{batch}: {summary['images']} images, {summary['boxes']} boxes -> {lake.uri(layout.landing_prefix(batch))}")
+        print(
+            f"{batch}: {summary['images']} images, {summary['boxes']} boxes "
+            f"-> {lake.uri(lake_keys.landing_prefix(batch))}"
+        )
     new = register_batches(batches)
     if new:
         print(f"registered {len(new)} new partition(s) of landing_batches")
@@ -67,8 +77,8 @@ def _safe_member(name: str) -> str | None:
 
 def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] | None) -> dict:
     """Copy a dataset folder or .zip archive verbatim into landing/<batch>/, then write its marker."""
-    from alumi_pipelines.lib.ingest import BATCH_MARKER, check_batch_id
-    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.lib.vision.formats import BATCH_MARKER
+    from alumi_pipelines.lib.vision.ingest import check_batch_id
 
     check_batch_id(batch)
     rejected: list[dict] = []
@@ -80,27 +90,33 @@ def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] 
                     continue
                 safe = _safe_member(info.filename)
                 if safe is None:
-                    rejected.append({"batch": batch, "path": info.filename, "stage": "archive",
-                                     "reason": "archive member name leaves the batch folder (absolute or '..')"})
+                    rejected.append(
+                        {
+                            "batch": batch,
+                            "path": info.filename,
+                            "stage": "archive",
+                            "reason": "archive member name leaves the batch folder (absolute or '..')",
+                        }
+                    )
                     continue
-                layout.write_landing_file(lake, batch, safe, archive.read(info))
+                write_landing_file(lake, batch, safe, archive.read(info))
                 copied += 1
     elif source.is_dir():
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            layout.write_landing_file(lake, batch, path.relative_to(source).as_posix(), path.read_bytes())
+            write_landing_file(lake, batch, path.relative_to(source).as_posix(), path.read_bytes())
             copied += 1
     else:
         raise SystemExit(f"alumi import: {source} is neither a folder nor a .zip archive")
     if rejected:
-        layout.write_quarantine(lake, batch, rejected, lambda p: b"")
+        write_quarantine(lake, batch, rejected, lambda p: b"")
     marker = {
         "batch_id": batch,
         "format": fmt,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "source": str(source),
         "classes": classes,
     }
-    layout.write_landing_file(lake, batch, BATCH_MARKER, json.dumps(marker, indent=2).encode())
+    write_landing_file(lake, batch, BATCH_MARKER, json.dumps(marker, indent=2).encode())
     return {"batch": batch, "files": copied, "rejected": len(rejected)}
 
 
@@ -114,22 +130,27 @@ def cmd_import(args, settings: Settings) -> int:
             if (source / candidate).is_file():
                 classes = list(parse_classes(str(source / candidate)))
                 break
-    batch = args.batch or f"import-{source.stem.lower().replace(' ', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
+    batch = args.batch or f"import-{source.stem.lower().replace(' ', '-')}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
     result = import_dataset(_lake(settings), source, args.format, batch, classes)
-    print(f"{result['batch']}: copied {result['files']} files into landing ({result['rejected']} archive members rejected)")
+    print(
+        f"{result['batch']}: copied {result['files']} files into landing "
+        f"({result['rejected']} archive members rejected)"
+    )
     register_batches([batch])
     return 0
 
 
 def cmd_batches(args, settings: Settings) -> int:
-    from alumi_pipelines.resources import lake_layout as layout
 
-    batches = [b for b in layout.list_landing_batches(_lake(settings)) if b.complete]
+    batches = [b for b in list_landing_batches(_lake(settings)) if b.complete]
     ids = [b.batch_id for b in batches]
     register_batches(ids)
     if args.tags:
         if not ids:
-            print("alumi batches: no complete landing batch; run `alumi demo-data` or `alumi import` first", file=sys.stderr)
+            print(
+                "alumi batches: no complete landing batch; run `alumi demo-data` or `alumi import` first",
+                file=sys.stderr,
+            )
             return 1
         print(json.dumps({"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]}))
     else:
@@ -138,45 +159,48 @@ def cmd_batches(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_process_demo_data(args, settings: Settings) -> int:
-    from alumi_pipelines.process_demo import write_process_demo
+def cmd_plant_demo_data(args, settings: Settings) -> int:
+    from alumi_pipelines.assets.plant.sensor_raw import write_plant_demo
 
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     start = dt.date.fromisoformat(args.start) if args.start else today - dt.timedelta(days=args.days + 1)
-    keys = write_process_demo(_lake(settings), start, args.days, args.parts, args.seed)
-    print(f"process data for {args.days} day(s) from {start}: {len(keys)} files in landing/process/")
+    keys = write_plant_demo(_lake(settings), start, args.days, args.parts, args.seed)
+    print(f"plant data for {args.days} day(s) from {start}: {len(keys)} files in {lake_keys.PLANT_LANDING}/")
     return 0
 
 
-def cmd_process_days(args, settings: Settings) -> int:
-    from alumi_pipelines.process_demo import process_days_tags
+def cmd_plant_days(args, settings: Settings) -> int:
+    from alumi_pipelines.assets.plant.sensor_raw import plant_days_tags
 
-    tags = process_days_tags(_lake(settings))
-    if not tags:
-        print("alumi process-days: no day under landing/process/; run `alumi process-demo-data` first", file=sys.stderr)
+    try:
+        tags = plant_days_tags(_lake(settings))
+    except ValueError as exc:
+        print(f"alumi plant-days: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(tags))
     return 0
 
 
 def cmd_promote(args, settings: Settings) -> int:
-    from alumi_pipelines.resources import lake_layout as layout
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry, promote
 
     result = promote(args.model, args.version)
     registry = MlflowRegistry.from_settings(settings)
-    layout.sync_champion_record(_lake(settings), registry.model_copy(update={"model_name": args.model}) if args.model else registry)
+    sync_champion_record(
+        _lake(settings), registry.model_copy(update={"model_name": args.model}) if args.model else registry
+    )
     print(json.dumps(result))
     return 0
 
 
 def cmd_rollback(args, settings: Settings) -> int:
-    from alumi_pipelines.resources import lake_layout as layout
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry, rollback
 
     result = rollback(args.model)
     registry = MlflowRegistry.from_settings(settings)
-    layout.sync_champion_record(_lake(settings), registry.model_copy(update={"model_name": args.model}) if args.model else registry)
+    sync_champion_record(
+        _lake(settings), registry.model_copy(update={"model_name": args.model}) if args.model else registry
+    )
     print(json.dumps(result))
     return 0
 
@@ -205,18 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", action="store_true", help="print `dagster job execute --tags` JSON covering all batches")
     p.set_defaults(fn=cmd_batches)
 
-    p = sub.add_parser("process-demo-data", help="write simulated casting/rolling historian exports into landing/process/")
+    p = sub.add_parser("plant-demo-data", help="write simulated casting/rolling historian exports into landing/plant/")
     p.add_argument("--days", type=int, default=6)
     p.add_argument("--parts", type=int, default=90, help="parts (coils) per day")
     p.add_argument("--start", help="first day (YYYY-MM-DD); default: so the last day ended yesterday")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=cmd_process_demo_data)
+    p.set_defaults(fn=cmd_plant_demo_data)
 
-    p = sub.add_parser("process-days", help="print `dagster job execute --tags` JSON covering every landed process day")
-    p.set_defaults(fn=cmd_process_days)
+    p = sub.add_parser("plant-days", help="print `dagster job execute --tags` JSON covering every landed plant day")
+    p.set_defaults(fn=cmd_plant_days)
 
-    for name, fn, helptext in (("promote", cmd_promote, "move the champion alias to a model version"),
-                               ("rollback", cmd_rollback, "move the champion alias back to the previous version")):
+    for name, fn, helptext in (
+        ("promote", cmd_promote, "move the champion alias to a model version"),
+        ("rollback", cmd_rollback, "move the champion alias back to the previous version"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", help="registered model name (default: ALUMI_MODEL_NAME)")
         if name == "promote":

@@ -1,24 +1,33 @@
-"""The code location: assembles assets, checks, jobs, sensors and resources. Nothing else lives here."""
+"""The code location: assembles assets, checks, jobs, sensors, schedules and resources. Nothing else lives here.
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+Assets and checks are collected from the ``assets`` package (one module per asset group), each with a link
+to its source file in the UI; jobs come from ``jobs``, sensors and schedules from ``sensors``.
+"""
 
-from alumi_pipelines.assets import corrections, drift, gold, processed, raw
-from alumi_pipelines.assets.export import EXPORT_ASSETS, EXPORT_CHECKS, EXPORT_JOBS
-from alumi_pipelines.assets.process_data import PROCESS_ASSETS, PROCESS_CHECKS, PROCESS_JOBS
-from alumi_pipelines.assets.training import TRAINING_ASSETS, TRAINING_CHECKS, TRAINING_JOBS
+import warnings
+
+from dagster import (
+    BetaWarning,
+    Definitions,
+    load_asset_checks_from_package_module,
+    load_assets_from_package_module,
+    with_source_code_references,
+)
+
+from alumi_pipelines import assets
 from alumi_pipelines.jobs import JOBS
 from alumi_pipelines.resources import build_resources
-from alumi_pipelines.sensors.corrections import corrections_sensor
-from alumi_pipelines.sensors.drift import drift_sensor, weekly_drift_schedule
-from alumi_pipelines.sensors.landing import landing_sensor
+from alumi_pipelines.sensors import SCHEDULES, SENSORS
 
-_modules = [raw, processed, corrections, gold, drift]
+with warnings.catch_warnings():  # code references are a beta API; the UI shows them, the logs need not say so
+    warnings.simplefilter("ignore", BetaWarning)
+    linked_assets = with_source_code_references(load_assets_from_package_module(assets))
 
 defs = Definitions(
-    assets=[*load_assets_from_modules(_modules), *TRAINING_ASSETS, *EXPORT_ASSETS, *PROCESS_ASSETS],
-    asset_checks=[*load_asset_checks_from_modules(_modules), *TRAINING_CHECKS, *EXPORT_CHECKS, *PROCESS_CHECKS],
-    jobs=[*JOBS, *TRAINING_JOBS, *EXPORT_JOBS, *PROCESS_JOBS],
-    sensors=[landing_sensor, corrections_sensor, drift_sensor],
-    schedules=[weekly_drift_schedule],
+    assets=linked_assets,
+    asset_checks=load_asset_checks_from_package_module(assets),
+    jobs=JOBS,
+    sensors=SENSORS,
+    schedules=SCHEDULES,
     resources=build_resources(),
 )

@@ -10,10 +10,14 @@ a notebook sees exactly what the UI shows:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.assets.gold import read_gold_pointer
+from alumi_pipelines.assets.processed import read_processed
+from alumi_pipelines.assets.training.champion import champion_record
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.settings import Settings
 
 
@@ -43,7 +47,7 @@ def lake():
 def gold_dataset() -> GoldView:
     """The current gold dataset (gold/current.json) as DataFrames."""
     store = lake()
-    pointer = layout.read_gold_pointer(store)
+    pointer = read_gold_pointer(store)
     return GoldView(
         dataset_hash=pointer["dataset_hash"],
         classes=list(pointer["classes"]),
@@ -55,12 +59,12 @@ def gold_dataset() -> GoldView:
 
 def processed_labels(batches: Sequence[str] | None = None):
     """The canonical label table (processed zone) of some or all batches."""
-    return layout.read_processed(lake(), list(batches) if batches else None)[1]
+    return read_processed(lake(), list(batches) if batches else None)[1]
 
 
 def image_features(batches: Sequence[str] | None = None):
     """Per-image features (brightness, contrast, sharpness, colour, size) of some or all batches."""
-    return layout.read_processed(lake(), list(batches) if batches else None)[0]
+    return read_processed(lake(), list(batches) if batches else None)[0]
 
 
 def load_image(image_id: str):
@@ -68,7 +72,7 @@ def load_image(image_id: str):
     import cv2
     import numpy as np
 
-    data = lake().read_bytes(layout.processed_image_key(image_id))
+    data = lake().read_bytes(lake_keys.processed_image_key(image_id))
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
@@ -108,8 +112,11 @@ def materialize(selection: Sequence[str], config: dict | None = None, partition_
     run_config = {"ops": {name: {"config": value} for name, value in (config or {}).items()}}
     with DagsterInstance.get() as instance:
         return job.execute_in_process(
-            run_config=run_config, instance=instance, partition_key=partition_key,
-            asset_selection=[AssetKey(name) for name in selection], raise_on_error=False,
+            run_config=run_config,
+            instance=instance,
+            partition_key=partition_key,
+            asset_selection=[AssetKey(name) for name in selection],
+            raise_on_error=False,
         )
 
 
@@ -119,10 +126,11 @@ def mlflow_runs(max_results: int = 20):
     import mlflow
 
     mlflow.set_tracking_uri(registry.tracking_uri)
-    return mlflow.search_runs(experiment_ids=[registry.experiment_id()], max_results=max_results,
-                              order_by=["attributes.start_time DESC"])
+    return mlflow.search_runs(
+        experiment_ids=[registry.experiment_id()], max_results=max_results, order_by=["attributes.start_time DESC"]
+    )
 
 
 def champion() -> dict | None:
     """The registry's champion as mirrored in the lake (version, dataset hash, run id)."""
-    return layout.champion_record(lake())
+    return champion_record(lake())

@@ -1,29 +1,24 @@
-"""Jobs users and CI run by name (see DESIGN.md: names other parts rely on)."""
+"""Every job users, CI and sensors run by name; asset modules define assets only.
 
-import json
-import os
+Selections name asset groups (see each stage module), so this module imports no asset code.
+"""
 
 from dagster import AssetSelection, define_asset_job
 
-from alumi_pipelines.partitions import landing_batches
+from alumi_pipelines.partitions import landing_batches, plant_days
+from alumi_pipelines.settings import training_run_tags
 
 TRAINING_TAG = "alumi/training"
+# A refused gate or bad data fails the same way again: run retries are for infrastructure failures only.
+NO_RETRY_ON_FAILURE = {"dagster/retry_on_asset_or_op_failure": "false"}
+# Runs that train: the instance runs one at a time; on Kubernetes, ALUMI_K8S_TRAINING_CONFIG routes them to
+# the GPU pool (see deploy/helm/values.yaml).
+TRAINING_TAGS = training_run_tags(TRAINING_TAG, NO_RETRY_ON_FAILURE)
 
+PLANT_GROUPS = ("plant_raw", "plant_features", "plant_risk", "plant_drift")
+VISION = AssetSelection.all() - AssetSelection.groups(*PLANT_GROUPS)
 
-def training_run_tags() -> dict[str, str]:
-    """Tags of runs that train: the instance runs one at a time; on Kubernetes, ALUMI_K8S_TRAINING_CONFIG
-    (JSON: node selector, tolerations, GPU limits; see deploy/helm/values.yaml) routes them to the GPU pool.
-    A refused gate fails the same way again, so run retries are for infrastructure failures only."""
-    tags = {TRAINING_TAG: "true", "dagster/retry_on_asset_or_op_failure": "false"}
-    raw = os.environ.get("ALUMI_K8S_TRAINING_CONFIG", "").strip()
-    if raw:
-        tags["dagster-k8s/config"] = json.dumps(json.loads(raw), sort_keys=True)
-    return tags
-
-
-TRAINING_TAGS = training_run_tags()
-VISION = AssetSelection.all() - AssetSelection.groups("process")
-
+# -- vision branch ---------------------------------------------------------------------------------
 ingestion_job = define_asset_job(
     "ingestion_job",
     selection=AssetSelection.groups("raw", "processed"),
@@ -44,9 +39,24 @@ drift_job = define_asset_job(
     description="Compare the newest processed batches with the champion's training set (evidently).",
 )
 
+training_job = define_asset_job(
+    "training_job",
+    selection=AssetSelection.groups("training"),
+    tags=TRAINING_TAGS,
+    description="Gold dataset → trained detector → evaluation on the frozen test split → promotion gate → "
+    "champion alias. The instance runs one job tagged alumi/training at a time.",
+)
+
+export_job = define_asset_job(
+    "export_job",
+    selection=AssetSelection.groups("export", "release"),
+    description="The champion → ONNX (parity-checked) → INT8 ONNX (accuracy-checked) → TensorRT engines or their "
+    "on-device plan → signed edge release and the stable channel pointer.",
+)
+
 retraining_job = define_asset_job(
     "retraining_job",
-    selection=AssetSelection.groups("corrections", "gold", "training", "export"),
+    selection=AssetSelection.groups("corrections", "gold", "training", "export", "release"),
     tags=TRAINING_TAGS,
     description="corrections → gold → train → evaluate → gate → champion → export → release: a better model "
     "reaches the stable channel with no human step; a worse one stops at the gate.",
@@ -61,4 +71,33 @@ end_to_end_job = define_asset_job(
     "training with the promotion gate, export and the edge release.",
 )
 
-JOBS = [ingestion_job, corrections_job, drift_job, retraining_job, end_to_end_job]
+# -- plant branch ----------------------------------------------------------------------------------
+plant_risk_job = define_asset_job(
+    "plant_risk_job",
+    selection=AssetSelection.groups(*PLANT_GROUPS),
+    partitions_def=plant_days,
+    tags=NO_RETRY_ON_FAILURE,
+    description="The plant branch for a range of days: historian files → raw (quarantine) → features → "
+    "risk dataset → XGBoost model (MLflow) → evaluation + gate → champion alias and edge file; feature drift. "
+    "Run over every landed day with the tags of `alumi plant-days` (partition range start/end).",
+)
+
+plant_retraining_job = define_asset_job(
+    "plant_retraining_job",
+    selection=AssetSelection.groups("plant_risk"),
+    tags=NO_RETRY_ON_FAILURE,
+    description="Retrain the risk model on the features already in the lake: dataset → model → evaluation + gate → "
+    "champion. Unpartitioned, so the drift sensor can request it without naming days.",
+)
+
+JOBS = [
+    ingestion_job,
+    corrections_job,
+    drift_job,
+    training_job,
+    export_job,
+    retraining_job,
+    end_to_end_job,
+    plant_risk_job,
+    plant_retraining_job,
+]

@@ -1,6 +1,13 @@
-"""Partitions shared by assets, jobs and sensors."""
+"""Every partitions definition: the asset modules, jobs, sensors and the CLI import them from here."""
 
-from dagster import DynamicPartitionsDefinition
+from dagster import DailyPartitionsDefinition, DynamicPartitionsDefinition
 
-# One partition per landing batch (a folder of landing/ whose _batch.json marks it complete).
+# One partition per landing batch (a folder of landing/ whose _batch.json marks it complete), registered by
+# landing_sensor or `alumi batches`.
 landing_batches = DynamicPartitionsDefinition(name="landing_batches")
+
+# The plant branch: one UTC calendar day per partition. The historian exports one file per day and line, so a
+# day is the natural unit of new data; day keys are known in advance, so a schedule or CI can target
+# "yesterday" or a range without registering anything. Only finished days exist as partitions.
+PLANT_START_DATE = "2024-01-01"  # first day a partition exists for; older historian days need an earlier date
+plant_days = DailyPartitionsDefinition(start_date=PLANT_START_DATE, timezone="UTC")

@@ -6,11 +6,12 @@ deep inside logic.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-PROFILES = ("ci", "cpu", "gpu")
+from alumi_pipelines.lib.training.profiles import PROFILES
 
 # The synthetic aluminium defect classes; a user's own dataset sets ALUMI_CLASSES instead.
 DEFAULT_CLASSES = ("scratch", "dent", "pit", "crack", "stain")
@@ -39,10 +40,23 @@ class Settings:
     min_image_side: int = field(metadata={"env": "ALUMI_MIN_IMAGE_SIDE", "doc": "smaller images are quarantined"})
     split_seed: int = field(metadata={"env": "ALUMI_SPLIT_SEED", "doc": "seed of the train/val/test split"})
     model_name: str = field(metadata={"env": "ALUMI_MODEL_NAME", "doc": "registered detector model name"})
-    workers: int = field(metadata={"env": "ALUMI_WORKERS", "doc": "processes for image processing (0 = all cores)"})
+    workers: int = field(metadata={"env": "ALUMI_WORKERS", "doc": "threads for image work (0 = every core)"})
+    gate_floor: float | None = field(
+        metadata={"env": "ALUMI_GATE_FLOOR", "doc": "mAP50-95 a first champion must reach (default: per profile)"}
+    )
+    drift_share: float = field(metadata={"env": "ALUMI_DRIFT_SHARE", "doc": "drift check fails at this share"})
+    retrain_corrections: int = field(
+        metadata={"env": "ALUMI_RETRAIN_CORRECTIONS", "doc": "validated corrections that trigger retraining"}
+    )
+    release_key: str = field(
+        metadata={"env": "ALUMI_RELEASE_KEY", "doc": "Ed25519 private key (PEM) that signs releases; empty: dev key"}
+    )
+    k8s_training_config: str = field(
+        metadata={"env": "ALUMI_K8S_TRAINING_CONFIG", "doc": "JSON dagster-k8s/config for training runs"}
+    )
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         home = Path(_env("ALUMI_HOME", ".alumi")).expanduser().resolve()
         return cls(
             home=home,
@@ -51,17 +65,52 @@ class Settings:
             mlflow_artifacts_uri=_env("ALUMI_MLFLOW_ARTIFACTS", str(home / "mlflow" / "artifacts")),
             profile=_profile(_env("ALUMI_PROFILE", "cpu")),
             classes=parse_classes(_env("ALUMI_CLASSES", ",".join(DEFAULT_CLASSES))),
-            image_size=int(_env("ALUMI_IMAGE_SIZE", "640")),
-            min_image_side=int(_env("ALUMI_MIN_IMAGE_SIDE", "32")),
-            split_seed=int(_env("ALUMI_SPLIT_SEED", "0")),
+            image_size=_number("ALUMI_IMAGE_SIZE", "640", int),
+            min_image_side=_number("ALUMI_MIN_IMAGE_SIDE", "32", int),
+            split_seed=_number("ALUMI_SPLIT_SEED", "0", int),
             model_name=_env("ALUMI_MODEL_NAME", "alumi-detector"),
-            workers=int(_env("ALUMI_WORKERS", "0")),
+            workers=_number("ALUMI_WORKERS", "0", int),
+            gate_floor=_gate_floor(_env("ALUMI_GATE_FLOOR", "")),
+            drift_share=_number("ALUMI_DRIFT_SHARE", "0.5", float),
+            retrain_corrections=_number("ALUMI_RETRAIN_CORRECTIONS", "20", int),
+            release_key=_env("ALUMI_RELEASE_KEY", "").strip(),
+            k8s_training_config=_k8s_config(_env("ALUMI_K8S_TRAINING_CONFIG", "")),
         )
 
     @classmethod
     def documented(cls) -> list[tuple[str, str, str]]:
         """(env var, field, doc) for every setting; the README's configuration table lists them."""
         return [(f.metadata["env"], f.name, f.metadata["doc"]) for f in fields(cls)]
+
+
+def _number(name: str, default: str, kind: type):
+    value = _env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: must be {'an integer' if kind is int else 'a number'}") from None
+
+
+def _gate_floor(value: str) -> float | None:
+    if not value.strip():
+        return None
+    try:
+        floor = float(value)
+    except ValueError:
+        floor = -1.0
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"ALUMI_GATE_FLOOR={value!r}: must be a number in [0, 1]")
+    return floor
+
+
+def _k8s_config(value: str) -> str:
+    """The JSON of ALUMI_K8S_TRAINING_CONFIG, normalised (sorted keys), or ''."""
+    if not value.strip():
+        return ""
+    try:
+        return json.dumps(json.loads(value), sort_keys=True)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"ALUMI_K8S_TRAINING_CONFIG: not valid JSON ({exc})") from None
 
 
 def _profile(value: str) -> str:
@@ -83,3 +132,16 @@ def parse_classes(value: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"ALUMI_CLASSES={value!r} repeats a class name")
     return tuple(names)
+
+
+def training_run_tags(training_tag: str, base: dict[str, str]) -> dict[str, str]:
+    """Tags of the jobs that train: ``training_tag`` (one such run at a time), ``base``, and on Kubernetes
+    ``dagster-k8s/config`` from ALUMI_K8S_TRAINING_CONFIG (node selector, tolerations, GPU limits).
+
+    Job tags are fixed when the code location loads, so this is read with the rest of the settings, here.
+    """
+    tags = {training_tag: "true", **base}
+    config = _k8s_config(_env("ALUMI_K8S_TRAINING_CONFIG", ""))
+    if config:
+        tags["dagster-k8s/config"] = config
+    return tags

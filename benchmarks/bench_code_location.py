@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_ASSET = '''
+ONE_ASSET = """
 import dagster as dg
 
 @dg.asset
@@ -25,7 +25,7 @@ def one():
     return 1
 
 defs = dg.Definitions(assets=[one])
-'''
+"""
 
 
 def main() -> int:
@@ -38,10 +38,18 @@ def main() -> int:
         env = {**os.environ, "DAGSTER_HOME": tmp, "PYTHONPATH": f"{tmp}{os.pathsep}{REPO}", "ALUMI_HOME": tmp}
         times: dict[str, list[float]] = {"one-asset module": [], "alumi_pipelines.definitions": []}
         for _ in range(args.repeat):
-            for name, module in (("one-asset module", "one_asset_module"), ("alumi_pipelines.definitions", "alumi_pipelines.definitions")):
+            for name, module in (
+                ("one-asset module", "one_asset_module"),
+                ("alumi_pipelines.definitions", "alumi_pipelines.definitions"),
+            ):
                 t = time.perf_counter()
-                subprocess.run([dagster, "definitions", "validate", "-m", module], env=env, cwd=tmp,
-                               check=True, capture_output=True)
+                subprocess.run(
+                    [dagster, "definitions", "validate", "-m", module],
+                    env=env,
+                    cwd=tmp,
+                    check=True,
+                    capture_output=True,
+                )
                 times[name].append(time.perf_counter() - t)
     base = statistics.median(times["one-asset module"])
     print(f"\n`dagster definitions validate`, median of {args.repeat}")

@@ -60,16 +60,33 @@ def write_cr7_gold(lake, source: Path) -> dict:
         lines = [ln.split() for ln in label.splitlines() if ln.strip()]
         for parts in lines:
             class_counts[split][classes[int(float(parts[0]))]] += 1
-        rows.append({"image_id": image_id, "split": split, "file": f"images/{split}/{image_id}.jpg",
-                     "width": 400, "height": 400, "n_boxes": len(lines)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "split": split,
+                "file": f"images/{split}/{image_id}.jpg",
+                "width": 400,
+                "height": 400,
+                "n_boxes": len(lines),
+            }
+        )
     if not lake.exists(f"{prefix}/manifest.parquet"):
         names = dict(enumerate(classes))
-        lake.write_bytes(f"{prefix}/data.yaml", yaml.safe_dump(
-            {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test", "names": names},
-            sort_keys=False).encode())
+        lake.write_bytes(
+            f"{prefix}/data.yaml",
+            yaml.safe_dump(
+                {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test", "names": names},
+                sort_keys=False,
+            ).encode(),
+        )
         lake.write_table(f"{prefix}/manifest.parquet", pl.DataFrame(rows))
-    pointer = {"dataset_hash": prefix.rsplit("/", 1)[1], "prefix": prefix, "classes": classes, "counts": counts,
-               "class_counts": class_counts}
+    pointer = {
+        "dataset_hash": prefix.rsplit("/", 1)[1],
+        "prefix": prefix,
+        "classes": classes,
+        "counts": counts,
+        "class_counts": class_counts,
+    }
     lake.write_bytes("gold/current.json", json.dumps(pointer, indent=2).encode())
     return pointer
 
@@ -86,17 +103,19 @@ def main() -> None:
 
     home = Path(opts.home).resolve()
     (home / "dagster").mkdir(parents=True, exist_ok=True)
-    os.environ.update({"ALUMI_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ALUMI_PROFILE": "cpu",
-                       "MPLBACKEND": "Agg"})
+    os.environ.update(
+        {"ALUMI_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ALUMI_PROFILE": "cpu", "MPLBACKEND": "Agg"}
+    )
     for key in ("ALUMI_MLFLOW_URI", "ALUMI_MLFLOW_ARTIFACTS", "ALUMI_LAKE_URI"):
         os.environ.pop(key, None)
 
     from dagster import DagsterInstance, materialize
 
-    from alumi_pipelines.assets.evaluation import detector_evaluation
-    from alumi_pipelines.assets.training import detector_model
+    from alumi_pipelines.assets.training.detector import detector_model
+    from alumi_pipelines.assets.training.evaluation import detector_evaluation
     from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
     from alumi_pipelines.settings import Settings
 
     settings = Settings.from_env()
@@ -108,13 +127,18 @@ def main() -> None:
         config["imgsz"] = opts.imgsz
     print(f"gold {pointer['dataset_hash']}: {pointer['counts']} images; training budget {opts.minutes} min")
     start = time.perf_counter()
-    result = materialize([detector_model, detector_evaluation], resources={"lake": lake, "mlflow": registry},
-                         instance=DagsterInstance.ephemeral(),
-                         run_config={"ops": {"detector_model": {"config": config}}})
+    result = materialize(
+        [detector_model, detector_evaluation],
+        resources={"lake": lake, "mlflow": registry, "pipeline_settings": PipelineSettings.from_settings(settings)},
+        instance=DagsterInstance.ephemeral(),
+        run_config={"ops": {"detector_model": {"config": config}}},
+    )
     wall = time.perf_counter() - start
     assert result.success
     trained = {k: v.value for k, v in result.asset_materializations_for_node("detector_model")[0].metadata.items()}
-    evaluated = {k: v.value for k, v in result.asset_materializations_for_node("detector_evaluation")[0].metadata.items()}
+    evaluated = {
+        k: v.value for k, v in result.asset_materializations_for_node("detector_evaluation")[0].metadata.items()
+    }
     evaluation = lake.read_json(evaluated["evaluation_key"])
     record = evaluation["challenger"]["metrics"]
 

@@ -1,6 +1,6 @@
 """Drift check time against the number of feature rows: bounded sample vs every row, in one run.
 
-Feature rows come from synthetic renders (alumi_pipelines.lib.synth, 160x160): per condition, a
+Feature rows come from synthetic renders (alumi_pipelines.lib.vision.synth, 160x160): per condition, a
 multivariate normal is fitted to the features of real renders (sharpness on a log scale) and as many
 rows as needed are drawn from it. The reference is "nominal"; the no-drift case draws another nominal
 set, the drift case half "dark" and half "blurred". For each size the table shows the check's time with
@@ -29,8 +29,8 @@ def _rendered(condition: str, count: int, first_seed: int):
     import numpy as np
 
     from alumi_pipelines.lib.drift import IMAGE_FEATURE_COLUMNS
-    from alumi_pipelines.lib.imaging import features
-    from alumi_pipelines.lib.synth import render_image
+    from alumi_pipelines.lib.vision.imaging import features
+    from alumi_pipelines.lib.vision.synth import render_image
 
     rows = []
     for seed in range(first_seed, first_seed + count):
@@ -66,13 +66,15 @@ class FeatureModel:
         columns = {}
         for i, c in enumerate(IMAGE_FEATURE_COLUMNS):
             values = np.expm1(data[:, i]) if c in LOG_COLUMNS else data[:, i]
-            columns[c] = np.clip(values, 0.0, 255.0 ** 2 if c == "sharpness" else 255.0)
-        return pl.DataFrame({
-            "image_id": [f"{prefix}-{i:07d}" for i in range(len(data))],
-            "orig_width": np.full(len(data), 2448),
-            "orig_height": np.full(len(data), 2048),
-            **columns,
-        })
+            columns[c] = np.clip(values, 0.0, 255.0**2 if c == "sharpness" else 255.0)
+        return pl.DataFrame(
+            {
+                "image_id": [f"{prefix}-{i:07d}" for i in range(len(data))],
+                "orig_width": np.full(len(data), 2448),
+                "orig_height": np.full(len(data), 2048),
+                **columns,
+            }
+        )
 
 
 def _timed(reference, current, max_rows, repeat: int = 1):
@@ -91,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 50_000, 200_000], help="feature rows per side")
     parser.add_argument("--max-rows", type=int, default=5000, help="sample bound given to feature_drift")
-    parser.add_argument("--full-limit", type=int, default=200_000, help="skip the full (unsampled) check above this many rows")
+    parser.add_argument(
+        "--full-limit", type=int, default=200_000, help="skip the full (unsampled) check above this many rows"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="checks per cell; the median time is shown")
     parser.add_argument("--fit-samples", type=int, default=150, help="renders per condition to fit the feature model")
     args = parser.parse_args(argv)
@@ -104,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     _timed(warm, warm, None)  # imports evidently and plotly's lazy parts outside the timings
     print(f"evidently imported and warmed up in {time.perf_counter() - start:.1f} s", flush=True)
 
-    header = ("| rows/side | case | sampled s | full s | sampled share | full share | sampled passed | full passed | agree |\n"
-              "| ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |")
+    header = (
+        "| rows/side | case | sampled s | full s | sampled share | full share | sampled passed | full passed "
+        "| agree |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |"
+    )
     lines = []
     for n in args.rows:
         reference = model.draw({"nominal": 1.0}, n, seed=n, prefix="ref")
@@ -121,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 full_time, full_share, full_passed = f"{t_full:.2f}", f"{full.drift_share:.3f}", str(full.passed)
                 same = sampled.passed == full.passed and sampled.drifted_columns == full.drifted_columns
                 agree = "yes" if same else "NO"
-            line = (f"| {n:,} | {case} | {t_sampled:.2f} | {full_time} | {sampled.drift_share:.3f} | {full_share} | "
-                    f"{sampled.passed} | {full_passed} | {agree} |")
+            line = (
+                f"| {n:,} | {case} | {t_sampled:.2f} | {full_time} | {sampled.drift_share:.3f} | {full_share} | "
+                f"{sampled.passed} | {full_passed} | {agree} |"
+            )
             lines.append(line)
             print(line, flush=True)
     print()
-    print(f"max_rows={args.max_rows}; median of {args.repeat}; times include sampling, evidently's run and the HTML report")
+    print(
+        f"max_rows={args.max_rows}; median of {args.repeat}; "
+        "times include sampling, evidently's run and the HTML report"
+    )
     print(header)
     print("\n".join(lines))
     return 0

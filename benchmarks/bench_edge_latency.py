@@ -71,7 +71,7 @@ def untrained_weights(path: Path, imgsz: int) -> Path:
 
 def make_images(count: int, width: int, height: int, folder: Path) -> list[Path]:
     """Synthetic aluminium surfaces (lib.synth) as JPEG files."""
-    from alumi_pipelines.lib.synth import encode_image, render_image
+    from alumi_pipelines.lib.vision.synth import encode_image, render_image
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -94,13 +94,34 @@ class EdgeServer:
     def __init__(self, model: Path, home: Path, workers: int, threads: int):
         self.port = free_port()
         self.secret = "bench-" + "s" * 40
-        env = {**os.environ, "ALUMI_EDGE_HOME": str(home), "ALUMI_EDGE_AUTH": "hs256",
-               "ALUMI_EDGE_JWT_SECRET": self.secret, "ALUMI_EDGE_LOG_LEVEL": "warning",
-               "ALUMI_EDGE_INFERENCE_WORKERS": str(workers), "ALUMI_EDGE_RUNTIME": "onnxruntime",
-               "ALUMI_EDGE_DEVICE": "cpu", "ALUMI_EDGE_INTRA_OP_THREADS": str(threads)}
+        env = {
+            **os.environ,
+            "ALUMI_EDGE_HOME": str(home),
+            "ALUMI_EDGE_AUTH": "hs256",
+            "ALUMI_EDGE_JWT_SECRET": self.secret,
+            "ALUMI_EDGE_LOG_LEVEL": "warning",
+            "ALUMI_EDGE_INFERENCE_WORKERS": str(workers),
+            "ALUMI_EDGE_RUNTIME": "onnxruntime",
+            "ALUMI_EDGE_DEVICE": "cpu",
+            "ALUMI_EDGE_INTRA_OP_THREADS": str(threads),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "alumi_edge", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--model", str(model)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "alumi_edge",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--model",
+                str(model),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def token(self) -> str:
@@ -170,7 +191,7 @@ class HttpDetect:
             raise RuntimeError(f"/v1/detect answered {status}: {data[:200]!r}")
         self.boxes.append(len(json.loads(data)["boxes"]))
 
-    def __enter__(self) -> "HttpDetect":
+    def __enter__(self) -> HttpDetect:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -213,9 +234,16 @@ def load_run(server: EdgeServer, images: list[bytes], clients: int, seconds: flo
     elapsed = time.monotonic() - began
     done = [v for per in latencies for v in per]
     failed = [e for per in errors for e in per]
-    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(done), "errors": len(failed),
-            "error_kinds": sorted(set(failed)), "throughput": len(done) / elapsed if elapsed else 0.0,
-            "p50": percentile(done, 50) if done else float("nan"), "p99": percentile(done, 99) if done else float("nan")}
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(done),
+        "errors": len(failed),
+        "error_kinds": sorted(set(failed)),
+        "throughput": len(done) / elapsed if elapsed else 0.0,
+        "p50": percentile(done, 50) if done else float("nan"),
+        "p99": percentile(done, 99) if done else float("nan"),
+    }
 
 
 def bare_session(path: Path, threads: int):
@@ -245,8 +273,15 @@ def bare_detect(run, info, conf: float):
     def detect(body: bytes):
         image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
         tensor, params = preprocess(image, info.input_hw, info.input_format)
-        return postprocess(run(tensor), params, conf_threshold=conf, iou_threshold=0.7, max_det=300,
-                           num_classes=info.num_classes, end_to_end=info.end_to_end)
+        return postprocess(
+            run(tensor),
+            params,
+            conf_threshold=conf,
+            iou_threshold=0.7,
+            max_det=300,
+            num_classes=info.num_classes,
+            end_to_end=info.end_to_end,
+        )
 
     return detect
 
@@ -262,17 +297,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load run")
     parser.add_argument("--workers", type=int, default=2, help="server inference threads")
     parser.add_argument("--conf", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="ONNX Runtime intra-op threads and torch threads (0: each library's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads and torch threads (0: each library's default)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="alumi-bench-edge-") as tmp_name:
         tmp = Path(tmp_name)
-        from alumi_pipelines.lib import onnx_export as ox
-        from alumi_pipelines.lib.training import _offline_ultralytics
+        from alumi_pipelines.lib.export.int8 import quantize_int8
+        from alumi_pipelines.lib.export.onnx_export import export_onnx
+        from alumi_pipelines.lib.training.offline import import_ultralytics
 
         config_dir = tmp / "ultralytics"
-        _offline_ultralytics(config_dir)
+        import_ultralytics(config_dir)
         import cv2
         from ultralytics import YOLO
 
@@ -281,25 +321,33 @@ def main() -> int:
         width, height = (int(v) for v in args.image_size.lower().split("x"))
         paths = make_images(args.images, width, height, tmp / "images")
         weights = args.weights or untrained_weights(tmp / "untrained.pt", args.imgsz)
-        exported = ox.export_onnx(weights, tmp / "export", config_dir=config_dir, imgsz=args.imgsz,
-                                  metadata={"model_version": "bench", "dataset_hash": "bench", "mlflow_run_id": "bench"})
-        quantized = ox.quantize_int8(exported.path, tmp / "export" / "model_int8.onnx", paths)
+        exported = export_onnx(
+            weights,
+            tmp / "export",
+            config_dir=config_dir,
+            imgsz=args.imgsz,
+            metadata={"model_version": "bench", "dataset_hash": "bench", "mlflow_run_id": "bench"},
+        )
+        quantized = quantize_int8(exported.path, tmp / "export" / "model_int8.onnx", paths)
         models = {"FP32": exported.path, "INT8": quantized.path}
         infos = {name: read_model_info(path) for name, path in models.items()}
         frames = [cv2.imread(str(p)) for p in paths]
         bodies = [p.read_bytes() for p in paths]
         from alumi_edge.processing import preprocess
 
-        tensors = {name: [preprocess(f, info.input_hw, info.input_format)[0] for f in frames]
-                   for name, info in infos.items()}
+        tensors = {
+            name: [preprocess(f, info.input_hw, info.input_format)[0] for f in frames] for name, info in infos.items()
+        }
         if args.threads > 0:
             import torch
 
             torch.set_num_threads(args.threads)
         runs = {name: bare_session(path, args.threads) for name, path in models.items()}
         torch_model = YOLO(str(weights))
-        servers = {name: EdgeServer(path, tmp / f"edge_home_{name}", args.workers, args.threads)
-                   for name, path in models.items()}
+        servers = {
+            name: EdgeServer(path, tmp / f"edge_home_{name}", args.workers, args.threads)
+            for name, path in models.items()
+        }
         try:
             for server in servers.values():
                 server.wait_ready()
@@ -311,8 +359,12 @@ def main() -> int:
                     "ORT decode+pre+run+post INT8": (bare_detect(runs["INT8"], infos["INT8"], args.conf), bodies),
                     "HTTP POST /v1/detect FP32": (http32, bodies),
                     "HTTP POST /v1/detect INT8": (http8, bodies),
-                    "ultralytics PyTorch predict": (lambda f: torch_model.predict(
-                        f, imgsz=args.imgsz, conf=args.conf, device="cpu", verbose=False, save=False), frames),
+                    "ultralytics PyTorch predict": (
+                        lambda f: torch_model.predict(
+                            f, imgsz=args.imgsz, conf=args.conf, device="cpu", verbose=False, save=False
+                        ),
+                        frames,
+                    ),
                 }
                 rows = list(interleaved(calls, args.runs).items())
                 detections = round(statistics.mean(http32.boxes)) if http32.boxes else 0
@@ -324,11 +376,14 @@ def main() -> int:
     p50 = {name: percentile(t, 50) for name, t in rows}
     base = p50["ORT session.run FP32"]
     load_avg = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\nedge latency, CPU ({os.cpu_count()} cores, load average {load_avg} at the end), "
-          f"threads {args.threads or 'default'}, imgsz {args.imgsz}, {args.images} images {args.image_size}, "
-          f"{args.runs} interleaved runs each, weights: {args.weights or 'untrained yolo11n'}, {detections} detections/image "
-          f"at conf {args.conf}, DFL rewritten: {exported.dfl_rewritten}, INT8 input {quantized.input_format}, "
-          f"{quantized.shared_concat_scales} Concats on one scale, {len(quantized.float_nodes)} nodes kept in float\n")
+    print(
+        f"\nedge latency, CPU ({os.cpu_count()} cores, load average {load_avg} at the end), "
+        f"threads {args.threads or 'default'}, imgsz {args.imgsz}, {args.images} images {args.image_size}, "
+        f"{args.runs} interleaved runs each, weights: {args.weights or 'untrained yolo11n'}, "
+        f"{detections} detections/image "
+        f"at conf {args.conf}, DFL rewritten: {exported.dfl_rewritten}, INT8 input {quantized.input_format}, "
+        f"{quantized.shared_concat_scales} Concats on one scale, {len(quantized.float_nodes)} nodes kept in float\n"
+    )
     print(f"| {'path':<36} | {'p50 ms':>8} | {'p99 ms':>8} | {'p50 / ORT FP32 run':>18} |")
     print(f"| {'-' * 36} | {'-' * 8}: | {'-' * 8}: | {'-' * 18}: |")
     for name, times in rows:
@@ -336,28 +391,48 @@ def main() -> int:
         print(f"| {name:<36} | {p50[name]:8.2f} | {p99:8.2f} | {p50[name] / base:17.2f}× |")
     torch_p50 = p50["ultralytics PyTorch predict"]
     ratios = [
-        ("HTTP / ORT decode+pre+run+post FP32", p50["HTTP POST /v1/detect FP32"] / p50["ORT decode+pre+run+post FP32"], "≤ 1.15"),
-        ("HTTP / ORT decode+pre+run+post INT8", p50["HTTP POST /v1/detect INT8"] / p50["ORT decode+pre+run+post INT8"], "≤ 1.15"),
+        (
+            "HTTP / ORT decode+pre+run+post FP32",
+            p50["HTTP POST /v1/detect FP32"] / p50["ORT decode+pre+run+post FP32"],
+            "≤ 1.15",
+        ),
+        (
+            "HTTP / ORT decode+pre+run+post INT8",
+            p50["HTTP POST /v1/detect INT8"] / p50["ORT decode+pre+run+post INT8"],
+            "≤ 1.15",
+        ),
         ("HTTP / ORT session.run FP32", p50["HTTP POST /v1/detect FP32"] / base, "–"),
         ("HTTP / ORT session.run INT8", p50["HTTP POST /v1/detect INT8"] / p50["ORT session.run INT8"], "–"),
         ("PyTorch predict / HTTP FP32", torch_p50 / p50["HTTP POST /v1/detect FP32"], "≥ 2"),
         ("PyTorch predict / HTTP INT8 (CPU default)", torch_p50 / p50["HTTP POST /v1/detect INT8"], "≥ 2"),
         ("FP32 / INT8 session.run", base / p50["ORT session.run INT8"], "≥ 1.5"),
-        ("FP32 / INT8 decode+pre+run+post", p50["ORT decode+pre+run+post FP32"] / p50["ORT decode+pre+run+post INT8"], "–"),
+        (
+            "FP32 / INT8 decode+pre+run+post",
+            p50["ORT decode+pre+run+post FP32"] / p50["ORT decode+pre+run+post INT8"],
+            "–",
+        ),
         ("FP32 / INT8 HTTP", p50["HTTP POST /v1/detect FP32"] / p50["HTTP POST /v1/detect INT8"], "–"),
-        ("INT8 / FP32 throughput under load", loads["INT8"]["throughput"] / max(loads["FP32"]["throughput"], 1e-9), "–"),
+        (
+            "INT8 / FP32 throughput under load",
+            loads["INT8"]["throughput"] / max(loads["FP32"]["throughput"], 1e-9),
+            "–",
+        ),
     ]
     print(f"\n| {'ratio (p50)':<42} | {'value':>6} | {'target':>6} |")
     print(f"| {'-' * 42} | {'-' * 6}: | {'-' * 6}: |")
     for label, value, target in ratios:
         print(f"| {label:<42} | {value:6.2f} | {target:>6} |")
-    print(f"\nload runs: {args.clients} concurrent clients for {args.seconds:g} s each on 127.0.0.1, "
-          f"{args.workers} inference threads (the INT8 model is what a CPU device serves by default)")
+    print(
+        f"\nload runs: {args.clients} concurrent clients for {args.seconds:g} s each on 127.0.0.1, "
+        f"{args.workers} inference threads (the INT8 model is what a CPU device serves by default)"
+    )
     print("| model | requests | throughput req/s | p50 ms | p99 ms | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, load in loads.items():
-        print(f"| {name} | {load['requests']} | {load['throughput']:.1f} | {load['p50']:.1f} | {load['p99']:.1f} | "
-              f"{load['errors']}{' (' + ', '.join(load['error_kinds']) + ')' if load['errors'] else ''} |")
+        print(
+            f"| {name} | {load['requests']} | {load['throughput']:.1f} | {load['p50']:.1f} | {load['p99']:.1f} | "
+            f"{load['errors']}{' (' + ', '.join(load['error_kinds']) + ')' if load['errors'] else ''} |"
+        )
     return 0 if all(load["errors"] == 0 for load in loads.values()) else 1
 
 

@@ -25,8 +25,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from alumi_pipelines.lib.synth import write_landing_batch
-    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.assets.processed import process_batch
+    from alumi_pipelines.assets.raw import ingest_landing_batch, write_landing_file
+    from alumi_pipelines.lib.vision.synth import write_landing_batch
     from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.pipeline_settings import PipelineSettings
     from alumi_pipelines.settings import DEFAULT_CLASSES
@@ -37,14 +38,20 @@ def main() -> int:
     def land(lake, day_index):
         day = start + dt.timedelta(days=day_index)
         batch = f"day-{day.isoformat()}"
-        write_landing_batch(lambda k, d: layout.write_landing_file(lake, batch, k, d), batch, args.images,
-                            day=day, seed=day_index, size=args.size)
+        write_landing_batch(
+            lambda k, d: write_landing_file(lake, batch, k, d),
+            batch,
+            args.images,
+            day=day,
+            seed=day_index,
+            size=args.size,
+        )
         return batch
 
     def one_day(lake, batch):
         t = time.perf_counter()
-        layout.ingest_landing_batch(lake, batch, settings)
-        layout.process_batch(lake, batch, settings)
+        ingest_landing_batch(lake, batch, settings)
+        process_batch(lake, batch, settings)
         return time.perf_counter() - t
 
     results: dict[str, list[float]] = {"1 day in lake": [], "20 days in lake": []}

@@ -32,11 +32,14 @@ def _floor(lake, batch: str, size: int, workers: int) -> float:
     import cv2
     import numpy as np
 
-    from alumi_pipelines.lib.imaging import parallel_map, resize_longest
-    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.lib.vision.imaging import parallel_map, resize_longest
+    from alumi_pipelines.resources import lake_keys
 
-    manifest = lake.read_table(layout.raw_manifest_key(batch)).unique("image_id", maintain_order=True)
-    keys = [layout.raw_image_key(i, ".jpg" if f == "jpeg" else f".{f}") for i, f in manifest.select("image_id", "format").iter_rows()]
+    manifest = lake.read_table(lake_keys.raw_manifest_key(batch)).unique("image_id", maintain_order=True)
+    keys = [
+        lake_keys.raw_image_key(i, ".jpg" if f == "jpeg" else f".{f}")
+        for i, f in manifest.select("image_id", "format").iter_rows()
+    ]
 
     def work(key):
         image = cv2.imdecode(np.frombuffer(lake.read_bytes(key), np.uint8), cv2.IMREAD_COLOR)
@@ -57,7 +60,7 @@ def _pipeline(lake, batch: str, settings, attic: Path, keep_folders: bool) -> fl
     folders exist, as for every later batch. The previous run's zone is moved aside, not deleted:
     freeing thousands of files keeps the kernel busy and would bill the next measurement for it.
     """
-    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.assets.processed import process_batch
 
     processed = lake.local_path("processed")
     if processed.exists():
@@ -67,22 +70,31 @@ def _pipeline(lake, batch: str, settings, attic: Path, keep_folders: bool) -> fl
             for folder in sorted(p for p in old.rglob("*") if p.is_dir()):
                 (processed / folder.relative_to(old)).mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    layout.process_batch(lake, batch, settings)
+    process_batch(lake, batch, settings)
     return time.perf_counter() - t
 
 
 def _prepare(lake, settings, batch: str, *, cr7: bool, n: int, size: int) -> int:
+    from alumi_pipelines.assets.raw import ingest_landing_batch, write_landing_file
     from alumi_pipelines.cli import import_dataset
-    from alumi_pipelines.resources import lake_layout as layout
 
     if cr7:
-        import_dataset(lake, CR7, "yolo", batch, [l.strip() for l in (CR7 / "classes.txt").read_text().splitlines() if l.strip()])
+        import_dataset(
+            lake, CR7, "yolo", batch, [n.strip() for n in (CR7 / "classes.txt").read_text().splitlines() if n.strip()]
+        )
     else:
-        from alumi_pipelines.lib.synth import write_landing_batch
+        from alumi_pipelines.lib.vision.synth import write_landing_batch
 
-        write_landing_batch(lambda k, d: layout.write_landing_file(lake, batch, k, d), batch, n,
-                            day=dt.date(2026, 11, 1), seed=0, size=size, image_format="jpg")
-    result = layout.ingest_landing_batch(lake, batch, settings)
+        write_landing_batch(
+            lambda k, d: write_landing_file(lake, batch, k, d),
+            batch,
+            n,
+            day=dt.date(2026, 11, 1),
+            seed=0,
+            size=size,
+            image_format="jpg",
+        )
+    result = ingest_landing_batch(lake, batch, settings)
     return len({m["image_id"] for m in result.manifest})
 
 
@@ -93,8 +105,9 @@ def _measure(name: str, tmp: Path, *, cr7: bool, n: int, size: int, args, worker
 
     lake = Lake(base_uri=str(tmp / "lake"))
     classes = ["inclusions", "dents", "oil_spots", "pits", "punching", "linear", "macular"] if cr7 else None
-    settings = PipelineSettings(classes=classes or ["scratch", "dent", "pit", "crack", "stain"],
-                                image_size=args.size, workers=workers)
+    settings = PipelineSettings(
+        classes=classes or ["scratch", "dent", "pit", "crack", "stain"], image_size=args.size, workers=workers
+    )
     images = _prepare(lake, settings, "bench", cr7=cr7, n=n, size=size)
     floor, later, first = [], [], []
     for _ in range(args.repeat):  # taking turns, so a change of machine load hits all alike
@@ -133,7 +146,9 @@ def main() -> int:
             tmp = Path(keep.enter_context(tempfile.TemporaryDirectory()))
             rows += _measure(name, tmp, cr7=cr7, n=n, size=size, args=args, workers=workers)
     print(f"\nworkers={workers}, processed size {args.size}, median of {args.repeat}")
-    print(f"{'dataset':<32} {'processed zone':<15} {'images':>7} {'floor img/s':>12} {'pipeline img/s':>15} {'ratio':>7}")
+    print(
+        f"{'dataset':<32} {'processed zone':<15} {'images':>7} {'floor img/s':>12} {'pipeline img/s':>15} {'ratio':>7}"
+    )
     for name, zone, images, floor_rate, pipe_rate, ratio in rows:
         print(f"{name:<32} {zone:<15} {images:>7} {floor_rate:>12.1f} {pipe_rate:>15.1f} {ratio:>6.2f}x")
     print("target: ratio >= 0.70 (a batch into a zone whose folders exist is every batch but a lake's first)")

@@ -127,22 +127,29 @@ def _phase(timed: TimedLake, run) -> dict:
     result = run()
     wall = time.perf_counter() - started
     io = sum(timed.seconds[op] for op in OPERATIONS)
-    return {"wall": wall, "calls": dict(timed.calls), "seconds": dict(timed.seconds), "bytes": dict(timed.bytes),
-            "compute": max(wall - io, 0.0), "result": result}
+    return {
+        "wall": wall,
+        "calls": dict(timed.calls),
+        "seconds": dict(timed.seconds),
+        "bytes": dict(timed.bytes),
+        "compute": max(wall - io, 0.0),
+        "result": result,
+    }
 
 
 def _ingest(lake, workers: int, size: int) -> dict:
     """landing copy, raw and processed phases on a fresh lake; returns {phase: measurements}."""
+    from alumi_pipelines.assets.processed import process_batch
+    from alumi_pipelines.assets.raw import ingest_landing_batch
     from alumi_pipelines.cli import import_dataset
-    from alumi_pipelines.resources import lake_layout as layout
     from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
     settings = PipelineSettings(classes=CR7_CLASSES, image_size=size, workers=workers)
     timed = TimedLake(lake)
     phases = {
         "landing copy": _phase(timed, lambda: import_dataset(timed, CR7, "yolo", "cr7", CR7_CLASSES)),
-        "raw": _phase(timed, lambda: layout.ingest_landing_batch(timed, "cr7", settings)),
-        "processed": _phase(timed, lambda: layout.process_batch(timed, "cr7", settings)),
+        "raw": _phase(timed, lambda: ingest_landing_batch(timed, "cr7", settings)),
+        "processed": _phase(timed, lambda: process_batch(timed, "cr7", settings)),
     }
     images = len({m["image_id"] for m in phases["raw"]["result"].manifest})
     assert phases["processed"]["result"].images == images
@@ -152,14 +159,17 @@ def _ingest(lake, workers: int, size: int) -> dict:
 
 def _lakes(azurite, tmp: Path):
     """(name, factory of a fresh lake) for local disk and Azurite."""
-    from alumi_pipelines.resources.azure import azure_lake
     from azurite import ACCOUNT_KEY, ACCOUNT_NAME
 
+    from alumi_pipelines.resources.azure import azure_lake
     from alumi_pipelines.resources.lake import Lake
 
     counter = iter(range(1000))
-    env = {"ALUMI_AZURE_ACCOUNT_NAME": ACCOUNT_NAME, "ALUMI_AZURE_ACCOUNT_KEY": ACCOUNT_KEY,
-           "ALUMI_AZURE_ACCOUNT_URL": azurite.account_url}
+    env = {
+        "ALUMI_AZURE_ACCOUNT_NAME": ACCOUNT_NAME,
+        "ALUMI_AZURE_ACCOUNT_KEY": ACCOUNT_KEY,
+        "ALUMI_AZURE_ACCOUNT_URL": azurite.account_url,
+    }
 
     def local():
         return Lake(base_uri=str(tmp / f"lake-{next(counter)}"))
@@ -196,27 +206,36 @@ def main() -> int:
                 runs = [_ingest(fresh(), 1, args.size) for _ in range(args.repeat)]
                 breakdown[name] = runs[len(runs) // 2]
                 for workers in (1, cores):
-                    samples = runs if workers == 1 else [_ingest(fresh(), workers, args.size) for _ in range(args.repeat)]
+                    samples = (
+                        runs if workers == 1 else [_ingest(fresh(), workers, args.size) for _ in range(args.repeat)]
+                    )
                     walls[name][workers] = statistics.median(r["raw"]["wall"] + r["processed"]["wall"] for r in samples)
         finally:
             azurite.stop()
 
     images = breakdown["local disk"]["raw"]["images"]
     where = "in memory" if args.in_memory else "on disk"
-    print(f"\ncr7 sample: {images} images, processed size {args.size}, median of {args.repeat}; one worker; "
-          f"Azurite keeps blobs {where}; n = calls, s = seconds inside them")
-    header = (f"{'lake':<11} {'phase':<13} {'wall s':>7} {'list n/s':>11} {'exists n/s':>12} {'read n/s/MB':>17} "
-              f"{'write n/s/MB':>17} {'compute s':>9}")
+    print(
+        f"\ncr7 sample: {images} images, processed size {args.size}, median of {args.repeat}; one worker; "
+        f"Azurite keeps blobs {where}; n = calls, s = seconds inside them"
+    )
+    header = (
+        f"{'lake':<11} {'phase':<13} {'wall s':>7} {'list n/s':>11} {'exists n/s':>12} {'read n/s/MB':>17} "
+        f"{'write n/s/MB':>17} {'compute s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, phases in breakdown.items():
         for phase, m in phases.items():
-            def cell(op, with_bytes=False):
+
+            def cell(op, with_bytes=False, m=m):
                 text = f"{m['calls'].get(op, 0)}/{m['seconds'].get(op, 0.0):.2f}"
                 return text + (f"/{m['bytes'].get(op, 0) / 1e6:.1f}" if with_bytes else "")
 
-            print(f"{name:<11} {phase:<13} {m['wall']:>7.2f} {cell('list'):>11} {cell('exists'):>12} "
-                  f"{cell('read', True):>17} {cell('write', True):>17} {m['compute']:>9.2f}")
+            print(
+                f"{name:<11} {phase:<13} {m['wall']:>7.2f} {cell('list'):>11} {cell('exists'):>12} "
+                f"{cell('read', True):>17} {cell('write', True):>17} {m['compute']:>9.2f}"
+            )
     print(f"\ningestion (raw + processed) wall time, median of {args.repeat}")
     print(f"{'workers':>7} {'local disk s':>13} {'Azurite s':>10} {'Azurite / local':>16}")
     for workers in (1, cores):

@@ -38,8 +38,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         home = Path(opts.keep or tmp).resolve()
         home.mkdir(parents=True, exist_ok=True)
-        os.environ.update({"ALUMI_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ALUMI_PROFILE": "ci",
-                           "MPLBACKEND": "Agg"})
+        os.environ.update(
+            {"ALUMI_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ALUMI_PROFILE": "ci", "MPLBACKEND": "Agg"}
+        )
         for key in ("ALUMI_LAKE_URI", "ALUMI_MLFLOW_URI", "ALUMI_MLFLOW_ARTIFACTS"):
             os.environ.pop(key, None)
         (home / "dagster").mkdir(exist_ok=True)
@@ -50,15 +51,17 @@ def run(home: Path, opts) -> None:
     from dagster import DagsterInstance, materialize
     from gold_factory import write_tiny_gold
 
-    from alumi_pipelines.assets.training import detector_model
+    from alumi_pipelines.assets.training.detector import detector_model
     from alumi_pipelines.lib import training
+    from alumi_pipelines.lib.training.offline import import_ultralytics
     from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
     from alumi_pipelines.settings import Settings
 
     settings = Settings.from_env()
     config_dir = settings.home / "ultralytics"
-    training._offline_ultralytics(config_dir)
+    import_ultralytics(config_dir)
     import torch
     from ultralytics import YOLO
 
@@ -76,28 +79,44 @@ def run(home: Path, opts) -> None:
         data_yaml = training.link_yolo_dataset(lake.local_path(pointer["prefix"]), home / "plain" / f"data-{i}")
         start = time.perf_counter()
         model = YOLO(args["architecture"])
-        model.train(data=str(data_yaml), project=str(home / "plain" / "runs"), name=f"run-{i}", exist_ok=True,
-                    verbose=False, plots=True, val=True, **kwargs)
+        model.train(
+            data=str(data_yaml),
+            project=str(home / "plain" / "runs"),
+            name=f"run-{i}",
+            exist_ok=True,
+            verbose=False,
+            plots=True,
+            val=True,
+            **kwargs,
+        )
         return time.perf_counter() - start
 
     def asset(i: int) -> float:
         start = time.perf_counter()
-        result = materialize([detector_model], resources={"lake": lake, "mlflow": registry}, instance=instance,
-                             run_config={"ops": {"detector_model": {"config": {"profile": "ci", **overrides}}}})
+        result = materialize(
+            [detector_model],
+            resources={"lake": lake, "mlflow": registry, "pipeline_settings": PipelineSettings.from_settings(settings)},
+            instance=instance,
+            run_config={"ops": {"detector_model": {"config": {"profile": "ci", **overrides}}}},
+        )
         assert result.success
         return time.perf_counter() - start
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); {n_train} train images, "
-          f"{opts.epochs} epochs, imgsz {opts.imgsz}, batch {opts.batch}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); {n_train} train images, "
+        f"{opts.epochs} epochs, imgsz {opts.imgsz}, batch {opts.batch}"
+    )
     plain(-1)  # warm-up: first-call costs (model build, dataloader, plotting fonts) paid by neither path
     times: dict[str, list[float]] = {"plain ultralytics": [], "detector_model asset": []}
     for i in range(opts.repeat):
         order = [("plain ultralytics", plain), ("detector_model asset", asset)]
         for name, path in order if i % 2 == 0 else order[::-1]:  # alternate who goes first (machine drift)
             times[name].append(path(i))
-        print(f"  round {i + 1}: plain {times['plain ultralytics'][-1]:.1f} s, "
-              f"asset {times['detector_model asset'][-1]:.1f} s")
+        print(
+            f"  round {i + 1}: plain {times['plain ultralytics'][-1]:.1f} s, "
+            f"asset {times['detector_model asset'][-1]:.1f} s"
+        )
 
     images = n_train * opts.epochs
     rate = {k: images / statistics.median(v) for k, v in times.items()}
@@ -106,7 +125,9 @@ def run(home: Path, opts) -> None:
     print("| path | runs | median s | images/s | ratio to plain |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, values in times.items():
-        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {rate[name]:.1f} | {rate[name] / base:.3f} |")
+        print(
+            f"| {name} | {len(values)} | {statistics.median(values):.2f} | {rate[name]:.1f} | {rate[name] / base:.3f} |"
+        )
     ratio = rate["detector_model asset"] / base
     print(f"\nratio {ratio:.3f} (target >= 0.95): {'met' if ratio >= 0.95 else 'NOT met'}")
 

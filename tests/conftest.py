@@ -23,7 +23,7 @@ def _isolated_home(tmp_path_factory):
     os.environ["ALUMI_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ["MPLBACKEND"] = "Agg"
-    from alumi_pipelines.lib.yolo_offline import prepare_offline
+    from alumi_pipelines.lib.training.offline import prepare_offline
 
     prepare_offline(home / "ultralytics")
     yield home

@@ -4,8 +4,20 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "ultralytics", "mlflow", "evidently", "great_expectations", "xgboost", "albumentations", "onnxruntime",
-         "onnx", "cv2", "polars", "pyarrow")
+HEAVY = (
+    "torch",
+    "ultralytics",
+    "mlflow",
+    "evidently",
+    "great_expectations",
+    "xgboost",
+    "albumentations",
+    "onnxruntime",
+    "onnx",
+    "cv2",
+    "polars",
+    "pyarrow",
+)
 
 
 def test_definitions_load_without_heavy_imports():
@@ -21,13 +33,48 @@ def test_definitions_contain_the_documented_names():
     from alumi_pipelines.definitions import defs
 
     repo = defs.get_repository_def()
-    jobs = set(repo.job_names)
-    assert {"ingestion_job", "end_to_end_job"} <= jobs
+    jobs = {j for j in repo.job_names if not j.startswith("__")}
+    assert jobs == {
+        "ingestion_job",
+        "corrections_job",
+        "drift_job",
+        "training_job",
+        "export_job",
+        "retraining_job",
+        "end_to_end_job",
+        "plant_risk_job",
+        "plant_retraining_job",
+    }
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"raw_images", "raw_labels", "processed_images", "processed_labels", "gold_dataset"} <= keys
+    assert {
+        "raw_images",
+        "raw_labels",
+        "processed_images",
+        "processed_labels",
+        "gold_dataset",
+        "edge_release",
+        "plant_sensor_raw",
+        "plant_sensor_features",
+        "plant_feature_drift",
+        "defect_risk_champion",
+    } <= keys
     groups = {repo.asset_graph.get(k).group_name for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"raw", "processed", "gold"} <= groups
-    assert "landing_sensor" in {s.name for s in repo.sensor_defs}
+    assert groups == {
+        "raw",
+        "processed",
+        "corrections",
+        "gold",
+        "drift",
+        "training",
+        "export",
+        "release",
+        "plant_raw",
+        "plant_features",
+        "plant_risk",
+        "plant_drift",
+    }
+    assert {s.name for s in repo.sensor_defs} == {"landing_sensor", "corrections_sensor", "drift_sensor"}
+    assert {s.name for s in repo.schedule_defs} == {"weekly_drift_schedule"}
 
 
 def test_every_asset_and_check_says_what_it_is():

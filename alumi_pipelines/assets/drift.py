@@ -1,8 +1,13 @@
-"""Drift: features of recent production batches against the champion's training set (evidently)."""
+"""Drift: features of recent production batches against the champion's training set (evidently).
+
+``image_drift_report`` (check ``image_feature_drift``) calls :func:`drift_inputs` for the two feature sets,
+``lib.drift.feature_drift`` for the verdict and :func:`write_drift_report` for ``reports/drift/``.
+"""
 
 import hashlib
 import json
-import os
+from pathlib import PurePosixPath
+from typing import Optional
 
 from dagster import (
     AssetCheckResult,
@@ -16,15 +21,22 @@ from dagster import (
 )
 from pydantic import Field
 
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.assets.gold import read_gold_pointer
+from alumi_pipelines.assets.processed import read_processed
+from alumi_pipelines.assets.training.champion import champion_record
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
 
 class DriftConfig(Config):
     recent_batches: int = Field(default=1, ge=1, description="how many of the newest processed batches to compare")
-    threshold_share: float = Field(
-        default_factory=lambda: float(os.environ.get("ALUMI_DRIFT_SHARE", "0.5")), gt=0, le=1,
-        description="the check fails when at least this share of features drifted (env ALUMI_DRIFT_SHARE)",
+    threshold_share: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="the check fails when at least this share of features drifted (default: the "
+        "pipeline_settings resource's drift_share, env ALUMI_DRIFT_SHARE)",
     )
     max_rows: int = Field(default=5000, ge=1000, description="rows per side given to evidently (bounded sample)")
 
@@ -48,14 +60,17 @@ class DriftConfig(Config):
         )
     ],
 )
-def image_drift_report(context: AssetExecutionContext, config: DriftConfig, lake: Lake):
+def image_drift_report(
+    context: AssetExecutionContext, config: DriftConfig, lake: Lake, pipeline_settings: PipelineSettings
+):
     from alumi_pipelines.lib.drift import feature_drift
 
-    reference, current, reference_name, batches = layout.drift_inputs(lake, config.recent_batches)
-    result = feature_drift(reference, current, max_rows=config.max_rows, threshold_share=config.threshold_share)
+    threshold = config.threshold_share if config.threshold_share is not None else pipeline_settings.drift_share
+    reference, current, reference_name, batches = drift_inputs(lake, config.recent_batches)
+    result = feature_drift(reference, current, max_rows=config.max_rows, threshold_share=threshold)
     summary = {**result.summary(), "batches": batches, "reference": reference_name}
     report_id = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    latest = layout.write_drift_report(lake, report_id, result.html, summary)
+    latest = write_drift_report(lake, report_id, result.html, summary)
     drifted = ", ".join(result.drifted_columns) or "none"
     context.log.info(f"drift share {result.drift_share:.2f} ({drifted}) for {', '.join(batches)} vs {reference_name}")
     yield MaterializeResult(
@@ -64,7 +79,9 @@ def image_drift_report(context: AssetExecutionContext, config: DriftConfig, lake
             "drifted_features": MetadataValue.text(drifted),
             "current_batches": MetadataValue.text(", ".join(batches)),
             "reference": MetadataValue.text(reference_name),
-            "rows_compared": MetadataValue.text(f"{result.reference_sampled} reference / {result.current_sampled} current"),
+            "rows_compared": MetadataValue.text(
+                f"{result.reference_sampled} reference / {result.current_sampled} current"
+            ),
             "report_html": MetadataValue.path(lake.uri(latest["html"])),
             "report_json": MetadataValue.path(lake.uri(latest["json"])),
         }
@@ -75,9 +92,57 @@ def image_drift_report(context: AssetExecutionContext, config: DriftConfig, lake
         severity=AssetCheckSeverity.ERROR,
         metadata={
             "drift_share": result.drift_share,
-            "threshold_share": config.threshold_share,
+            "threshold_share": threshold,
             "drifted_features": MetadataValue.text(drifted),
             "report": MetadataValue.path(lake.uri(latest["html"])),
             "report_id": report_id,
         },
     )
+
+
+# -- processed + gold → reports/drift (zone I/O) --------------------------------------------------
+def drift_inputs(lake: Lake, recent_batches: int):
+    """(reference features, current features, reference description, current batches).
+
+    The reference is the train split of the champion's gold dataset (or of the current gold dataset when
+    there is no champion yet); the current set is the most recently processed batches.
+    """
+    import polars as pl
+
+    champion = champion_record(lake)
+    pointer = read_gold_pointer(lake)
+    dataset_hash = (champion or {}).get("dataset_hash") or pointer["dataset_hash"]
+    manifest_key = lake_keys.gold_manifest_key(lake_keys.gold_prefix(dataset_hash))
+    if not lake.exists(manifest_key):
+        dataset_hash, manifest_key = pointer["dataset_hash"], lake_keys.gold_manifest_key(pointer["prefix"])
+    train_ids = lake.read_table(manifest_key).filter(pl.col("split") == "train")["image_id"].implode()
+    files = sorted(
+        (f for f in lake.list_files(lake_keys.PROCESSED_FEATURES) if f.key.endswith(".parquet")),
+        key=lambda f: (f.mtime, f.key),
+    )
+    current_batches = [PurePosixPath(f.key).stem for f in files[-recent_batches:]]
+    features, _ = read_processed(lake)
+    reference = features.filter(pl.col("image_id").is_in(train_ids)).unique("image_id", maintain_order=True)
+    current = features.filter(pl.col("batch").is_in(current_batches))
+    return (
+        reference,
+        current,
+        f"gold {dataset_hash[:12]} train split" + (" (champion)" if champion else ""),
+        current_batches,
+    )
+
+
+def write_drift_report(lake: Lake, report_id: str, html: bytes, summary: dict) -> dict:
+    """reports/drift/<id>.html + .json, then latest.json (what the drift sensor reads)."""
+    html_key = lake.write_bytes(lake_keys.drift_report_key(report_id, "html"), html)
+    json_key = lake.write_json(lake_keys.drift_report_key(report_id, "json"), summary)
+    latest = {
+        "report_id": report_id,
+        "passed": summary["passed"],
+        "drift_share": summary["drift_share"],
+        "html": html_key,
+        "json": json_key,
+        "batches": summary.get("batches", []),
+    }
+    lake.write_json(lake_keys.DRIFT_LATEST, latest)
+    return latest

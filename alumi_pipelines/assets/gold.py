@@ -1,4 +1,12 @@
-"""Gold zone: the training-ready dataset, split and laid out for YOLO, named by its content hash."""
+"""Gold zone: the training-ready dataset, split and laid out for YOLO, named by its content hash.
+
+``gold_dataset`` calls :func:`build_gold`: the processed zone and the applied corrections in, the plan
+(dedup, conflicts, stable split, hash) from ``lib.vision.gold``, the dataset folder out.
+"""
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from dagster import (
     AssetCheckResult,
@@ -10,7 +18,10 @@ from dagster import (
     asset_check,
 )
 
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.assets.metadata import histogram_md
+from alumi_pipelines.assets.processed import read_processed
+from alumi_pipelines.lib.vision.splits import SPLITS
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
@@ -25,10 +36,12 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
     "a manifest; the folder is named by the dataset's content hash and gold/current.json points to it.",
 )
 def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: PipelineSettings) -> MaterializeResult:
-    info = layout.build_gold(lake, pipeline_settings)
+    info = build_gold(lake, pipeline_settings)
     for conflict in info.conflicts[:20]:
-        context.log.warning(f"conflicting labels for identical image {conflict['image_id'][:12]}: kept {conflict['kept']}, "
-                            f"ignored {conflict['other']}")
+        context.log.warning(
+            f"conflicting labels for identical image {conflict['image_id'][:12]}: kept {conflict['kept']}, "
+            f"ignored {conflict['other']}"
+        )
     totals = {c: sum(info.class_counts[s][c] for s in info.class_counts) for c in info.classes}
     split_md = "| split | images | " + " | ".join(info.classes) + " |\n|---|---:|" + "---:|" * len(info.classes) + "\n"
     for s, n in info.counts.items():
@@ -40,9 +53,9 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
             **{f"{s}_images": n for s, n in info.counts.items()},
             "label_conflicts": len(info.conflicts),
             "reused_existing": info.reused,
-            "class_histogram": MetadataValue.md(layout.histogram_md(totals)),
+            "class_histogram": MetadataValue.md(histogram_md(totals)),
             "splits": MetadataValue.md(split_md),
-            "data_yaml": MetadataValue.path(lake.uri(f"{info.prefix}/data.yaml")),
+            "data_yaml": MetadataValue.path(lake.uri(lake_keys.gold_data_yaml_key(info.prefix))),
         },
     )
 
@@ -56,12 +69,15 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
 def no_split_leakage(lake: Lake) -> AssetCheckResult:
     import polars as pl
 
-    manifest = layout.read_gold_manifest(lake)
+    manifest = read_gold_manifest(lake)
     leaked = manifest.group_by("image_id").agg(pl.col("split").n_unique().alias("n")).filter(pl.col("n") > 1)
     return AssetCheckResult(
         passed=leaked.is_empty(),
-        metadata={"images": manifest.height, "leaked_images": leaked.height,
-                  "examples": MetadataValue.text(", ".join(leaked["image_id"].head(5).to_list()))},
+        metadata={
+            "images": manifest.height,
+            "leaked_images": leaked.height,
+            "examples": MetadataValue.text(", ".join(leaked["image_id"].head(5).to_list())),
+        },
     )
 
 
@@ -72,13 +88,16 @@ def no_split_leakage(lake: Lake) -> AssetCheckResult:
     "trained now could not learn or be evaluated on some class.",
 )
 def splits_cover_classes(lake: Lake) -> AssetCheckResult:
-    pointer = layout.read_gold_pointer(lake)
+    pointer = read_gold_pointer(lake)
     missing = [c for c in pointer["classes"] if pointer["class_counts"]["train"].get(c, 0) == 0]
     empty = [s for s in ("train", "val") if pointer["counts"].get(s, 0) == 0]
     return AssetCheckResult(
         passed=not missing and not empty,
-        metadata={"classes_without_train_boxes": MetadataValue.text(", ".join(missing) or "none"),
-                  "empty_splits": MetadataValue.text(", ".join(empty) or "none"), **{f"{s}_images": n for s, n in pointer["counts"].items()}},
+        metadata={
+            "classes_without_train_boxes": MetadataValue.text(", ".join(missing) or "none"),
+            "empty_splits": MetadataValue.text(", ".join(empty) or "none"),
+            **{f"{s}_images": n for s, n in pointer["counts"].items()},
+        },
     )
 
 
@@ -89,6 +108,127 @@ def splits_cover_classes(lake: Lake) -> AssetCheckResult:
     "kept (the earliest batch), the others need a QA look.",
 )
 def identical_images_label_conflicts(lake: Lake) -> AssetCheckResult:
-    pointer = layout.read_gold_pointer(lake)
+    pointer = read_gold_pointer(lake)
     n = int(pointer.get("conflicts", 0))
     return AssetCheckResult(passed=n == 0, severity=AssetCheckSeverity.WARN, metadata={"conflicts": n})
+
+
+# -- processed + corrections → gold (zone I/O) ----------------------------------------------------
+@dataclass
+class GoldInfo:
+    dataset_hash: str
+    prefix: str
+    classes: list[str]
+    counts: dict[str, int]
+    class_counts: dict[str, dict[str, int]]
+    conflicts: list[dict] = field(default_factory=list)
+    moved: dict[str, str] = field(default_factory=dict)
+    reused: bool = False
+
+    def pointer(self) -> dict:
+        return {
+            "dataset_hash": self.dataset_hash,
+            "prefix": self.prefix,
+            "classes": self.classes,
+            "counts": self.counts,
+            "class_counts": self.class_counts,
+            "conflicts": len(self.conflicts),
+        }
+
+
+def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
+    """All processed batches (+ applied corrections) → a split YOLO dataset named by its content hash."""
+    import polars as pl
+    import yaml
+
+    from alumi_pipelines.lib.vision import gold
+    from alumi_pipelines.lib.vision.corrections import corrected_labels
+
+    features, labels = read_processed(lake)
+    if lake.exists(lake_keys.CORRECTIONS_OVERLAY) and lake.exists(lake_keys.CORRECTIONS_CHANGES):
+        changes = lake.read_table(lake_keys.CORRECTIONS_CHANGES)
+        labels = corrected_labels(labels, lake.read_table(lake_keys.CORRECTIONS_OVERLAY), changes)
+        # an image a correction touched is labelled from now on, even if it arrived unlabelled
+        touched = changes["image_id"].unique().implode()
+        features = features.with_columns(pl.col("labelled") | pl.col("image_id").is_in(touched))
+    plan = gold.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed)
+    prefix = lake_keys.gold_prefix(plan.dataset_hash)
+    info = GoldInfo(
+        dataset_hash=plan.dataset_hash,
+        prefix=prefix,
+        classes=list(settings.classes),
+        counts=plan.counts,
+        class_counts=plan.class_counts,
+        conflicts=plan.conflicts,
+        moved=plan.moved,
+    )
+    manifest_key = lake_keys.gold_manifest_key(prefix)
+    if lake.exists(manifest_key):
+        info.reused = True
+    else:
+        for row in plan.manifest.iter_rows(named=True):
+            image = lake.read_bytes(lake_keys.processed_image_key(row["image_id"]))
+            lake.write_bytes(lake_keys.gold_file_key(prefix, row["file"]), image)
+            lake.write_bytes(
+                lake_keys.gold_file_key(prefix, row["label_file"]), plan.label_text[row["image_id"]].encode()
+            )
+        data_yaml = {
+            "path": ".",
+            "train": "images/train",
+            "val": "images/val",
+            "test": "images/test",
+            "names": dict(enumerate(settings.classes)),
+        }
+        lake.write_bytes(lake_keys.gold_data_yaml_key(prefix), yaml.safe_dump(data_yaml, sort_keys=False).encode())
+        lake.write_table(lake_keys.gold_file_key(prefix, "labels.parquet"), plan.labels)
+        lake.write_table(manifest_key, plan.manifest)  # written last: its presence means complete
+    lake.write_json(lake_keys.GOLD_POINTER, {**info.pointer(), "updated_at": dt.datetime.now(dt.UTC).isoformat()})
+    return info
+
+
+def read_gold_pointer(lake: Lake) -> dict:
+    if not lake.exists(lake_keys.GOLD_POINTER):
+        raise FileNotFoundError(f"{lake_keys.GOLD_POINTER}: no gold dataset yet; materialise gold_dataset first")
+    return lake.read_json(lake_keys.GOLD_POINTER)
+
+
+def read_gold_manifest(lake: Lake):
+    return lake.read_table(lake_keys.gold_manifest_key(read_gold_pointer(lake)["prefix"]))
+
+
+def gold_prefix_for(lake: Lake, dataset_hash: str | None) -> str:
+    """The gold folder of ``dataset_hash`` while it is still in the lake, else the current one."""
+    own = lake_keys.gold_prefix(dataset_hash) if dataset_hash else None
+    if own and lake.exists(lake_keys.gold_data_yaml_key(own)):
+        return own
+    return read_gold_pointer(lake)["prefix"]
+
+
+def stage_gold(
+    lake: Lake, prefix: str, work: Path, splits: tuple[str, ...] = SPLITS, only: set[str] | None = None
+) -> Path:
+    """A gold dataset as a local YOLO folder: the lake's own folder when the lake is local, else a copy.
+
+    The copy holds ``data.yaml`` and the images of ``splits`` (only the gold-relative paths in ``only``, when
+    given) with their label files; the prefix is listed once.
+    """
+    local = lake.local_path(prefix)
+    if local is not None:
+        if not local.is_dir():
+            raise FileNotFoundError(f"gold dataset {prefix}: no such folder in the lake")
+        return local
+    root = work / "gold"
+    files = {f.key[len(prefix) + 1 :] for f in lake.list_files(prefix)}
+    if not files:
+        raise FileNotFoundError(f"gold dataset {prefix}: no such folder in the lake")
+    wanted = ["data.yaml"] if "data.yaml" in files else []
+    for split in splits:
+        images = sorted(r for r in files if r.startswith(f"images/{split}/") and (only is None or r in only))
+        for rel in images:
+            label = "labels/" + str(PurePosixPath(rel).relative_to("images").with_suffix(".txt"))
+            wanted += [rel, *([label] if label in files else [])]
+    for rel in wanted:
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(lake.read_bytes(lake_keys.gold_file_key(prefix, rel)))
+    return root

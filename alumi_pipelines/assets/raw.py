@@ -1,5 +1,10 @@
-"""Raw zone: landing batches ingested into content-addressed images, a manifest and raw labels."""
+"""Raw zone: landing batches ingested into content-addressed images, a manifest and raw labels.
 
+``raw_ingestion`` (assets ``raw_images`` + ``raw_labels``) calls :func:`ingest_landing_batch`, which reads
+``landing/<batch>/`` through the lake and hands the bytes to ``lib.vision.ingest``.
+"""
+
+from dataclasses import dataclass
 
 from dagster import (
     AssetExecutionContext,
@@ -10,8 +15,9 @@ from dagster import (
     multi_asset,
 )
 
+from alumi_pipelines.assets.metadata import histogram_md
 from alumi_pipelines.partitions import landing_batches
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
@@ -44,7 +50,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
     totals = {"files": 0, "images": 0, "unique": 0, "boxes": 0, "quarantined": 0}
     classes: dict[str, int] = {}
     for batch in context.partition_keys:
-        result = layout.ingest_landing_batch(lake, batch, pipeline_settings)
+        result = ingest_landing_batch(lake, batch, pipeline_settings)
         totals["images"] += len(result.manifest)
         totals["unique"] += len({m["image_id"] for m in result.manifest})
         totals["boxes"] += len(result.labels)
@@ -67,14 +73,121 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
             "unique_images": totals["unique"],
             "duplicates_in_batch": totals["images"] - totals["unique"],
             "quarantined": totals["quarantined"],
-            "manifest": MetadataValue.path(lake.uri(layout.raw_manifest_key(batches[0]))),
+            "manifest": MetadataValue.path(lake.uri(lake_keys.raw_manifest_key(batches[0]))),
         },
     )
     yield MaterializeResult(
         asset_key="raw_labels",
         metadata={
             "boxes": totals["boxes"],
-            "class_histogram": MetadataValue.md(layout.histogram_md(classes)),
-            "table": MetadataValue.path(lake.uri(layout.raw_labels_key(batches[0]))),
+            "class_histogram": MetadataValue.md(histogram_md(classes)),
+            "table": MetadataValue.path(lake.uri(lake_keys.raw_labels_key(batches[0]))),
         },
     )
+
+
+# -- landing → raw (zone I/O) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class LandingBatch:
+    batch_id: str
+    complete: bool  # its _batch.json marker exists
+    files: int
+    newest_mtime: float
+
+
+def list_landing_batches(lake: Lake) -> list[LandingBatch]:
+    """Every folder of landing/, with whether its marker says it is complete."""
+    from alumi_pipelines.lib.vision.ingest import BATCH_ID
+
+    batches: dict[str, list] = {}
+    for f in lake.list_files(lake_keys.LANDING):
+        parts = f.key.split("/", 2)
+        if len(parts) < 3:
+            continue
+        batches.setdefault(parts[1], []).append(f)
+    out = []
+    for batch_id, files in sorted(batches.items()):
+        if not BATCH_ID.match(batch_id) or f"{lake_keys.LANDING}/{batch_id}" == lake_keys.PLANT_LANDING:
+            continue
+        complete = any(f.key.endswith(f"/{lake_keys.BATCH_MARKER}") and f.key.count("/") == 2 for f in files)
+        out.append(LandingBatch(batch_id, complete, len(files), max(f.mtime for f in files)))
+    return out
+
+
+def write_landing_file(lake: Lake, batch: str, path: str, data: bytes) -> str:
+    return lake.write_bytes(lake_keys.landing_key(batch, path), data)
+
+
+def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
+    """landing/<batch> → raw images, raw manifest, raw labels and quarantine (tables always written)."""
+    import polars as pl
+
+    from alumi_pipelines.lib.vision import ingest
+    from alumi_pipelines.lib.vision.labels import label_schema
+
+    ingest.check_batch_id(batch)
+    prefix = lake_keys.landing_prefix(batch)
+    listed = [f.key for f in lake.list_files(prefix)]
+    if not listed:
+        raise ingest.BatchError(f"{prefix}/: the batch folder is empty or missing")
+    rel = [k[len(prefix) + 1 :] for k in listed]
+    marker_key = lake_keys.batch_marker_key(batch)
+    if ingest.BATCH_MARKER not in rel:
+        raise ingest.BatchError(f"{marker_key}: missing; the batch is not complete yet")
+    marker = ingest.read_marker(marker_key, lake.read_bytes(marker_key))
+
+    def store(image_id: str, ext: str, data: bytes) -> None:
+        key = lake_keys.raw_image_key(image_id, ext)
+        if not lake.exists(key):
+            lake.write_bytes(key, data)
+
+    result = ingest.ingest_batch(
+        batch,
+        marker,
+        rel,
+        lambda p: lake.read_bytes(lake_keys.landing_key(batch, p)),
+        settings.class_map(marker.get("classes")),
+        min_side=settings.min_image_side,
+        store=store,
+        workers=settings.workers,
+    )
+    manifest_schema = {
+        c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
+        for c in ingest.MANIFEST_COLUMNS
+    }
+    lake.write_table(
+        lake_keys.raw_manifest_key(batch), pl.DataFrame(result.manifest, schema=manifest_schema, orient="row")
+    )
+    labels = (
+        pl.DataFrame(result.labels, schema=label_schema(), orient="row")
+        if result.labels
+        else pl.DataFrame(schema=label_schema())
+    )
+    lake.write_table(
+        lake_keys.raw_labels_key(batch), labels.sort(["image_id", "source_file", "class_id", "x_center", "y_center"])
+    )
+    write_quarantine(lake, batch, result.rejections, lambda p: lake.read_bytes(lake_keys.landing_key(batch, p)))
+    return result
+
+
+def write_quarantine(lake: Lake, batch: str, rejections: list[dict], read) -> None:
+    """Copy each rejected file's original bytes to quarantine/ and write the reasons table."""
+    import polars as pl
+
+    from alumi_pipelines.lib.vision.ingest import REJECTION_COLUMNS
+    from alumi_pipelines.resources.lake import LakeKeyError, check_key
+
+    copied = set()
+    for rej in rejections:
+        path = rej["path"]
+        if path in copied:
+            continue
+        copied.add(path)
+        try:
+            key = lake_keys.quarantine_file_key(batch, check_key(path))
+            data = read(path)
+        except (LakeKeyError, FileNotFoundError):
+            continue  # a name that points outside the batch, or a file the annotation only mentions
+        lake.write_bytes(key, data)
+    table = pl.DataFrame(rejections, schema={c: pl.Utf8 for c in REJECTION_COLUMNS}, orient="row")
+    lake.write_table(lake_keys.quarantine_table_key(batch), table.sort(["path", "stage", "reason"]))

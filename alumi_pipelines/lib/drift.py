@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import polars as pl
 
@@ -116,9 +117,19 @@ def _is_p_value(method: str) -> bool:
 
 
 def _run_drift(
-    reference, current, numerical: Sequence[str], categorical: Sequence[str], *,
-    key: Sequence[str] | None, max_rows: int | None, seed: int, threshold_share: float,
-    num_method: str | None, cat_method: str | None, num_threshold: float | None, cat_threshold: float | None,
+    reference,
+    current,
+    numerical: Sequence[str],
+    categorical: Sequence[str],
+    *,
+    key: Sequence[str] | None,
+    max_rows: int | None,
+    seed: int,
+    threshold_share: float,
+    num_method: str | None,
+    cat_method: str | None,
+    num_threshold: float | None,
+    cat_threshold: float | None,
 ) -> DriftResult:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -136,8 +147,12 @@ def _run_drift(
     columns = list(numerical) + list(categorical)
     definition = DataDefinition(numerical_columns=list(numerical), categorical_columns=list(categorical))
     preset = DataDriftPreset(
-        columns=columns, drift_share=threshold_share, num_method=num_method, cat_method=cat_method,
-        num_threshold=num_threshold, cat_threshold=cat_threshold,
+        columns=columns,
+        drift_share=threshold_share,
+        num_method=num_method,
+        cat_method=cat_method,
+        num_threshold=num_threshold,
+        cat_threshold=cat_threshold,
     )
     with warnings.catch_warnings():
         # evidently's correlation widgets divide by a zero deviation on constant columns (e.g. one image size)
@@ -196,9 +211,18 @@ def feature_drift(
     ``num_method``/``num_threshold`` override evidently's choice of test (e.g. "ks", "wasserstein").
     """
     return _run_drift(
-        reference, current, list(columns), [], key=None, max_rows=max_rows, seed=seed,
-        threshold_share=threshold_share, num_method=num_method, cat_method=None,
-        num_threshold=num_threshold, cat_threshold=None,
+        reference,
+        current,
+        list(columns),
+        [],
+        key=None,
+        max_rows=max_rows,
+        seed=seed,
+        threshold_share=threshold_share,
+        num_method=num_method,
+        cat_method=None,
+        num_threshold=num_threshold,
+        cat_threshold=None,
     )
 
 
@@ -212,7 +236,16 @@ def prediction_drift(
 ) -> DriftResult:
     """Drift of edge predictions (one row per detection: class_name, confidence) — confidences and class mix."""
     return _run_drift(
-        reference_preds, current_preds, list(PREDICTION_NUMERICAL), list(PREDICTION_CATEGORICAL),
-        key=None, max_rows=max_rows, seed=seed, threshold_share=threshold_share,
-        num_method=None, cat_method=None, num_threshold=None, cat_threshold=None,
+        reference_preds,
+        current_preds,
+        list(PREDICTION_NUMERICAL),
+        list(PREDICTION_CATEGORICAL),
+        key=None,
+        max_rows=max_rows,
+        seed=seed,
+        threshold_share=threshold_share,
+        num_method=None,
+        cat_method=None,
+        num_threshold=None,
+        cat_threshold=None,
     )

@@ -21,11 +21,12 @@ import mimetypes
 import os
 import re
 import urllib.parse
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 from dagster import EnvVar
 from dagster_azure.blob.resources import (
@@ -47,11 +48,17 @@ ENV_SAS_TOKEN = "ALUMI_AZURE_SAS_TOKEN"
 ENV_ACCOUNT_URL = "ALUMI_AZURE_ACCOUNT_URL"
 AZURE_ENV_VARS = (
     (ENV_CONNECTION_STRING, "connection string (wins over every other credential)"),
-    (ENV_ACCOUNT_NAME, "storage account, when ALUMI_LAKE_URI does not name it (container@account.dfs.core.windows.net)"),
+    (
+        ENV_ACCOUNT_NAME,
+        "storage account, when ALUMI_LAKE_URI does not name it (container@account.dfs.core.windows.net)",
+    ),
     (ENV_ACCOUNT_KEY, "shared account key"),
     (ENV_SAS_TOKEN, "SAS token with read, write, delete and list permissions on the lake container"),
-    (ENV_ACCOUNT_URL, "blob endpoint, default https://<account>.blob.core.windows.net "
-     "(Azurite: http://127.0.0.1:10000/devstoreaccount1)"),
+    (
+        ENV_ACCOUNT_URL,
+        "blob endpoint, default https://<account>.blob.core.windows.net "
+        "(Azurite: http://127.0.0.1:10000/devstoreaccount1)",
+    ),
 )
 
 AzureCredential = Union[
@@ -206,7 +213,11 @@ class AzureLake(Lake):
         policy = _doubling_retry(
             self.retry_backoff_s, retry_total=retries, retry_connect=retries, retry_read=retries, retry_status=retries
         )
-        return {"retry_policy": policy, "connection_timeout": self.connect_timeout_s, "read_timeout": self.read_timeout_s}
+        return {
+            "retry_policy": policy,
+            "connection_timeout": self.connect_timeout_s,
+            "read_timeout": self.read_timeout_s,
+        }
 
     def credential_hint(self) -> str:
         """Which setting to check when Azure refuses the credentials."""
@@ -247,7 +258,8 @@ class AzureLake(Lake):
         if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
             endpoint = self._endpoint_for_messages()
             return redact(
-                f"{where}: Azure Storage at {endpoint} did not answer after {self.max_retries} retries ({_first_line(exc)})"
+                f"{where}: Azure Storage at {endpoint} did not answer after {self.max_retries} retries "
+                f"({_first_line(exc)})"
             )
         return redact(f"{where}: Azure Storage answered {status or ''} {code}: {_first_line(exc)}".replace("  ", " "))
 
@@ -481,7 +493,10 @@ def blob_storage_resource(lake: AzureLake) -> AzureBlobStorageResource:
     if "connection_string" in settings:
         fields = parse_connection_string(settings["connection_string"])
         account = fields.get("AccountName", "")
-        scheme, suffix = fields.get("DefaultEndpointsProtocol", "https"), fields.get("EndpointSuffix", "core.windows.net")
+        scheme, suffix = (
+            fields.get("DefaultEndpointsProtocol", "https"),
+            fields.get("EndpointSuffix", "core.windows.net"),
+        )
         url = fields.get("BlobEndpoint") or f"{scheme}://{account}.blob.{suffix}"
         if fields.get("AccountKey"):
             credential: AzureCredential = AzureBlobStorageKeyCredential(key=fields["AccountKey"])
@@ -499,7 +514,9 @@ def blob_storage_resource(lake: AzureLake) -> AzureBlobStorageResource:
     return AzureBlobStorageResource(account_url=settings["endpoint"], credential=credential)
 
 
-def releases_sas_url(lake: AzureLake, days: float = 30.0, prefix: str = "releases", now: dt.datetime | None = None) -> str:
+def releases_sas_url(
+    lake: AzureLake, days: float = 30.0, prefix: str = "releases", now: dt.datetime | None = None
+) -> str:
     """A read-only HTTPS URL (container SAS, no list permission) of the lake's releases root for ``alumi-edge pull``.
 
     Signed with the account key, or with a user delegation key when the lake uses DefaultAzureCredential
@@ -510,28 +527,39 @@ def releases_sas_url(lake: AzureLake, days: float = 30.0, prefix: str = "release
 
     resource = blob_storage_resource(lake)
     location = parse_abfs_uri(lake.base_uri)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     start, expiry = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
     permission = ContainerSasPermissions(read=True)
     kind = resource.credential.credential_type
     with resource.get_client() as client:
         if kind == "key":
             sas = generate_container_sas(
-                client.account_name, location.container, account_key=resource.credential.key,
-                permission=permission, start=start, expiry=expiry,
+                client.account_name,
+                location.container,
+                account_key=resource.credential.key,
+                permission=permission,
+                start=start,
+                expiry=expiry,
             )
         elif kind == "default_azure_credential":
             try:
                 delegation = client.get_user_delegation_key(start, expiry)
             except Exception as exc:  # the SDK raises HttpResponseError or an identity error
-                raise AzureLakeError(f"lake {lake.base_uri}: cannot get a user delegation key ({_first_line(exc)})") from exc
+                raise AzureLakeError(
+                    f"lake {lake.base_uri}: cannot get a user delegation key ({_first_line(exc)})"
+                ) from exc
             sas = generate_container_sas(
-                client.account_name, location.container, user_delegation_key=delegation,
-                permission=permission, start=start, expiry=expiry,
+                client.account_name,
+                location.container,
+                user_delegation_key=delegation,
+                permission=permission,
+                start=start,
+                expiry=expiry,
             )
         else:
             raise AzureLakeError(
-                f"lake {lake.base_uri}: a {kind} credential cannot sign a SAS; use an account key or DefaultAzureCredential"
+                f"lake {lake.base_uri}: a {kind} credential cannot sign a SAS; "
+                "use an account key or DefaultAzureCredential"
             )
     path = "/".join(p for p in (location.container, location.path, prefix.strip("/")) if p)
     return f"{resource.account_url}/{urllib.parse.quote(path)}?{sas}"

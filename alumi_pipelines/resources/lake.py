@@ -13,16 +13,18 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
+from alumi_pipelines.lib.files import TMP_PREFIX, write_atomic
+
 ZONES = ("landing", "raw", "quarantine", "processed", "corrections", "gold", "models", "releases", "reports")
-_TMP_PREFIX = ".tmp-"
 
 
 class LakeKeyError(ValueError):
@@ -156,7 +158,7 @@ class Lake(ConfigurableResource):
         for full, info in found.items():
             rel = full[len(root) + 1 :] if full.startswith(root) else full
             name = rel.rsplit("/", 1)[-1]
-            if name.startswith(_TMP_PREFIX):
+            if name.startswith(TMP_PREFIX):
                 continue
             mtime = info.get("mtime") or info.get("last_modified") or 0
             if hasattr(mtime, "timestamp"):
@@ -182,23 +184,7 @@ class Lake(ConfigurableResource):
         location = self._locate()
         full = location.path(key)
         if location.local:
-            parent = os.path.dirname(full)
-            tmp = os.path.join(parent, f"{_TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
-            try:
-                try:
-                    fh = open(tmp, "wb")
-                except FileNotFoundError:  # first write into this folder
-                    os.makedirs(parent, exist_ok=True)
-                    fh = open(tmp, "wb")
-                with fh:
-                    fh.write(data)
-                    if self.durable:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                os.replace(tmp, full)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            write_atomic(full, data, fsync=self.durable)
         else:
             location.fs.pipe_file(full, data)
         return key
@@ -217,7 +203,7 @@ class Lake(ConfigurableResource):
         if self.is_local:
             full = self.path(key)
             os.makedirs(os.path.dirname(full), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(full), f"{_TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
+            tmp = os.path.join(os.path.dirname(full), f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
             try:
                 shutil.copyfile(local, tmp)
                 os.replace(tmp, full)

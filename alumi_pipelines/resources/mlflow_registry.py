@@ -15,9 +15,10 @@ import contextlib
 import datetime as dt
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
@@ -46,7 +47,7 @@ def _mlflow():
 
 def _as_local_dir(uri: str) -> Path | None:
     if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
+        return Path(uri[len("file://") :])
     return Path(uri) if "://" not in uri else None
 
 
@@ -68,8 +69,12 @@ class AliasMove:
     changed: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "champion": self.champion, "previous": self.previous,
-                "changed": self.changed}
+        return {
+            "model_name": self.model_name,
+            "champion": self.champion,
+            "previous": self.previous,
+            "changed": self.changed,
+        }
 
 
 class TrackedRun:
@@ -122,9 +127,12 @@ class MlflowRegistry(ConfigurableResource):
     _client: Any = PrivateAttr(default=None)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "MlflowRegistry":
-        return cls(tracking_uri=settings.mlflow_uri, artifact_location=settings.mlflow_artifacts_uri,
-                   model_name=settings.model_name)
+    def from_settings(cls, settings: Settings) -> MlflowRegistry:
+        return cls(
+            tracking_uri=settings.mlflow_uri,
+            artifact_location=settings.mlflow_artifacts_uri,
+            model_name=settings.model_name,
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
     def client(self):
@@ -134,7 +142,7 @@ class MlflowRegistry(ConfigurableResource):
             from mlflow import MlflowClient
 
             if self.tracking_uri.startswith("sqlite:///"):
-                Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
@@ -156,8 +164,9 @@ class MlflowRegistry(ConfigurableResource):
 
     # -- runs ------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def run(self, run_name: str, *, tags: Mapping[str, Any] | None = None,
-            parent_run_id: str | None = None) -> Iterator[TrackedRun]:
+    def run(
+        self, run_name: str, *, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None
+    ) -> Iterator[TrackedRun]:
         """Start a run (nested under ``parent_run_id`` if given); FINISHED on success, FAILED on error."""
         client = self.client()
         all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -203,9 +212,44 @@ class MlflowRegistry(ConfigurableResource):
         )
         return str(mv.version)
 
+    def register_folder(
+        self,
+        run: TrackedRun,
+        artifact_path: str,
+        *,
+        tags: Mapping[str, Any],
+        description: str = "",
+        model_description: str = "",
+    ) -> str:
+        """Register the run's ``artifact_path`` folder as a new version of this resource's model; returns its number.
+
+        The registered model is created (with ``model_description``) when it does not exist yet.
+        """
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            client.get_registered_model(self.model_name)
+        except MlflowException:
+            client.create_registered_model(self.model_name, description=model_description or None)
+        mv = client.create_model_version(
+            self.model_name,
+            source=f"{run.artifact_uri}/{artifact_path}",
+            run_id=run.run_id,
+            tags={str(k): str(v) for k, v in tags.items()},
+            description=description or None,
+        )
+        return str(mv.version)
+
     def _info(self, mv) -> VersionInfo:
-        return VersionInfo(version=str(mv.version), run_id=mv.run_id, source=mv.source, tags=dict(mv.tags or {}),
-                           aliases=list(getattr(mv, "aliases", []) or []), created_at=mv.creation_timestamp / 1000.0)
+        return VersionInfo(
+            version=str(mv.version),
+            run_id=mv.run_id,
+            source=mv.source,
+            tags=dict(mv.tags or {}),
+            aliases=list(getattr(mv, "aliases", []) or []),
+            created_at=mv.creation_timestamp / 1000.0,
+        )
 
     def version(self, version: str | int) -> VersionInfo:
         """One version, or RegistryError naming the model and version."""
@@ -249,8 +293,11 @@ class MlflowRegistry(ConfigurableResource):
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         mlflow = _mlflow()
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{info.source}/best.pt", dst_path=str(dest),
-                                                         tracking_uri=self.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{info.source}/best.pt", dst_path=str(dest), tracking_uri=self.tracking_uri
+            )
+        )
         if not local.is_file():
             raise RegistryError(f"model {self.model_name!r} version {version}: no best.pt under {info.source}")
         return local
@@ -262,7 +309,7 @@ class MlflowRegistry(ConfigurableResource):
         """
         client = self.client()
         if uri.startswith("models:/"):
-            rest = uri[len("models:/"):]
+            rest = uri[len("models:/") :]
             if "@" in rest:
                 name, alias = rest.split("@", 1)
                 return client.get_model_version_by_alias(name, alias).source
@@ -274,7 +321,7 @@ class MlflowRegistry(ConfigurableResource):
                 version = str(max(int(mv.version) for mv in found))
             return client.get_model_version(name, version).source
         if uri.startswith("runs:/"):
-            run_id, _, path = uri[len("runs:/"):].partition("/")
+            run_id, _, path = uri[len("runs:/") :].partition("/")
             return f"{client.get_run(run_id).info.artifact_uri}/{path}".rstrip("/")
         return uri
 
@@ -283,8 +330,11 @@ class MlflowRegistry(ConfigurableResource):
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         mlflow = _mlflow()
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=self.resolve_artifact_uri(uri), dst_path=str(dest),
-                                                         tracking_uri=self.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=self.resolve_artifact_uri(uri), dst_path=str(dest), tracking_uri=self.tracking_uri
+            )
+        )
         if local.is_dir():
             found = sorted(local.rglob("best.pt")) or sorted(local.rglob("*.pt"))
             if not found:
@@ -303,8 +353,7 @@ class MlflowRegistry(ConfigurableResource):
         if old is not None:
             client.set_registered_model_alias(self.model_name, PREVIOUS, old)
         client.set_model_version_tag(self.model_name, version, _PROMOTED_FROM, old or "")
-        client.set_model_version_tag(self.model_name, version, "alumi.promoted_at",
-                                     dt.datetime.now(dt.timezone.utc).isoformat())
+        client.set_model_version_tag(self.model_name, version, "alumi.promoted_at", dt.datetime.now(dt.UTC).isoformat())
         client.set_registered_model_alias(self.model_name, CHAMPION, version)
         return AliasMove(self.model_name, version, old, changed=True)
 
@@ -313,12 +362,15 @@ class MlflowRegistry(ConfigurableResource):
         client = self.client()
         current, previous = self.alias_version(CHAMPION), self.alias_version(PREVIOUS)
         if previous is None:
-            raise RegistryError(f"model {self.model_name!r} has no {PREVIOUS!r} version to roll back to "
-                                f"(champion is {current or 'unset'})")
+            raise RegistryError(
+                f"model {self.model_name!r} has no {PREVIOUS!r} version to roll back to "
+                f"(champion is {current or 'unset'})"
+            )
         client.set_registered_model_alias(self.model_name, CHAMPION, previous)
         if current is not None:
-            client.set_model_version_tag(self.model_name, current, "alumi.rolled_back_at",
-                                         dt.datetime.now(dt.timezone.utc).isoformat())
+            client.set_model_version_tag(
+                self.model_name, current, "alumi.rolled_back_at", dt.datetime.now(dt.UTC).isoformat()
+            )
         before = self.version(previous).tags.get(_PROMOTED_FROM) or None
         if before is not None and before not in (current, previous):
             client.set_registered_model_alias(self.model_name, PREVIOUS, before)
@@ -330,13 +382,16 @@ class MlflowRegistry(ConfigurableResource):
 
 def _registry(model_name: str | None, tracking_uri: str | None) -> MlflowRegistry:
     settings = Settings.from_env()
-    return MlflowRegistry(tracking_uri=tracking_uri or settings.mlflow_uri,
-                          artifact_location=settings.mlflow_artifacts_uri,
-                          model_name=model_name or settings.model_name)
+    return MlflowRegistry(
+        tracking_uri=tracking_uri or settings.mlflow_uri,
+        artifact_location=settings.mlflow_artifacts_uri,
+        model_name=model_name or settings.model_name,
+    )
 
 
-def promote(model_name: str | None = None, version: str | int | None = None, *,
-            tracking_uri: str | None = None) -> dict[str, Any]:
+def promote(
+    model_name: str | None = None, version: str | int | None = None, *, tracking_uri: str | None = None
+) -> dict[str, Any]:
     """Make ``version`` the champion of ``model_name`` (defaults from ALUMI_* settings); for ``alumi promote``."""
     if version is None:
         raise RegistryError("promote: give the version to promote")
@@ -346,4 +401,3 @@ def promote(model_name: str | None = None, version: str | int | None = None, *,
 def rollback(model_name: str | None = None, *, tracking_uri: str | None = None) -> dict[str, Any]:
     """Move ``champion`` back to ``previous`` for ``model_name``; for ``alumi rollback``."""
     return _registry(model_name, tracking_uri).rollback().as_dict()
-

@@ -1,16 +1,24 @@
-"""The settings assets need at run time, as a Dagster resource (tests pass their own)."""
+"""The settings assets, checks and sensors need at run time, as a Dagster resource (tests pass their own).
+
+Built from :class:`alumi_pipelines.settings.Settings` (the ``ALUMI_*`` environment) by ``build_resources``;
+nothing below the code location reads the environment itself.
+"""
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Optional
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from alumi_pipelines.lib.labels import ClassMap
+from alumi_pipelines.lib.vision.labels import ClassMap
 from alumi_pipelines.settings import Settings
 
 
 class PipelineSettings(ConfigurableResource):
-    """Class map, image size, split seed and worker count used by the data assets."""
+    """Class map, image size, split seed, worker count, profile, local folders and the thresholds of the loop."""
 
     classes: list[str] = Field(description="class names; the index is the class id")
     image_size: int = Field(default=640, description="longest side of processed images")
@@ -18,9 +26,20 @@ class PipelineSettings(ConfigurableResource):
     split_seed: int = Field(default=0, description="seed of the train/val/test split")
     workers: int = Field(default=0, description="threads for image work (0 = every core)")
     profile: str = Field(default="cpu", description="ci | cpu | gpu")
+    home: str = Field(default=".alumi", description="ALUMI_HOME: scratch folders, ultralytics config, dev keys")
+    gate_floor: Optional[float] = Field(
+        default=None, description="mAP50-95 a first champion must reach (default: the profile's floor)"
+    )
+    drift_share: float = Field(default=0.5, description="the drift check fails at this share of drifted features")
+    retrain_corrections: int = Field(
+        default=20, description="validated corrections since the champion that trigger a retraining run"
+    )
+    release_key: str = Field(
+        default="", description="path of the Ed25519 private key (PEM) that signs releases; empty: development key"
+    )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "PipelineSettings":
+    def from_settings(cls, settings: Settings) -> PipelineSettings:
         return cls(
             classes=list(settings.classes),
             image_size=settings.image_size,
@@ -28,9 +47,29 @@ class PipelineSettings(ConfigurableResource):
             split_seed=settings.split_seed,
             workers=settings.workers,
             profile=settings.profile,
+            home=str(settings.home),
+            gate_floor=settings.gate_floor,
+            drift_share=settings.drift_share,
+            retrain_corrections=settings.retrain_corrections,
+            release_key=settings.release_key,
         )
 
     def class_map(self, source_names: list[str] | None = None) -> ClassMap:
         """The class map, with a batch's own numeric ids aliased when it names its classes."""
         cmap = ClassMap.of(self.classes)
         return cmap.with_id_aliases(source_names) if source_names else cmap
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def ultralytics_dir(self) -> Path:
+        """ultralytics' config folder (fonts, settings): inside ALUMI_HOME, never the user's home."""
+        return self.home_path / "ultralytics"
+
+    def scratch(self, run_id: str, name: str) -> AbstractContextManager[Path]:
+        """A scratch folder for one step of one run, removed when the step succeeds."""
+        from alumi_pipelines.lib.training.provenance import scratch_dir
+
+        return scratch_dir(self.home_path, "work", run_id, name)

@@ -13,21 +13,19 @@ from dagster import (
     sensor,
 )
 
-from alumi_pipelines.assets.process_data import process_retraining_job
-from alumi_pipelines.jobs import drift_job, retraining_job
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.jobs import drift_job, plant_retraining_job, retraining_job
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
-from alumi_pipelines.resources.process_layout import PROCESS_DRIFT_LATEST
 
 # drift report (written by the drift assets) → the job that retrains what drifted
-WATCHED = {layout.DRIFT_LATEST: retraining_job.name, PROCESS_DRIFT_LATEST: process_retraining_job.name}
+WATCHED = {lake_keys.DRIFT_LATEST: retraining_job.name, lake_keys.PLANT_DRIFT_LATEST: plant_retraining_job.name}
 
 
 @sensor(
-    jobs=[retraining_job, process_retraining_job],
+    jobs=[retraining_job, plant_retraining_job],
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Reads the latest drift reports (reports/drift/latest.json, reports/process_drift/latest.json); "
+    description="Reads the latest drift reports (reports/drift/latest.json, reports/plant_drift/latest.json); "
     "a failed drift check requests one retraining run per report (the cursor keeps the handled report ids).",
 )
 def drift_sensor(context: SensorEvaluationContext, lake: Lake):
@@ -43,11 +41,18 @@ def drift_sensor(context: SensorEvaluationContext, lake: Lake):
         if latest["passed"]:
             notes.append(f"{key}: report {latest['report_id']} passed (share {latest['drift_share']:.2f})")
             continue
-        requests.append(RunRequest(run_key=f"drift:{latest['report_id']}", job_name=job_name,
-                                   tags={"alumi/trigger": "drift_sensor", "alumi/drift_report": latest["report_id"]}))
+        requests.append(
+            RunRequest(
+                run_key=f"drift:{latest['report_id']}",
+                job_name=job_name,
+                tags={"alumi/trigger": "drift_sensor", "alumi/drift_report": latest["report_id"]},
+            )
+        )
     if not requests:
-        return SensorResult(skip_reason=SkipReason("; ".join(notes) or "no new failed drift report"),
-                            cursor=json.dumps(handled, sort_keys=True))
+        return SensorResult(
+            skip_reason=SkipReason("; ".join(notes) or "no new failed drift report"),
+            cursor=json.dumps(handled, sort_keys=True),
+        )
     return SensorResult(run_requests=requests, cursor=json.dumps(handled, sort_keys=True))
 
 

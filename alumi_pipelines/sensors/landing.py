@@ -4,13 +4,13 @@ import json
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from alumi_pipelines.assets.raw import LandingBatch, list_landing_batches
 from alumi_pipelines.jobs import ingestion_job
 from alumi_pipelines.partitions import landing_batches
-from alumi_pipelines.resources import lake_layout as layout
 from alumi_pipelines.resources.lake import Lake
 
 
-def batch_signature(batch: layout.LandingBatch) -> str:
+def batch_signature(batch: LandingBatch) -> str:
     return f"{batch.files}:{batch.newest_mtime:.3f}"
 
 
@@ -24,7 +24,7 @@ def batch_signature(batch: layout.LandingBatch) -> str:
 )
 def landing_sensor(context: SensorEvaluationContext, lake: Lake):
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    batches = layout.list_landing_batches(lake)
+    batches = list_landing_batches(lake)
     incomplete = [b.batch_id for b in batches if not b.complete]
     todo = [b for b in batches if b.complete and seen.get(b.batch_id) != batch_signature(b)]
     if not todo:

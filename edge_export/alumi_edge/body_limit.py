@@ -18,8 +18,11 @@ class BodyLimitMiddleware:
 
     async def _reply(self, send, status: int, code: str, detail: str) -> None:
         body = json.dumps({"error": code, "detail": detail}).encode("utf-8")
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -33,10 +36,14 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await self._reply(send, 400, "bad_request", f"Content-Length {value.decode(errors='replace')!r} is not a number")
+                    await self._reply(
+                        send, 400, "bad_request", f"Content-Length {value.decode(errors='replace')!r} is not a number"
+                    )
                     return
                 if declared > limit:
-                    await self._reply(send, 413, "payload_too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes")
+                    await self._reply(
+                        send, 413, "payload_too_large", f"body of {declared} bytes exceeds the limit of {limit} bytes"
+                    )
                     return
         received = 0
         response_started = False

@@ -48,7 +48,9 @@ def cmd_pull(args) -> int:
         raise SystemExit("alumi-edge pull: --source (or ALUMI_EDGE_SOURCE) is required")
     pubkey = _read_pubkey(args.pubkey or os.environ.get("ALUMI_EDGE_PUBKEY"))
     try:
-        result = pull(source, settings.home, pubkey, channel=args.channel, keep=args.keep, force=args.force, log=_stderr)
+        result = pull(
+            source, settings.home, pubkey, channel=args.channel, keep=args.keep, force=args.force, log=_stderr
+        )
     except ReleaseError as exc:
         _stderr(f"release refused, current version unchanged: {exc}")
         return 2
@@ -85,8 +87,12 @@ def cmd_sync(args) -> int:
     queue = FeedbackQueue(settings.feedback_path, settings.device_id)
     try:
         result = sync_feedback(
-            queue, open_target(target_uri), batch_size=args.batch_size, attempts=args.attempts,
-            backoff_s=args.backoff, log=_stderr,
+            queue,
+            open_target(target_uri),
+            batch_size=args.batch_size,
+            attempts=args.attempts,
+            backoff_s=args.backoff,
+            log=_stderr,
         )
     finally:
         queue.close()
@@ -126,8 +132,13 @@ def cmd_info(args) -> int:
     }
     if current:
         manifest = home.manifest(current)
-        info.update(created_at=manifest.created_at, classes=list(manifest.classes), imgsz=list(manifest.imgsz),
-                    metrics=manifest.metrics, source=manifest.source)
+        info.update(
+            created_at=manifest.created_at,
+            classes=list(manifest.classes),
+            imgsz=list(manifest.imgsz),
+            metrics=manifest.metrics,
+            source=manifest.source,
+        )
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -139,7 +150,9 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alumi-edge", description="Pull, verify and serve signed defect-detection releases.")
+    parser = argparse.ArgumentParser(
+        prog="alumi-edge", description="Pull, verify and serve signed defect-detection releases."
+    )
     parser.add_argument("--version", action="version", version=f"alumi-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -15,6 +15,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from alumi_edge.files import fsync_dir, write_atomic
 from alumi_edge.manifest import MANIFEST_NAME, Manifest, check_version, parse_manifest
 
 PARTIAL_PREFIX = ".partial-"
@@ -34,7 +35,7 @@ class DeviceHome:
         self.previous_link = self.root / "previous"
         self.rejected_file = self.root / "rolled_back.json"
 
-    def ensure(self) -> "DeviceHome":
+    def ensure(self) -> DeviceHome:
         """Create the folders."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         return self
@@ -104,9 +105,7 @@ class DeviceHome:
             return set()
 
     def _write_rolled_back(self, versions: set[str]) -> None:
-        tmp = self.rejected_file.with_name(f".{self.rejected_file.name}.tmp")
-        tmp.write_text(json.dumps(sorted(versions)))
-        os.replace(tmp, self.rejected_file)
+        write_atomic(self.rejected_file, json.dumps(sorted(versions)).encode())
 
     def forget_rollback(self, version: str) -> None:
         versions = self.rolled_back_versions()
@@ -121,7 +120,7 @@ class DeviceHome:
             tmp.unlink()
         os.symlink(Path("versions") / version, tmp)
         os.replace(tmp, link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def switch(self, version: str) -> str | None:
         """Make ``version`` current and the old current previous; returns the old current."""
@@ -165,11 +164,3 @@ class DeviceHome:
         for version in removed:
             shutil.rmtree(self.version_dir(version), ignore_errors=True)
         return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

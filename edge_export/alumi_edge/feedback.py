@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 KINDS = ("false_positive", "missed_defect", "corrected_box")
@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS feedback_pending ON feedback (sent_at, batch, seq);
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def device_slug(device_id: str) -> str:
@@ -108,7 +108,9 @@ class FeedbackQueue:
                     "device_id": self.device_id,
                     "created_at": created_at,
                 }
-                self._db.execute("UPDATE feedback SET record = ? WHERE seq = ?", (json.dumps(full, sort_keys=True), seq))
+                self._db.execute(
+                    "UPDATE feedback SET record = ? WHERE seq = ?", (json.dumps(full, sort_keys=True), seq)
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

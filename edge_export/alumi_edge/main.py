@@ -1,6 +1,6 @@
 """The FastAPI app: ``create_app(settings)``; the model is loaded in the lifespan, inference runs in a thread pool.
 
-Routers live in ``alumi_edge.routers``, one per concern; another API (e.g. a process-risk endpoint)
+Routers live in ``alumi_edge.routers``, one per concern; another API (e.g. the plant risk endpoint)
 is added by writing a router and including it in :data:`ROUTERS` or via ``create_app(extra_routers=...)``.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Sequence
 
 from fastapi import APIRouter, FastAPI
 
@@ -28,7 +28,14 @@ from alumi_edge.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, detect.router, model.router, feedback.router, admin.router, risk.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    detect.router,
+    model.router,
+    feedback.router,
+    admin.router,
+    risk.router,
+)
 
 
 def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:

@@ -94,7 +94,9 @@ def parse_manifest(data: bytes) -> Manifest:
     if not isinstance(raw, dict):
         raise ManifestError(f"{MANIFEST_NAME}: top level must be an object")
     if raw.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{MANIFEST_NAME}: field 'format' is {raw.get('format')!r}, this device reads {MANIFEST_FORMAT}")
+        raise ManifestError(
+            f"{MANIFEST_NAME}: field 'format' is {raw.get('format')!r}, this device reads {MANIFEST_FORMAT}"
+        )
     version = check_version(raw.get("version"), f"{MANIFEST_NAME}: field 'version'")
     classes = raw.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):

@@ -13,12 +13,17 @@ class EdgeMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.detect_latency = Histogram(
-            "alumi_edge_detect_latency_seconds", "Time to answer /v1/detect (decode to response)",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "alumi_edge_detect_latency_seconds",
+            "Time to answer /v1/detect (decode to response)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.stage_latency = Histogram(
-            "alumi_edge_stage_latency_seconds", "Time per inference stage", ["stage"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "alumi_edge_stage_latency_seconds",
+            "Time per inference stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.detections = Counter(
             "alumi_edge_detections", "Boxes returned, per class", ["class_name"], registry=self.registry

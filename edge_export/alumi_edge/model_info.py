@@ -151,8 +151,10 @@ def parse_model_info(props: dict[str, str], source: str = "model") -> ModelInfo:
         raise ModelMetadataError(f"{source}: metadata property 'imgsz'={props['imgsz']!r} must be positive")
     input_format = props.get("input_format", "") or FLOAT_INPUT
     if input_format not in INPUT_FORMATS:
-        raise ModelMetadataError(f"{source}: metadata property 'input_format'={input_format!r}: expected one of "
-                                 f"{', '.join(INPUT_FORMATS)} (a newer alumi-edge may be needed)")
+        raise ModelMetadataError(
+            f"{source}: metadata property 'input_format'={input_format!r}: expected one of "
+            f"{', '.join(INPUT_FORMATS)} (a newer alumi-edge may be needed)"
+        )
     if input_format == PIXEL_INPUT and (input_hw[0] % 2 or input_hw[1] % 2):
         raise ModelMetadataError(f"{source}: input_format {PIXEL_INPUT} needs even image sides, imgsz is {input_hw}")
     return ModelInfo(

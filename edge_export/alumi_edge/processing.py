@@ -9,6 +9,7 @@ to the original image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -101,8 +102,9 @@ def pack_pixels(letterboxed_bgr: np.ndarray) -> np.ndarray:
     scaled. One ``cv2.merge`` of the even and the odd rows, each seen as 6-channel pixel pairs.
     """
     if letterboxed_bgr.ndim != 3 or letterboxed_bgr.shape[2] != 3 or letterboxed_bgr.dtype != np.uint8:
-        raise ValueError(f"image array of shape {letterboxed_bgr.shape} ({letterboxed_bgr.dtype}): "
-                         "expected (height, width, 3) uint8")
+        raise ValueError(
+            f"image array of shape {letterboxed_bgr.shape} ({letterboxed_bgr.dtype}): expected (height, width, 3) uint8"
+        )
     h, w = letterboxed_bgr.shape[:2]
     if h % 2 or w % 2:
         raise ValueError(f"image of {w}x{h}: packing 2x2 blocks needs even sides")
@@ -119,11 +121,27 @@ def to_model_input(letterboxed_bgr: np.ndarray, input_format: str = FLOAT_INPUT)
     raise ValueError(f"input format {input_format!r}: expected one of {', '.join(INPUT_FORMATS)}")
 
 
-def preprocess(image_bgr: np.ndarray, input_hw: tuple[int, int],
-               input_format: str = FLOAT_INPUT) -> tuple[np.ndarray, Letterbox]:
+def preprocess(
+    image_bgr: np.ndarray, input_hw: tuple[int, int], input_format: str = FLOAT_INPUT
+) -> tuple[np.ndarray, Letterbox]:
     """Letterbox then convert to the model's input tensor."""
     padded, params = letterbox(image_bgr, input_hw)
     return to_model_input(padded, input_format), params
+
+
+def iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``(x1, y1, x2, y2)`` boxes in Python floats; 0.0 when they do not overlap or both are empty.
+
+    The scalar IoU of the package (matching detections to expected boxes); NMS keeps the float32
+    :func:`box_iou_one_to_many`.
+    """
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -201,7 +219,7 @@ class Detections:
         return len(self.confidences)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 

@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from alumi_edge.device_home import DeviceHome
+from alumi_edge.files import fsync_dir
 from alumi_edge.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -91,11 +92,7 @@ def download_file(source: ReleaseSource, relpath: str, dest: Path, entry: Releas
 
 def _fsync_tree(folder: Path) -> None:
     for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path)
 
 
 def pull(
@@ -138,8 +135,10 @@ def pull(
                 manifest = _download_release(source, version, partial, public_key_pem, log)
                 if self_test:
                     report = run_self_test(partial, manifest)
-                    log(f"self-test passed: {report.matched}/{report.expected} expected boxes matched "
-                        f"({', '.join(report.models)})")
+                    log(
+                        f"self-test passed: {report.matched}/{report.expected} expected boxes matched "
+                        f"({', '.join(report.models)})"
+                    )
                 _fsync_tree(partial)
                 os.rename(partial, target)
             except BaseException:
@@ -160,7 +159,9 @@ def _download_release(
     verify_signature(manifest_bytes, signature, public_key_pem)
     manifest = parse_manifest(manifest_bytes)
     if manifest.version != version:
-        raise ManifestError(f"{version}/{MANIFEST_NAME}: says version {manifest.version!r}, the channel says {version!r}")
+        raise ManifestError(
+            f"{version}/{MANIFEST_NAME}: says version {manifest.version!r}, the channel says {version!r}"
+        )
     total = sum(f.size for f in manifest.files)
     log(f"downloading {version}: {len(manifest.files)} files, {total} bytes from {source.describe(version)}")
     for entry in manifest.files:

@@ -1,9 +1,11 @@
-"""Process-risk scoring on the device: a part's recent sensor window → calibrated risk per defect type.
+"""Plant-risk scoring on the device: a part's recent sensor window → calibrated risk per defect type.
 
 The release's ``risk_model`` file is the pipeline's JSON document (format ``alumi-defect-risk``): the
 feature names, signals, operating limits, alloys and Platt calibration, plus one booster per defect type
-in XGBoost's own JSON format. Window features are computed here with numpy only and follow the
-pipeline's definition (lib/process_features.window_features_numpy; the tests check both agree):
+in XGBoost's own JSON format. This module owns that format: its name and version,
+:func:`parse_risk_document` and :func:`load_booster` are what the pipeline (alumi_pipelines.lib.plant.risk_model)
+reads it with too. Window features are computed here with numpy only and follow the
+pipeline's definition (alumi_pipelines.lib.plant.features.window_features_numpy; the tests check both agree):
 per signal over the non-missing values mean, min, max, std (ddof 1, from 2 values), least-squares
 slope per second (from 2 values), share outside the operating limits, and the share of missing
 values; plus the window's duration. The boosters need the optional ``xgboost`` package
@@ -16,10 +18,11 @@ import hashlib
 import json
 import math
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,16 +89,23 @@ def window_features(
     """The statistics of one window (canonical units; None or NaN = missing); missing statistics are NaN."""
     missing = [s for s in signal_names if s not in signals]
     if missing:
-        raise WindowError(f"signals: missing {', '.join(map(repr, missing))} (the model needs {', '.join(signal_names)})")
+        raise WindowError(
+            f"signals: missing {', '.join(map(repr, missing))} (the model needs {', '.join(signal_names)})"
+        )
     unknown = sorted(set(signals) - set(signal_names))
     if unknown:
-        raise WindowError(f"signals: unknown {', '.join(map(repr, unknown))} (the model knows {', '.join(signal_names)})")
+        raise WindowError(
+            f"signals: unknown {', '.join(map(repr, unknown))} (the model knows {', '.join(signal_names)})"
+        )
     lengths = {s: len(signals[s]) for s in signal_names}
     n = lengths[signal_names[0]]
     ragged = [f"{s} has {k}" for s, k in lengths.items() if k != n]
     if ragged:
-        raise WindowError(f"signals: every signal needs the same number of values ({signal_names[0]} has {n}; "
-                          + ", ".join(ragged) + ")")
+        raise WindowError(
+            f"signals: every signal needs the same number of values ({signal_names[0]} has {n}; "
+            + ", ".join(ragged)
+            + ")"
+        )
     if n == 0:
         raise WindowError("signals: the window holds no samples")
     t = window_seconds(timestamps, n)
@@ -128,6 +138,59 @@ def window_features(
     return out
 
 
+@dataclass(frozen=True)
+class RiskDocument:
+    """A checked ``alumi-defect-risk`` document: metadata, calibration and the boosters' XGBoost JSON."""
+
+    defect_types: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    signals: tuple[str, ...]
+    alloys: tuple[str, ...]
+    limits: dict[str, tuple[float, float]]
+    calibration: dict[str, tuple[float, float]]  # defect type -> Platt (a, b) on the margin
+    booster_documents: dict[str, Any]  # defect type -> booster in XGBoost's own JSON model format
+    info: dict[str, Any]  # training facts; ``info.registry`` names the registered version once published
+    version: str  # the registered version, else ``sha256:<first 12 hex digits>``
+    sha256: str
+
+
+def parse_risk_document(data: bytes, source: str = "risk model") -> RiskDocument:
+    """Parse and check a risk model document (no xgboost needed); RiskModelError says what is wrong."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RiskModelError(f"{source}: not JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise RiskModelError(f"{source}: field 'format' must be {MODEL_FORMAT!r}")
+    if doc.get("version") != MODEL_FORMAT_VERSION:
+        raise RiskModelError(
+            f"{source}: field 'version' is {doc.get('version')!r}, only version {MODEL_FORMAT_VERSION} can be read"
+        )
+    try:
+        types = tuple(doc["defect_types"])
+        signals = tuple(doc["signals"])
+        names = tuple(doc["feature_names"])
+        limits = {s: (float(doc["limits"][s][0]), float(doc["limits"][s][1])) for s in signals}
+        calibration = {t: (float(doc["calibration"][t]["a"]), float(doc["calibration"][t]["b"])) for t in types}
+        boosters = {t: doc["boosters"][t] for t in types}
+        info = dict(doc.get("info") or {})
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise RiskModelError(f"{source}: incomplete model document ({type(exc).__name__}: {exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    registry = info.get("registry") or {}
+    version = str(registry["version"]) if registry.get("version") is not None else f"sha256:{digest[:12]}"
+    return RiskDocument(
+        types, names, signals, tuple(doc.get("alloys", ())), limits, calibration, boosters, info, version, digest
+    )
+
+
+def load_booster(xgb, document: Any):
+    """An ``xgboost.Booster`` from its XGBoost JSON model document (``xgb`` is the imported module)."""
+    booster = xgb.Booster()
+    booster.load_model(bytearray(json.dumps(document).encode("utf-8")))
+    return booster
+
+
 @dataclass
 class EdgeRiskModel:
     """A parsed risk model: metadata, calibration and (loaded on demand) the XGBoost boosters."""
@@ -141,44 +204,31 @@ class EdgeRiskModel:
     booster_documents: dict[str, Any]
     version: str
     sha256: str
+    info: dict[str, Any] = field(default_factory=dict)
     _boosters: dict[str, Any] | None = None
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "risk model") -> "EdgeRiskModel":
+    def from_bytes(cls, data: bytes, source: str = "risk model") -> EdgeRiskModel:
         """Parse and check the document (xgboost is not needed for this)."""
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RiskModelError(f"{source}: not JSON ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
-            raise RiskModelError(f"{source}: field 'format' must be {MODEL_FORMAT!r}")
-        if doc.get("version") != MODEL_FORMAT_VERSION:
-            raise RiskModelError(f"{source}: field 'version' is {doc.get('version')!r}, "
-                                 f"this device reads {MODEL_FORMAT_VERSION}")
-        try:
-            types = tuple(doc["defect_types"])
-            signals = tuple(doc["signals"])
-            names = tuple(doc["feature_names"])
-            limits = {s: (float(doc["limits"][s][0]), float(doc["limits"][s][1])) for s in signals}
-            calibration = {t: (float(doc["calibration"][t]["a"]), float(doc["calibration"][t]["b"])) for t in types}
-            boosters = {t: doc["boosters"][t] for t in types}
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise RiskModelError(f"{source}: incomplete model document ({type(exc).__name__}: {exc})") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        registry = (doc.get("info") or {}).get("registry") or {}
-        version = str(registry["version"]) if registry.get("version") is not None else f"sha256:{digest[:12]}"
-        return cls(types, names, signals, tuple(doc.get("alloys", ())), limits, calibration, boosters, version, digest)
+        doc = parse_risk_document(data, source)
+        return cls(
+            doc.defect_types,
+            doc.feature_names,
+            doc.signals,
+            doc.alloys,
+            doc.limits,
+            doc.calibration,
+            doc.booster_documents,
+            doc.version,
+            doc.sha256,
+            info=doc.info,
+        )
 
     def boosters(self) -> dict[str, Any]:
         """One xgboost Booster per defect type (RiskUnavailable without xgboost)."""
         if self._boosters is None:
             xgb = import_xgboost()
-            loaded = {}
-            for t, document in self.booster_documents.items():
-                booster = xgb.Booster()
-                booster.load_model(bytearray(json.dumps(document).encode("utf-8")))
-                loaded[t] = booster
-            self._boosters = loaded
+            self._boosters = {t: load_booster(xgb, document) for t, document in self.booster_documents.items()}
         return self._boosters
 
     def vector(self, features: Mapping[str, float], alloy: str) -> np.ndarray:
@@ -186,21 +236,23 @@ class EdgeRiskModel:
         row = []
         for name in self.feature_names:
             if name.startswith("alloy_"):
-                row.append(1.0 if alloy == name[len("alloy_"):] else 0.0)
+                row.append(1.0 if alloy == name[len("alloy_") :] else 0.0)
             else:
                 row.append(float(features[name]))
         return np.array(row, dtype=np.float64)
 
-    def score(self, alloy: str, signals: Mapping[str, Sequence[float | None]],
-              timestamps: Sequence[Any] | None = None) -> dict[str, float]:
+    def score(
+        self, alloy: str, signals: Mapping[str, Sequence[float | None]], timestamps: Sequence[Any] | None = None
+    ) -> dict[str, float]:
         """Calibrated risk per defect type for one window of samples of a part of ``alloy``."""
         if self.alloys and alloy not in self.alloys:
             raise WindowError(f"alloy: {alloy!r} is not one the model was trained on ({', '.join(self.alloys)})")
         features = window_features(signals, self.signals, self.limits, timestamps)
         xgb = import_xgboost()
         boosters = self.boosters()
-        matrix = xgb.DMatrix(self.vector(features, alloy)[None, :], feature_names=list(self.feature_names),
-                             missing=np.nan)
+        matrix = xgb.DMatrix(
+            self.vector(features, alloy)[None, :], feature_names=list(self.feature_names), missing=np.nan
+        )
         out = {}
         for t in self.defect_types:
             a, b = self.calibration[t]

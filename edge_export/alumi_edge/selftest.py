@@ -13,11 +13,12 @@ the same class with IoU ≥ ``iou_min`` and confidence within ``conf_tol``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from alumi_edge.manifest import Manifest, ManifestError, ReleaseError
+from alumi_edge.processing import iou_xyxy
 from alumi_edge.runtimes.base import Box, Runtime
 
 
@@ -39,11 +40,8 @@ class SelfTestReport:
 
 
 def _iou(a: Box, b: dict) -> float:
-    ix1, iy1 = max(a.x1, b["x1"]), max(a.y1, b["y1"])
-    ix2, iy2 = min(a.x2, b["x2"]), min(a.y2, b["y2"])
-    inter = max(0.0, ix2 - ix1) * max(0.0, iy2 - iy1)
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of a detection and an expected box (a dict with ``x1``, ``y1``, ``x2``, ``y2``)."""
+    return iou_xyxy((a.x1, a.y1, a.x2, a.y2), (b["x1"], b["y1"], b["x2"], b["y2"]))
 
 
 def compare_detections(
@@ -52,7 +50,7 @@ def compare_detections(
     """Match detections to expected boxes (same class, best IoU); list every mismatch."""
     report = SelfTestReport(expected=len(expected), detected=len(actual), matched=0)
     unmatched_actual = list(range(len(actual)))
-    for i, exp in enumerate(sorted(expected, key=lambda e: -e["confidence"])):
+    for exp in sorted(expected, key=lambda e: -e["confidence"]):
         candidates = [j for j in unmatched_actual if actual[j].class_id == exp["class_id"]]
         best = max(candidates, key=lambda j: _iou(actual[j], exp), default=None)
         if best is not None and _iou(actual[best], exp) >= iou_min:
@@ -142,7 +140,8 @@ def run_self_test(
             raise
         except Exception as exc:
             raise SelfTestError(
-                f"release {manifest.version}: {file.path} failed to run on {image.path}: {exc}") from exc
+                f"release {manifest.version}: {file.path} failed to run on {image.path}: {exc}"
+            ) from exc
         if list(runtime.info.names) != list(manifest.classes):
             raise SelfTestError(
                 f"release {manifest.version}: {file.path} classes {list(runtime.info.names)} differ from the "

@@ -98,7 +98,9 @@ class ModelHolder:
             return path, info.model_version or path.stem, {}
         version = self.home.current_version()
         if version is None:
-            raise NoModel(f"no release installed under {self.home.root} (run 'alumi-edge pull'), no ALUMI_EDGE_MODEL_PATH")
+            raise NoModel(
+                f"no release installed under {self.home.root} (run 'alumi-edge pull'), no ALUMI_EDGE_MODEL_PATH"
+            )
         try:
             manifest = self.home.manifest(version)
             role = serving_role(self.settings, manifest, self.home.version_dir(version))

@@ -20,7 +20,9 @@ class EdgeSettings(BaseSettings):
     home: Path = Field(Path("~/.alumi-edge"), description="device folder: versions/, current, feedback queue")
     model_path: Path | None = Field(None, description="serve this ONNX instead of the pulled release")
     model_role: Literal["auto", "model", "model_int8"] = Field(
-        "auto", description="release file to serve; auto: the INT8 model on a CPU when the release has one, else the FP32")
+        "auto",
+        description="release file to serve; auto: the INT8 model on a CPU when the release has one, else the FP32",
+    )
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = Field("auto", description="TensorRT when available on auto")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime device")
     precision: Literal["fp16", "fp32"] = Field("fp16", description="TensorRT engine precision")
@@ -32,8 +34,11 @@ class EdgeSettings(BaseSettings):
     max_image_pixels: int = Field(100_000_000, ge=1, description="larger decoded images get HTTP 413")
     inference_workers: int = Field(2, ge=1, le=64, description="threads running inference (never the event loop)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = its default)")
-    keep_buffers: bool = Field(True, description="keep large freed buffers in the process (glibc mallopt): "
-                               "faster per request, resident memory stays at its peak")
+    keep_buffers: bool = Field(
+        True,
+        description="keep large freed buffers in the process (glibc mallopt): "
+        "faster per request, resident memory stays at its peak",
+    )
     auth: Literal["hs256", "rs256", "none"] = Field("hs256", description="JWT check on detect/feedback/admin")
     jwt_secret: SecretStr | None = Field(None, description="HS256 shared secret (at least 32 bytes)")
     jwt_public_key: str | None = Field(None, description="RS256 public key: PEM text or a path to a PEM file")
@@ -47,7 +52,7 @@ class EdgeSettings(BaseSettings):
     log_level: str = Field("info", description="serve: uvicorn log level")
 
     @model_validator(mode="after")
-    def _expand(self) -> "EdgeSettings":
+    def _expand(self) -> EdgeSettings:
         self.home = self.home.expanduser()
         return self
 
@@ -67,7 +72,8 @@ class EdgeSettings(BaseSettings):
             secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
             if len(secret.encode("utf-8")) < MIN_HS256_SECRET_BYTES:
                 raise ValueError(
-                    f"ALUMI_EDGE_JWT_SECRET must hold at least {MIN_HS256_SECRET_BYTES} bytes when ALUMI_EDGE_AUTH=hs256 "
+                    f"ALUMI_EDGE_JWT_SECRET must hold at least {MIN_HS256_SECRET_BYTES} bytes "
+                    "when ALUMI_EDGE_AUTH=hs256 "
                     "(or set ALUMI_EDGE_AUTH=none to serve without tokens)"
                 )
             return secret, "HS256"

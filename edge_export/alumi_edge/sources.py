@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 CHUNK_BYTES = 1 << 20
 
@@ -108,13 +108,13 @@ class HttpSource(ReleaseSource):
         try:
             if response.status_code >= 400:
                 raise SourceError(f"{self.describe(relpath)}: HTTP {response.status_code}")
-            yield _http_chunks(response, self.describe(relpath))
+            yield http_chunks(response, self.describe(relpath))
         finally:
             response.close()
             client.close()
 
 
-def _http_chunks(response, where: str) -> Iterator[bytes]:
+def http_chunks(response, where: str) -> Iterator[bytes]:
     import httpx
 
     try:

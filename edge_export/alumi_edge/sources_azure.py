@@ -21,11 +21,11 @@ import re
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
-from alumi_edge.sources import HttpSource, SourceError, _http_chunks
+from alumi_edge.sources import HttpSource, SourceError, http_chunks
 
 SAS_ENV = "ALUMI_EDGE_AZURE_SAS"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -85,7 +85,7 @@ def _sas_time(fields: Mapping[str, list[str]], name: str, where: str) -> dt.date
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise SourceError(f"{where}: SAS parameter {name}={value!r} is not an ISO 8601 time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def is_azure_blob_url(url: str) -> bool:
@@ -115,7 +115,7 @@ class AzureBlobSource(HttpSource):
         self._prefix = ""  # "releases/" once a lake root was recognised
         super().__init__(url, timeout_s=timeout_s, retries=retries)
         self.sas = parse_sas(self._query, self.describe())
-        self._now = now or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._now = now or (lambda: dt.datetime.now(dt.UTC))
         self._sleep = sleep
         self._may_be_lake_root = not self._path.endswith("/releases")
 
@@ -140,7 +140,7 @@ class AzureBlobSource(HttpSource):
         try:
             if response.status_code >= 400:
                 raise SourceError(f"{self.describe(relpath)}: {_explain(response)}")
-            yield _http_chunks(response, self.describe(relpath))
+            yield http_chunks(response, self.describe(relpath))
         finally:
             response.close()
             client.close()

@@ -8,15 +8,15 @@ same name with the same bytes, so downstream sees every record exactly once. Tar
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from alumi_edge.feedback import FeedbackQueue
+from alumi_edge.files import write_atomic
 
 INCOMING_PREFIX = "corrections/incoming"
 
@@ -50,21 +50,9 @@ class LocalFolderTarget(FeedbackTarget):
         if not self.root.is_dir():
             raise TargetUnavailable(f"target folder {self.root} does not exist (share not mounted?)")
         target = self.root / relpath
-        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_atomic(target, data, fsync_parent=True)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise TargetUnavailable(f"writing {target} failed: {exc}") from exc
 
 
@@ -73,7 +61,8 @@ class HttpPutTarget(FeedbackTarget):
 
     def __init__(self, url: str, timeout_s: float = 30.0):
         parts = urllib.parse.urlsplit(url)
-        self._scheme, self._netloc, self._path, self._query = parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query
+        self._scheme, self._netloc = parts.scheme, parts.netloc
+        self._path, self._query = parts.path.rstrip("/"), parts.query
         self.timeout_s = timeout_s
 
     def describe(self) -> str:

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.assets.raw import write_landing_file
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 from alumi_pipelines.settings import DEFAULT_CLASSES
 
@@ -15,12 +15,17 @@ def settings():
 @pytest.fixture
 def write_batch(lake):
     """Write a synthetic landing batch; returns its summary."""
-    from alumi_pipelines.lib.synth import write_landing_batch
+    from alumi_pipelines.lib.vision.synth import write_landing_batch
 
     def _write(batch, n=12, seed=0, size=192, condition="nominal", day=dt.date(2026, 11, 1)):
         return write_landing_batch(
-            lambda key, data: layout.write_landing_file(lake, batch, key, data),
-            batch, n, day=day, seed=seed, size=size, condition=condition,
+            lambda key, data: write_landing_file(lake, batch, key, data),
+            batch,
+            n,
+            day=day,
+            seed=seed,
+            size=size,
+            condition=condition,
         )
 
     return _write

@@ -9,15 +9,25 @@ from dagster import DagsterInstance, materialize
 
 from alumi_pipelines.assets import gold, processed, raw
 from alumi_pipelines.partitions import landing_batches
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.resources import lake_keys
 
-ASSETS = [raw.raw_ingestion, processed.processing, gold.gold_dataset, gold.no_split_leakage,
-          gold.splits_cover_classes, gold.identical_images_label_conflicts]
+ASSETS = [
+    raw.raw_ingestion,
+    processed.processing,
+    gold.gold_dataset,
+    gold.no_split_leakage,
+    gold.splits_cover_classes,
+    gold.identical_images_label_conflicts,
+]
 
 
 def _run(instance, lake, settings, selection, partition=None, tags=None):
     result = materialize(
-        ASSETS, instance=instance, partition_key=partition, selection=selection, tags=tags,
+        ASSETS,
+        instance=instance,
+        partition_key=partition,
+        selection=selection,
+        tags=tags,
         resources={"lake": lake, "pipeline_settings": settings},
     )
     assert result.success
@@ -44,10 +54,22 @@ def _spoil(lake, batch):
     lake.write_bytes(f"{prefix}/notes.json", json.dumps({**meta, "image": "notes.png", "boxes": []}).encode())
     img = cv2.imencode(".png", np.full((100, 100, 3), 90, np.uint8))[1].tobytes()
     lake.write_bytes(f"{prefix}/badbox.png", img)
-    lake.write_bytes(f"{prefix}/badbox.json", json.dumps({**meta, "image": "badbox.png", "width": 100, "height": 100, "boxes": [
-        {"class_name": "scratch", "x_center": 0.5, "y_center": 0.5, "width": 0.2, "height": 0.2},
-        {"class_name": "scratch", "x_center": 1.7, "y_center": 0.5, "width": 0.2, "height": 0.2},
-        {"class_name": "unicorn", "x_center": 0.5, "y_center": 0.5, "width": 0.2, "height": 0.2}]}).encode())
+    lake.write_bytes(
+        f"{prefix}/badbox.json",
+        json.dumps(
+            {
+                **meta,
+                "image": "badbox.png",
+                "width": 100,
+                "height": 100,
+                "boxes": [
+                    {"class_name": "scratch", "x_center": 0.5, "y_center": 0.5, "width": 0.2, "height": 0.2},
+                    {"class_name": "scratch", "x_center": 1.7, "y_center": 0.5, "width": 0.2, "height": 0.2},
+                    {"class_name": "unicorn", "x_center": 0.5, "y_center": 0.5, "width": 0.2, "height": 0.2},
+                ],
+            }
+        ).encode(),
+    )
 
 
 def test_bad_files_are_quarantined_and_good_data_flows(lake, settings, write_batch):
@@ -56,19 +78,23 @@ def test_bad_files_are_quarantined_and_good_data_flows(lake, settings, write_bat
     _spoil(lake, "day-1")
     result = _ingest(instance, lake, settings, "day-1")
 
-    manifest = lake.read_table(layout.raw_manifest_key("day-1"))
+    manifest = lake.read_table(lake_keys.raw_manifest_key("day-1"))
     assert manifest.height == 12 + 1  # the 12 good images and badbox.png
-    rejections = lake.read_table(layout.quarantine_table_key("day-1"))
-    by_path = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in rejections.iter_rows(named=True) if r["stage"] == "image"}
+    rejections = lake.read_table(lake_keys.quarantine_table_key("day-1"))
+    by_path = {
+        r["path"].rsplit("/", 1)[-1]: r["reason"] for r in rejections.iter_rows(named=True) if r["stage"] == "image"
+    }
     assert set(by_path) == {"zero.png", "cut.png", "notes.png"}
-    assert "empty" in by_path["zero.png"] and "truncated" in by_path["cut.png"] and "not an image" in by_path["notes.png"]
+    assert (
+        "empty" in by_path["zero.png"] and "truncated" in by_path["cut.png"] and "not an image" in by_path["notes.png"]
+    )
     label_reasons = rejections.filter(pl.col("stage") != "image")["reason"].to_list()
     assert any("unicorn" in r for r in label_reasons) and len(label_reasons) >= 2
     assert lake.read_bytes("quarantine/day-1/files/L1/cam-a/zero.png") == b""
 
-    labels = lake.read_table(layout.processed_labels_key("day-1"))
+    labels = lake.read_table(lake_keys.processed_labels_key("day-1"))
     assert labels.height == summary["boxes"] + 1  # the one good box of badbox.png
-    features = lake.read_table(layout.processed_features_key("day-1"))
+    features = lake.read_table(lake_keys.processed_features_key("day-1"))
     assert features.height == 13 and features["width"].max() <= 160
 
     mat = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
@@ -81,8 +107,12 @@ def test_rerun_gives_identical_content_and_new_day_leaves_old_untouched(lake, se
     instance = DagsterInstance.ephemeral()
     write_batch("day-1", n=10, seed=1)
     _ingest(instance, lake, settings, "day-1")
-    keys = ["raw/manifests/day-1.parquet", "raw/labels/day-1.parquet", "processed/features/day-1.parquet",
-            "processed/labels/day-1.parquet"]
+    keys = [
+        "raw/manifests/day-1.parquet",
+        "raw/labels/day-1.parquet",
+        "processed/features/day-1.parquet",
+        "processed/labels/day-1.parquet",
+    ]
     before = {k: lake.read_bytes(k) for k in keys}
     _ingest(instance, lake, settings, "day-1")
     assert {k: lake.read_bytes(k) for k in keys} == before
@@ -112,7 +142,7 @@ def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch):
     _ingest(instance, lake, settings, "day-3")
 
     result = _run(instance, lake, settings, ["gold_dataset"])
-    pointer = lake.read_json(layout.GOLD_POINTER)
+    pointer = lake.read_json(lake_keys.GOLD_POINTER)
     manifest = lake.read_table(f"{pointer['prefix']}/manifest.parquet")
     assert manifest.height == 60 and manifest["image_id"].n_unique() == 60
     assert sum(pointer["counts"].values()) == 60 and pointer["conflicts"] == 1
@@ -128,7 +158,7 @@ def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch):
 
     # same content again → same hash, folder reused
     _run(instance, lake, settings, ["gold_dataset"])
-    assert lake.read_json(layout.GOLD_POINTER)["dataset_hash"] == pointer["dataset_hash"]
+    assert lake.read_json(lake_keys.GOLD_POINTER)["dataset_hash"] == pointer["dataset_hash"]
 
 
 def test_batch_without_marker_fails_with_a_clear_error(lake, settings, write_batch):
@@ -136,8 +166,14 @@ def test_batch_without_marker_fails_with_a_clear_error(lake, settings, write_bat
     lake.delete("landing/day-1/_batch.json")
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(landing_batches.name, ["day-1"])
-    result = materialize(ASSETS, instance=instance, partition_key="day-1", selection=["raw_images", "raw_labels"],
-                         resources={"lake": lake, "pipeline_settings": settings}, raise_on_error=False)
+    result = materialize(
+        ASSETS,
+        instance=instance,
+        partition_key="day-1",
+        selection=["raw_images", "raw_labels"],
+        resources={"lake": lake, "pipeline_settings": settings},
+        raise_on_error=False,
+    )
     assert not result.success
     error = result.get_step_failure_events()[0].step_failure_data.error
     failure = error.cause.message if error.cause else error.message

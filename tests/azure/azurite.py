@@ -56,15 +56,26 @@ class AzuriteServer:
     def connection_string(self) -> str:
         return connection_string(self.account_url)
 
-    def start(self, timeout_s: float = 30.0) -> "AzuriteServer":
+    def start(self, timeout_s: float = 30.0) -> AzuriteServer:
         storage = ["--inMemoryPersistence"] if self.in_memory else ["--location", str(self.location)]
         command = find_azurite() + [
-            "--blobHost", "127.0.0.1", "--blobPort", "0", *storage,
-            "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent",
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            "0",
+            *storage,
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+            "--silent",
         ]
         self.location.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            command, cwd=self.location, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=self.location,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         found = threading.Event()
@@ -104,7 +115,7 @@ class AzuriteServer:
         with BlobServiceClient.from_connection_string(self.connection_string) as client:
             client.create_container(name)
 
-    def __enter__(self) -> "AzuriteServer":
+    def __enter__(self) -> AzuriteServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -114,6 +125,5 @@ class AzuriteServer:
 def connection_string(account_url: str, account_key: str = ACCOUNT_KEY) -> str:
     """A connection string for Azurite's development account at ``account_url`` (any host:port)."""
     return (
-        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={account_key};"
-        f"BlobEndpoint={account_url};"
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={account_key};BlobEndpoint={account_url};"
     )

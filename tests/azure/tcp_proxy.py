@@ -31,7 +31,7 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self.cut_event = threading.Event()
 
-    def start(self) -> "CuttingProxy":
+    def start(self) -> CuttingProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -71,7 +71,7 @@ class CuttingProxy:
             threading.Thread(target=self._pump, args=(pair, client, upstream, up), daemon=True).start()
             threading.Thread(target=self._pump, args=(pair, upstream, client, down), daemon=True).start()
 
-    def _pump(self, pair: "_Pair", source: socket.socket, target: socket.socket, may_cut: bool) -> None:
+    def _pump(self, pair: _Pair, source: socket.socket, target: socket.socket, may_cut: bool) -> None:
         moved = 0
         while True:
             try:
@@ -80,7 +80,12 @@ class CuttingProxy:
                 break
             if not data:
                 break
-            if may_cut and self.cut_after is not None and not self.cut_event.is_set() and moved + len(data) > self.cut_after:
+            if (
+                may_cut
+                and self.cut_after is not None
+                and not self.cut_event.is_set()
+                and moved + len(data) > self.cut_after
+            ):
                 keep = self.cut_after - moved
                 try:
                     target.sendall(data[:keep])
@@ -95,7 +100,7 @@ class CuttingProxy:
             moved += len(data)
         pair.close()
 
-    def _cut(self, pair: "_Pair", forwarded: int) -> None:
+    def _cut(self, pair: _Pair, forwarded: int) -> None:
         with self._lock:
             self.cuts += 1
             self.forwarded_at_cut.append(forwarded)
@@ -104,7 +109,7 @@ class CuttingProxy:
         pair.close(reset=True)
         self.cut_event.set()
 
-    def __enter__(self) -> "CuttingProxy":
+    def __enter__(self) -> CuttingProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

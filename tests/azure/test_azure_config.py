@@ -28,7 +28,11 @@ def test_abfs_uris_give_container_account_and_path():
     )
     location = parse_abfs_uri("abfs://lake@alumiprod.dfs.core.chinacloudapi.cn/prod")
     assert (location.container, location.account_name, location.endpoint_suffix, location.root) == (
-        "lake", "alumiprod", "core.chinacloudapi.cn", "lake/prod")
+        "lake",
+        "alumiprod",
+        "core.chinacloudapi.cn",
+        "lake/prod",
+    )
     assert parse_abfs_uri("az://lake").root == "lake"
     with pytest.raises(AzureLakeError, match="container 'Lake_1' is not a valid name"):
         parse_abfs_uri("abfs://Lake_1/x")
@@ -71,8 +75,9 @@ def test_read_now_holds_values_and_a_deferred_lake_reads_them_when_used(monkeypa
 def test_configuration_mistakes_are_named():
     with pytest.raises(AzureLakeError, match=r"names no storage account: write it as abfs://lake@<account>"):
         azure_lake("abfs://lake/prod", env={"ALUMI_AZURE_ACCOUNT_KEY": "a2V5"})
-    mismatch = AzureLake(base_uri="abfs://lake@other.dfs.core.windows.net/p",
-                         connection_string="AccountName=alumiprod;AccountKey=a2V5")
+    mismatch = AzureLake(
+        base_uri="abfs://lake@other.dfs.core.windows.net/p", connection_string="AccountName=alumiprod;AccountKey=a2V5"
+    )
     with pytest.raises(AzureLakeError, match="the connection string is for account 'alumiprod', not 'other'"):
         mismatch._client_settings(parse_abfs_uri(mismatch.base_uri))
     with pytest.raises(AzureLakeError, match="is not Key=Value"):
@@ -92,10 +97,12 @@ def test_redaction_hides_signatures_and_keys():
 
 # -- the edge source's own checks ----------------------------------------------------------------------
 def _sas(hours_from_now: float, start_hours: float = -1, permissions: str = "r") -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     fmt = "%Y-%m-%dT%H:%M:%SZ"
-    return (f"sv=2024-11-04&st={(now + dt.timedelta(hours=start_hours)).strftime(fmt)}"
-            f"&se={(now + dt.timedelta(hours=hours_from_now)).strftime(fmt)}&sr=c&sp={permissions}&sig=c2ln")
+    return (
+        f"sv=2024-11-04&st={(now + dt.timedelta(hours=start_hours)).strftime(fmt)}"
+        f"&se={(now + dt.timedelta(hours=hours_from_now)).strftime(fmt)}&sr=c&sp={permissions}&sig=c2ln"
+    )
 
 
 def test_edge_sas_checks_happen_before_any_request():
@@ -140,12 +147,17 @@ def test_edge_source_retries_azure_throttling_and_names_error_codes():
     try:
         url = f"http://127.0.0.1:{server.server_port}/devstoreaccount1/lake/releases?{_sas(1)}"
         sleeps: list[float] = []
-        _FlakyBlobs.answers = [(503, {"x-ms-error-code": "ServerBusy", "Retry-After": "2"}, b""),
-                               (500, {"x-ms-error-code": "InternalError"}, b""), (200, {}, b'{"version": "1.0.0"}')]
+        _FlakyBlobs.answers = [
+            (503, {"x-ms-error-code": "ServerBusy", "Retry-After": "2"}, b""),
+            (500, {"x-ms-error-code": "InternalError"}, b""),
+            (200, {}, b'{"version": "1.0.0"}'),
+        ]
         source = AzureBlobSource(url, sleep=sleeps.append)
         assert source.read_bytes("channels/stable.json", 1000) == b'{"version": "1.0.0"}'
         assert sleeps == [2.0, 1.0]  # Retry-After honoured, then the doubling backoff
-        assert all(path.startswith("/devstoreaccount1/lake/releases/channels/stable.json?sv=") for path in _FlakyBlobs.seen)
+        assert all(
+            path.startswith("/devstoreaccount1/lake/releases/channels/stable.json?sv=") for path in _FlakyBlobs.seen
+        )
 
         _FlakyBlobs.answers = [(404, {"x-ms-error-code": "BlobNotFound"}, b"")]
         with pytest.raises(SourceError, match=r"releases/9.9.9/manifest.json: not found \(HTTP 404 BlobNotFound\)"):

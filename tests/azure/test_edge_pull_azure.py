@@ -12,18 +12,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
 
+from azurite import ACCOUNT_NAME  # noqa: E402
 from edge_support import ReleaseStore  # noqa: E402
+from tcp_proxy import CuttingProxy  # noqa: E402
 
 from alumi_pipelines.resources.azure import releases_sas_url  # noqa: E402
-from azurite import ACCOUNT_NAME  # noqa: E402
-from tcp_proxy import CuttingProxy  # noqa: E402
 
 pytestmark = pytest.mark.azure
 
 
 @pytest.fixture(scope="module")
 def signing_keys(tmp_path_factory):
-    from alumi_pipelines.lib.release import load_or_create_signing_key
+    from alumi_pipelines.lib.export.release import load_or_create_signing_key
 
     key_path = tmp_path_factory.mktemp("keys") / "release.key"
     return load_or_create_signing_key(key_path)
@@ -32,7 +32,8 @@ def signing_keys(tmp_path_factory):
 @pytest.fixture
 def published(tmp_path, signing_keys, azure_lake):
     """publish(version, extra_bytes=0) builds a signed release and publishes it into the Azure lake."""
-    from alumi_pipelines.lib.release import publish_release
+    from alumi_pipelines.lib.export.release import publish_release
+    from alumi_pipelines.resources import lake_keys
 
     store = ReleaseStore(tmp_path / "local-releases", signing_keys[0], tmp_path / "work")
     store.root.mkdir(parents=True)
@@ -40,7 +41,9 @@ def published(tmp_path, signing_keys, azure_lake):
     def publish(version: str, extra_bytes: int = 0) -> Path:
         store.publish(version, extra_bytes=extra_bytes)
         built = store.work / "built" / version
-        publish_release(built, azure_lake.write_bytes)
+        publish_release(
+            built, azure_lake.write_bytes, file_key=lake_keys.release_file_key, channel_key=lake_keys.channel_key
+        )
         return built
 
     return publish
@@ -91,7 +94,7 @@ def test_expired_tampered_and_write_only_tokens_are_refused_clearly(tmp_path, pu
     from alumi_edge.sources_azure import AzureBlobSource
 
     published("1.0.0")
-    expired = releases_sas_url(azure_lake, days=1, now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2))
+    expired = releases_sas_url(azure_lake, days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
     with pytest.raises(SourceError, match=r"channels/stable.json: the SAS token expired at .*ask for a new source URL"):
         AzureBlobSource(expired).read_bytes("channels/stable.json", 1000)
 

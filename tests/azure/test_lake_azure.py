@@ -8,10 +8,10 @@ import time
 
 import polars as pl
 import pytest
+from azurite import ACCOUNT_KEY, ACCOUNT_NAME, connection_string
 
 from alumi_pipelines.resources.azure import AzureLake, AzureLakeError, blob_storage_resource
 from alumi_pipelines.resources.azure import azure_lake as make_azure_lake
-from azurite import ACCOUNT_KEY, ACCOUNT_NAME, connection_string
 
 pytestmark = pytest.mark.azure
 
@@ -25,14 +25,18 @@ def test_bytes_json_and_tables_round_trip(azure_lake):
     azure_lake.write_table("raw/manifests/b1.parquet", df)
     assert azure_lake.read_table("raw/manifests/b1.parquet").equals(df)
     files = azure_lake.list_files("raw")
-    assert [(f.key, f.size) for f in files] == [("raw/images/ab/abc.jpg", 7), ("raw/manifests/b1.parquet", files[1].size)]
+    assert [(f.key, f.size) for f in files] == [
+        ("raw/images/ab/abc.jpg", 7),
+        ("raw/manifests/b1.parquet", files[1].size),
+    ]
     assert files[1].size == len(azure_lake.read_bytes("raw/manifests/b1.parquet"))
     assert abs(files[0].mtime - time.time()) < 120
     assert azure_lake.list_dirs("raw") == ["images", "manifests"]
     assert azure_lake.list_files("nothing/here") == [] and azure_lake.list_dirs("nothing") == []
     assert azure_lake.exists("raw/images") and not azure_lake.exists("raw/images/ab/none.jpg")
     assert azure_lake.uri("raw/images/ab/abc.jpg") == (
-        f"abfs://{azure_lake.base_uri.split('/')[2]}@devstoreaccount1.dfs.core.windows.net/lake/raw/images/ab/abc.jpg")
+        f"abfs://{azure_lake.base_uri.split('/')[2]}@devstoreaccount1.dfs.core.windows.net/lake/raw/images/ab/abc.jpg"
+    )
     assert azure_lake.local_path("raw/images/ab/abc.jpg") is None
 
 
@@ -81,25 +85,39 @@ def test_listings_see_other_writers_at_once(azure_env, container):
 def test_connection_string_and_sas_credentials(azurite, azure_env, container):
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-    via_string = make_azure_lake(f"abfs://{container}/lake", env={"ALUMI_AZURE_CONNECTION_STRING": azurite.connection_string},
-                            deferred=False)
+    via_string = make_azure_lake(
+        f"abfs://{container}/lake", env={"ALUMI_AZURE_CONNECTION_STRING": azurite.connection_string}, deferred=False
+    )
     via_string.write_bytes("t/a.bin", b"from a connection string")
 
-    sas = generate_container_sas(ACCOUNT_NAME, container, account_key=ACCOUNT_KEY,
-                                 permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
-                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
-    sas_env = {"ALUMI_AZURE_ACCOUNT_NAME": ACCOUNT_NAME, "ALUMI_AZURE_ACCOUNT_URL": azurite.account_url,
-               "ALUMI_AZURE_SAS_TOKEN": sas}
+    sas = generate_container_sas(
+        ACCOUNT_NAME,
+        container,
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
+        expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
+    sas_env = {
+        "ALUMI_AZURE_ACCOUNT_NAME": ACCOUNT_NAME,
+        "ALUMI_AZURE_ACCOUNT_URL": azurite.account_url,
+        "ALUMI_AZURE_SAS_TOKEN": sas,
+    }
     via_sas = make_azure_lake(f"abfs://{container}/lake", env=sas_env, deferred=False)
     assert via_sas.credential.credential_type == "sas"
     assert via_sas.read_bytes("t/a.bin") == b"from a connection string"
     via_sas.write_bytes("t/b.bin", b"through a SAS")
     assert [f.key for f in via_string.list_files("t")] == ["t/a.bin", "t/b.bin"]
 
-    read_only = generate_container_sas(ACCOUNT_NAME, container, account_key=ACCOUNT_KEY,
-                                       permission=ContainerSasPermissions(read=True, list=True),
-                                       expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
-    reader = make_azure_lake(f"abfs://{container}/lake", env={**sas_env, "ALUMI_AZURE_SAS_TOKEN": read_only}, deferred=False)
+    read_only = generate_container_sas(
+        ACCOUNT_NAME,
+        container,
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
+    reader = make_azure_lake(
+        f"abfs://{container}/lake", env={**sas_env, "ALUMI_AZURE_SAS_TOKEN": read_only}, deferred=False
+    )
     assert reader.read_bytes("t/b.bin") == b"through a SAS"
     refused = r"writing 't/c.bin' failed: Azure refused the credentials .*ALUMI_AZURE_SAS_TOKEN"
     with pytest.raises(AzureLakeError, match=refused) as err:
@@ -109,9 +127,15 @@ def test_connection_string_and_sas_credentials(azurite, azure_env, container):
 
 
 def test_missing_container_is_one_clear_error_for_every_operation(azure_env):
-    lake = make_azure_lake("abfs://no-such-container/lake", env=azure_env, deferred=False, max_retries=1, retry_backoff_s=0.1)
-    for operation in (lambda: lake.list_files("raw"), lambda: lake.exists("raw/a"), lambda: lake.read_bytes("raw/a"),
-                      lambda: lake.write_bytes("raw/a", b"1")):
+    lake = make_azure_lake(
+        "abfs://no-such-container/lake", env=azure_env, deferred=False, max_retries=1, retry_backoff_s=0.1
+    )
+    for operation in (
+        lambda: lake.list_files("raw"),
+        lambda: lake.exists("raw/a"),
+        lambda: lake.read_bytes("raw/a"),
+        lambda: lake.write_bytes("raw/a", b"1"),
+    ):
         started = time.monotonic()
         with pytest.raises(AzureLakeError) as err:
             operation()
@@ -124,10 +148,15 @@ def test_missing_container_is_one_clear_error_for_every_operation(azure_env):
 
 def test_wrong_key_fails_fast_naming_the_setting_not_the_secret(azure_env, container):
     wrong = ACCOUNT_KEY[:-12] + "AAAAAAAAAAA="
-    lake = make_azure_lake(f"abfs://{container}/lake", env={**azure_env, "ALUMI_AZURE_ACCOUNT_KEY": wrong}, deferred=False)
+    lake = make_azure_lake(
+        f"abfs://{container}/lake", env={**azure_env, "ALUMI_AZURE_ACCOUNT_KEY": wrong}, deferred=False
+    )
     started = time.monotonic()
-    with pytest.raises(AzureLakeError, match=r"Azure refused the credentials \(AuthorizationFailure\); check the account "
-                       r"key \(ALUMI_AZURE_ACCOUNT_KEY\) of account 'devstoreaccount1'") as err:
+    with pytest.raises(
+        AzureLakeError,
+        match=r"Azure refused the credentials \(AuthorizationFailure\); check the account "
+        r"key \(ALUMI_AZURE_ACCOUNT_KEY\) of account 'devstoreaccount1'",
+    ) as err:
         lake.read_bytes("raw/a.bin")
     assert time.monotonic() - started < 3  # a 403 is not retried
     assert wrong not in str(err.value) and ACCOUNT_KEY not in str(err.value)
@@ -142,8 +171,11 @@ def test_unreachable_endpoint_gives_up_after_the_bounded_retries(azure_env, cont
     env = {**azure_env, "ALUMI_AZURE_ACCOUNT_URL": f"http://127.0.0.1:{dead_port}/{ACCOUNT_NAME}"}
     lake = make_azure_lake(f"abfs://{container}/lake", env=env, deferred=False, max_retries=2, retry_backoff_s=0.2)
     started = time.monotonic()
-    with pytest.raises(AzureLakeError, match=rf"writing 'raw/a' failed: Azure Storage at http://127.0.0.1:{dead_port}/"
-                       r"devstoreaccount1 did not answer after 2 retries"):
+    with pytest.raises(
+        AzureLakeError,
+        match=rf"writing 'raw/a' failed: Azure Storage at http://127.0.0.1:{dead_port}/"
+        r"devstoreaccount1 did not answer after 2 retries",
+    ):
         lake.write_bytes("raw/a", b"1")
     assert 0.4 < time.monotonic() - started < 5  # two delays of about 0.2 s and 0.4 s
 

@@ -6,11 +6,11 @@ import os
 import time
 
 import pytest
+from azurite import ACCOUNT_NAME
+from tcp_proxy import CuttingProxy
 
 from alumi_pipelines.resources.azure import AzureLakeError
 from alumi_pipelines.resources.azure import azure_lake as make_azure_lake
-from azurite import ACCOUNT_NAME
-from tcp_proxy import CuttingProxy
 
 pytestmark = pytest.mark.azure
 
@@ -29,8 +29,11 @@ def test_killed_connection_mid_upload_leaves_old_content_then_retry_succeeds(azu
     with CuttingProxy(azurite.port, cut_after=CUT_AFTER, then="die") as proxy:
         lake = _lake_through(proxy, azure_env, container)
         started = time.monotonic()
-        with pytest.raises(AzureLakeError, match=r"writing 'models/detector.pt' failed: Azure Storage at "
-                           rf"http://127.0.0.1:{proxy.port}/devstoreaccount1 did not answer after 2 retries"):
+        with pytest.raises(
+            AzureLakeError,
+            match=r"writing 'models/detector.pt' failed: Azure Storage at "
+            rf"http://127.0.0.1:{proxy.port}/devstoreaccount1 did not answer after 2 retries",
+        ):
             lake.write_bytes("models/detector.pt", new)
         assert time.monotonic() - started < 5
         assert proxy.forwarded_at_cut == [CUT_AFTER]  # the body was really cut short, once

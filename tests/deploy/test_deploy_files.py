@@ -54,7 +54,9 @@ def env_of(instructions) -> dict[str, str]:
 
 
 def args_of(instructions) -> dict[str, str]:
-    return {rest.split("=", 1)[0]: rest.split("=", 1)[1] for word, rest in instructions if word == "ARG" and "=" in rest}
+    return {
+        rest.split("=", 1)[0]: rest.split("=", 1)[1] for word, rest in instructions if word == "ARG" and "=" in rest
+    }
 
 
 def pyproject_upper_bound(name: str) -> str:
@@ -104,7 +106,9 @@ def test_dockerfiles_build_a_non_root_code_location(name):
 
     user = [rest for w, rest in instructions if w == "USER"]
     assert user == ["10001:10001"]
-    assert words.index("USER") > max(i for i, w in enumerate(words) if w in ("RUN", "COPY"))  # nothing runs as root after
+    assert words.index("USER") > max(
+        i for i, w in enumerate(words) if w in ("RUN", "COPY")
+    )  # nothing runs as root after
 
     assert exec_form(dict(instructions)["ENTRYPOINT"]) == ["/usr/bin/tini", "--"]
     cmd = exec_form(dict(instructions)["CMD"])
@@ -133,10 +137,30 @@ def test_cpu_and_gpu_images_differ_where_they_should():
 
 # -- Helm values ---------------------------------------------------------------------------------------
 def test_values_use_only_keys_of_the_dagster_chart(values):
-    chart_keys = {"global", "serviceAccount", "dagsterWebserver", "dagster-user-deployments", "postgresql",
-                  "generatePostgresqlPasswordSecret", "generateCeleryConfigSecret", "rabbitmq", "redis", "flower",
-                  "ingress", "imagePullSecrets", "computeLogManager", "scheduler", "runLauncher", "pythonLogs",
-                  "dagsterDaemon", "busybox", "migrate", "telemetry", "retention", "additionalInstanceConfig"}
+    chart_keys = {
+        "global",
+        "serviceAccount",
+        "dagsterWebserver",
+        "dagster-user-deployments",
+        "postgresql",
+        "generatePostgresqlPasswordSecret",
+        "generateCeleryConfigSecret",
+        "rabbitmq",
+        "redis",
+        "flower",
+        "ingress",
+        "imagePullSecrets",
+        "computeLogManager",
+        "scheduler",
+        "runLauncher",
+        "pythonLogs",
+        "dagsterDaemon",
+        "busybox",
+        "migrate",
+        "telemetry",
+        "retention",
+        "additionalInstanceConfig",
+    }
     assert set(values) <= chart_keys
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert set(values["runLauncher"]["config"]) == {"k8sRunLauncher"}
@@ -162,8 +186,14 @@ def test_user_deployment_runs_our_image_and_code_location(deployment):
 
 def test_training_runs_are_routed_to_the_gpu_pool_and_others_are_not(values, deployment):
     tag = json.loads(deployment_env(deployment)["ALUMI_K8S_TRAINING_CONFIG"])
-    assert set(tag) <= {"container_config", "pod_spec_config", "pod_template_spec_metadata", "job_spec_config",
-                        "job_metadata", "merge_behavior"}
+    assert set(tag) <= {
+        "container_config",
+        "pod_spec_config",
+        "pod_template_spec_metadata",
+        "job_spec_config",
+        "job_metadata",
+        "merge_behavior",
+    }
     assert tag["pod_spec_config"]["node_selector"] == GPU_POOL
     tolerations = tag["pod_spec_config"]["tolerations"]
     assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in tolerations
@@ -177,11 +207,28 @@ def test_training_runs_are_routed_to_the_gpu_pool_and_others_are_not(values, dep
     default_run = json.dumps(launcher)
     assert "nvidia.com/gpu" not in default_run and "gpupool" not in default_run  # only tagged runs get the GPU pool
     assert launcher["resources"]["requests"] and launcher["resources"]["limits"]
-    import alumi_pipelines.assets.training as training
     from alumi_pipelines.jobs import TRAINING_TAG as PIPELINE_TRAINING_TAG
+    from alumi_pipelines.jobs import training_job
 
     assert (PIPELINE_TRAINING_TAG, "true") == TRAINING_TAG
-    assert training.training_job.tags[TRAINING_TAG[0]] == TRAINING_TAG[1]
+    assert training_job.tags[TRAINING_TAG[0]] == TRAINING_TAG[1]
+
+
+def test_training_tags_carry_the_k8s_config_of_the_values(deployment, monkeypatch):
+    from alumi_pipelines.jobs import NO_RETRY_ON_FAILURE
+    from alumi_pipelines.jobs import TRAINING_TAG as PIPELINE_TRAINING_TAG
+    from alumi_pipelines.settings import training_run_tags
+
+    configured = deployment_env(deployment)["ALUMI_K8S_TRAINING_CONFIG"]
+    monkeypatch.setenv("ALUMI_K8S_TRAINING_CONFIG", configured)
+    tags = training_run_tags(PIPELINE_TRAINING_TAG, NO_RETRY_ON_FAILURE)
+    assert tags[PIPELINE_TRAINING_TAG] == "true" and tags["dagster/retry_on_asset_or_op_failure"] == "false"
+    assert json.loads(tags["dagster-k8s/config"]) == json.loads(configured)
+    monkeypatch.setenv("ALUMI_K8S_TRAINING_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="ALUMI_K8S_TRAINING_CONFIG: not valid JSON"):
+        training_run_tags(PIPELINE_TRAINING_TAG, NO_RETRY_ON_FAILURE)
+    monkeypatch.delenv("ALUMI_K8S_TRAINING_CONFIG")
+    assert "dagster-k8s/config" not in training_run_tags(PIPELINE_TRAINING_TAG, NO_RETRY_ON_FAILURE)
 
 
 def test_queue_limits_match_dagster_yaml_everywhere(values):
@@ -195,16 +242,21 @@ def test_queue_limits_match_dagster_yaml_everywhere(values):
     assert queue_limits(queued["tagConcurrencyLimits"]) == expected == queue_limits(shared["tag_concurrency_limits"])
     assert queued["maxConcurrentRuns"] == local["max_concurrent_runs"] == shared["max_concurrent_runs"]
     retries = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_retries"]
-    assert values["dagsterDaemon"]["runRetries"] == {"enabled": retries["enabled"], "maxRetries": retries["max_retries"]}
+    assert values["dagsterDaemon"]["runRetries"] == {
+        "enabled": retries["enabled"],
+        "maxRetries": retries["max_retries"],
+    }
     backfills = yaml.safe_load((DEPLOY / "dagster.postgres.yaml").read_text())["backfills"]
     assert values["additionalInstanceConfig"]["backfills"] == backfills and backfills["num_workers"] >= 1
 
 
 def test_every_pod_has_requests_and_limits(values, deployment):
-    for name, resources in [("webserver", values["dagsterWebserver"]["resources"]),
-                            ("daemon", values["dagsterDaemon"]["resources"]),
-                            ("code location", deployment["resources"]),
-                            ("runs", values["runLauncher"]["config"]["k8sRunLauncher"]["resources"])]:
+    for name, resources in [
+        ("webserver", values["dagsterWebserver"]["resources"]),
+        ("daemon", values["dagsterDaemon"]["resources"]),
+        ("code location", deployment["resources"]),
+        ("runs", values["runLauncher"]["config"]["k8sRunLauncher"]["resources"]),
+    ]:
         assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
         assert resources["limits"]["memory"], name
 
@@ -245,7 +297,9 @@ def test_postgres_instance_file_is_valid_for_dagster(tmp_path, monkeypatch):
     assert used_env == {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD"}
     assert db["scheme"] == "postgresql+psycopg2"
     for section in ("compute_logs", "run_coordinator"):
-        module = re.sub(r"^dagster\.core\.", "dagster._core.", config[section]["module"])  # as the instance loader maps it
+        module = re.sub(
+            r"^dagster\.core\.", "dagster._core.", config[section]["module"]
+        )  # as the instance loader maps it
         klass = class_from_code_pointer(module, config[section]["class"])
         result = validate_config(klass.config_type(), config[section]["config"])
         assert result.success, (section, [e.message for e in result.errors])

@@ -25,9 +25,18 @@ def browser():
         pytest.skip("Chromium not installed (Debian package `chromium`; scripts/install-services installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -49,8 +58,12 @@ def _dismiss_welcome(page):
 
 def test_asset_groups_launch_ingestion_and_read_metadata(tmp_path, browser):
     env = instance_env(tmp_path)
-    subprocess.run([str(BIN / "alumi"), "demo-data", "--images", "6", "--days", "1", "--size", "192",
-                    "--start", "2026-11-01"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "alumi"), "demo-data", "--images", "6", "--days", "1", "--size", "192", "--start", "2026-11-01"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with DagsterDev(env, tmp_path / "dagster-dev.log") as dev:
@@ -59,7 +72,20 @@ def test_asset_groups_launch_ingestion_and_read_metadata(tmp_path, browser):
         # the asset graph, grouped by lake zone
         page.goto(f"{dev.url}/asset-groups", wait_until="networkidle")
         _dismiss_welcome(page)
-        for group in ("raw", "processed", "corrections", "gold", "training", "export", "drift", "process"):
+        for group in (
+            "raw",
+            "processed",
+            "corrections",
+            "gold",
+            "training",
+            "export",
+            "release",
+            "drift",
+            "plant_raw",
+            "plant_features",
+            "plant_risk",
+            "plant_drift",
+        ):
             page.get_by_text(group, exact=True).first.wait_for(timeout=30000)
         _shot(page, shots, "1-asset-groups")
         page.set_viewport_size({"width": 1400, "height": 2400})  # the catalog renders only the rows in view

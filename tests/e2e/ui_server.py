@@ -34,10 +34,20 @@ class DagsterDev:
         self.proc = None
 
     def __enter__(self):
-        cmd = [str(BIN / "dagster"), "dev", "-m", "alumi_pipelines.definitions", "-h", "127.0.0.1", "-p", str(self.port)]
+        cmd = [
+            str(BIN / "dagster"),
+            "dev",
+            "-m",
+            "alumi_pipelines.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
         self._out = open(self.log, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     preexec_fn=_restore_sigint)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=self.env, stdout=self._out, stderr=subprocess.STDOUT, preexec_fn=_restore_sigint
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -65,5 +75,10 @@ def instance_env(tmp: Path) -> dict:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    return {**os.environ, "ALUMI_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "ALUMI_PROFILE": "ci",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "ALUMI_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "ALUMI_PROFILE": "ci",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }

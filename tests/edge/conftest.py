@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from edge_support import ReleaseStore, edge_settings, make_color_onnx
 
 
 @pytest.fixture(scope="session")
 def signing_keys(tmp_path_factory):
     """(private PEM, public PEM, public key path) of a fresh Ed25519 key."""
-    from alumi_pipelines.lib.release import load_or_create_signing_key
+    from alumi_pipelines.lib.export.release import load_or_create_signing_key
 
     key_path = tmp_path_factory.mktemp("keys") / "release.key"
     private_pem, public_pem = load_or_create_signing_key(key_path)

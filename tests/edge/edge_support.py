@@ -16,8 +16,9 @@ COLOR_NAMES = ("red", "green", "blue")
 CELL = 16
 
 
-def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", names=COLOR_NAMES,
-                    input_format: str = "rgb_f32_nchw") -> Path:
+def make_color_onnx(
+    path: Path, imgsz: int = 64, model_version: str = "1.0.0", names=COLOR_NAMES, input_format: str = "rgb_f32_nchw"
+) -> Path:
     """A detector ONNX with the YOLO output layout that finds red, green and blue squares.
 
     Each 16×16 cell of the input is one candidate box; its class scores are the cell's mean of
@@ -34,14 +35,20 @@ def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", n
         weights[c, c, 0, 0] = 1.0
     centres = (np.arange(grid, dtype=np.float32) + 0.5) * CELL
     cy, cx = np.meshgrid(centres, centres, indexing="ij")
-    anchors = np.stack([cx.ravel(), cy.ravel(), np.full(grid * grid, CELL, np.float32), np.full(grid * grid, CELL, np.float32)])
+    anchors = np.stack(
+        [cx.ravel(), cy.ravel(), np.full(grid * grid, CELL, np.float32), np.full(grid * grid, CELL, np.float32)]
+    )
     pixels = input_format == "bgr_u8_s2d2"
-    unpack = [
-        helper.make_node("Transpose", ["images"], ["packed_nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Cast", ["packed_nchw"], ["packed_float"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["packed_float", "max_pixel"], ["packed_unit"]),
-        helper.make_node("DepthToSpace", ["packed_unit"], ["bgr"], blocksize=2, mode="DCR"),
-    ] if pixels else []
+    unpack = (
+        [
+            helper.make_node("Transpose", ["images"], ["packed_nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("Cast", ["packed_nchw"], ["packed_float"], to=TensorProto.FLOAT),
+            helper.make_node("Div", ["packed_float", "max_pixel"], ["packed_unit"]),
+            helper.make_node("DepthToSpace", ["packed_unit"], ["bgr"], blocksize=2, mode="DCR"),
+        ]
+        if pixels
+        else []
+    )
     if pixels:
         weights = weights[:, ::-1].copy()  # the unpacked image is BGR
     nodes = unpack + [
@@ -53,8 +60,11 @@ def make_color_onnx(path: Path, imgsz: int = 64, model_version: str = "1.0.0", n
     graph = helper.make_graph(
         nodes,
         "color_detector",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, imgsz // 2, imgsz // 2, 12]) if pixels else
-         helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
+        [
+            helper.make_tensor_value_info("images", TensorProto.UINT8, [1, imgsz // 2, imgsz // 2, 12])
+            if pixels
+            else helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])
+        ],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + len(names), grid * grid])],
         initializer=[
             numpy_helper.from_array(weights, "w"),
@@ -112,7 +122,7 @@ def encode(image: np.ndarray, ext: str = ".png") -> bytes:
 def expected_for(model_path: Path, image: np.ndarray, conf: float = 0.25, iou: float = 0.7) -> dict:
     """sample_expected document computed with the edge runtime itself."""
     from alumi_edge.runtimes import OnnxRuntime
-    from alumi_pipelines.lib.release import expected_detections
+    from alumi_pipelines.lib.export.release import expected_detections
 
     runtime = OnnxRuntime(model_path).load()
     result = runtime.detect(image, conf=conf, iou=iou)
@@ -148,7 +158,8 @@ class ReleaseStore:
         ``int8_boxes`` adds a second model file (role ``model_int8``, the same network) with these expected
         boxes under the sample document's ``roles``.
         """
-        from alumi_pipelines.lib.release import ReleaseInput, publish_release, write_release
+        from alumi_pipelines.lib.export.release import ReleaseInput, publish_release, write_release
+        from alumi_pipelines.resources import lake_keys
 
         staging = self.work / f"staging-{version}"
         staging.mkdir(parents=True)
@@ -181,13 +192,19 @@ class ReleaseStore:
         )
 
         def write(key: str, data: bytes) -> None:
-            target = self.root / key.removeprefix("releases/")
+            target = self.root / key.removeprefix(lake_keys.RELEASES + "/")  # the store root is the releases zone
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(".tmp-" + target.name)
             tmp.write_bytes(data)
             tmp.replace(target)
 
-        publish_release(release_dir, write, channels=channels)
+        publish_release(
+            release_dir,
+            write,
+            channels=channels,
+            file_key=lake_keys.release_file_key,
+            channel_key=lake_keys.channel_key,
+        )
         return self.root / version
 
 
@@ -210,7 +227,15 @@ def auth_header(token: str | None = None) -> dict[str, str]:
 def edge_settings(home: Path, **overrides):
     from alumi_edge.settings import EdgeSettings
 
-    values = dict(home=home, auth="hs256", jwt_secret=JWT_SECRET, device_id="line1/cam 2", runtime="onnxruntime",
-                  device="cpu", max_body_bytes=200_000, inference_workers=2)
+    values = dict(
+        home=home,
+        auth="hs256",
+        jwt_secret=JWT_SECRET,
+        device_id="line1/cam 2",
+        runtime="onnxruntime",
+        device="cpu",
+        max_body_bytes=200_000,
+        inference_workers=2,
+    )
     values.update(overrides)
     return EdgeSettings(**values)

@@ -9,10 +9,10 @@ import json
 import threading
 
 import pytest
+from edge_support import JWT_SECRET, auth_header, color_image, edge_settings, encode, make_token
 from fastapi.testclient import TestClient
 
 from alumi_edge.main import create_app
-from edge_support import JWT_SECRET, auth_header, color_image, edge_settings, encode, make_token
 
 RED_AT_32 = color_image(128, 128, squares=(("red", 32, 32, 32),))
 
@@ -32,7 +32,9 @@ def test_detect_multipart_and_raw_body(client):
     response = client.post("/v1/detect", files={"file": ("part.png", png, "image/png")}, headers=auth_header())
     assert response.status_code == 200, response.text
     _assert_red_box(response.json())
-    raw = client.post("/v1/detect", content=encode(RED_AT_32, ".jpg"), headers={**auth_header(), "Content-Type": "image/jpeg"})
+    raw = client.post(
+        "/v1/detect", content=encode(RED_AT_32, ".jpg"), headers={**auth_header(), "Content-Type": "image/jpeg"}
+    )
     assert raw.status_code == 200
     body = raw.json()
     assert [b["class_name"] for b in body["boxes"]] == ["red"]  # JPEG colours shift a little, the box does not
@@ -47,7 +49,11 @@ def test_detect_multipart_and_raw_body(client):
     [
         ({"content": b"this is not an image", "headers": {"Content-Type": "image/png"}}, 415, "unsupported_media_type"),
         ({"content": encode(RED_AT_32)[:300], "headers": {"Content-Type": "image/png"}}, 400, "corrupt_image"),
-        ({"content": encode(RED_AT_32, ".jpg")[:-200], "headers": {"Content-Type": "image/jpeg"}}, 400, "corrupt_image"),
+        (
+            {"content": encode(RED_AT_32, ".jpg")[:-200], "headers": {"Content-Type": "image/jpeg"}},
+            400,
+            "corrupt_image",
+        ),
         ({"content": b"", "headers": {"Content-Type": "image/png"}}, 415, "unsupported_media_type"),
         ({"content": b'{"a": 1}', "headers": {"Content-Type": "application/json"}}, 415, "unsupported_media_type"),
         ({"files": {"file": ("notes.txt", b"plain text", "text/plain")}}, 415, "unsupported_media_type"),
@@ -217,18 +223,23 @@ def test_rs256_tokens_and_algorithm_confusion(edge_home):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    settings = edge_settings(edge_home, auth="rs256", jwt_secret=None, jwt_public_key=public_pem, jwt_audience="alumi-edge")
+    settings = edge_settings(
+        edge_home, auth="rs256", jwt_secret=None, jwt_public_key=public_pem, jwt_audience="alumi-edge"
+    )
     with TestClient(create_app(settings)) as client:
         good = make_token(secret=private_pem, algorithm="RS256", aud="alumi-edge")
         assert client.get("/v1/model", headers=auth_header(good)).status_code == 200
         wrong_audience = make_token(secret=private_pem, algorithm="RS256", aud="someone-else")
         assert client.get("/v1/model", headers=auth_header(wrong_audience)).status_code == 401
+
         # an HS256 token whose "secret" is the public key must not pass (PyJWT will not sign one: build it by hand)
         def b64(data: bytes) -> str:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -294,8 +305,9 @@ def _served(home, **settings) -> dict:
 
 
 def test_a_cpu_device_serves_the_self_tested_int8_model_unless_told_otherwise(tmp_path, release_store, signing_keys):
-    from alumi_edge.pull import pull
     from edge_support import release_int8_boxes
+
+    from alumi_edge.pull import pull
 
     boxes = release_int8_boxes(tmp_path)
     home = tmp_path / "device"
@@ -314,10 +326,11 @@ def test_an_int8_model_without_its_own_expected_boxes_is_not_chosen(tmp_path, re
     """A release written before INT8 self-tests: its INT8 file was never run at pull, so auto keeps FP32."""
     import json
 
+    from edge_support import release_int8_boxes
+
     from alumi_edge.device_home import DeviceHome
     from alumi_edge.pull import pull
     from alumi_edge.serving import serving_role
-    from edge_support import release_int8_boxes
 
     home = tmp_path / "device"
     release_store.publish("1.0.0", int8_boxes=release_int8_boxes(tmp_path))

@@ -11,17 +11,23 @@ import sys
 import threading
 
 import pytest
+from edge_support import EDGE_SRC, auth_header
 
 from alumi_edge.feedback import FeedbackQueue
 from alumi_edge.sync import HttpPutTarget, LocalFolderTarget, sync_feedback
-from edge_support import EDGE_SRC, auth_header
 
 SHA = "ab" * 32
 
 
 def _feedback(kind="missed_defect", **extra):
-    body = {"kind": kind, "image_sha256": SHA, "box": {"x1": 10, "y1": 12, "x2": 40, "y2": 30},
-            "class_name": "red", "author": "anna", "comment": "left edge"}
+    body = {
+        "kind": kind,
+        "image_sha256": SHA,
+        "box": {"x1": 10, "y1": 12, "x2": 40, "y2": 30},
+        "class_name": "red",
+        "author": "anna",
+        "comment": "left edge",
+    }
     body.update(extra)
     return body
 
@@ -78,8 +84,12 @@ def test_invalid_feedback_gets_422_naming_the_field(client, change, field):
     assert response.status_code == 422, response.text
     problems = response.json()["detail"]
     assert any(p["field"] == field or p["field"].startswith(field + ".") for p in problems), problems
-    assert client.post("/v1/feedback", content=b"{not json", headers={**auth_header(), "Content-Type": "application/json"}
-                       ).status_code == 422
+    assert (
+        client.post(
+            "/v1/feedback", content=b"{not json", headers={**auth_header(), "Content-Type": "application/json"}
+        ).status_code
+        == 422
+    )
 
 
 def _queue_with(tmp_path, count, device="edge 7"):
@@ -141,7 +151,10 @@ def test_batches_split_by_size(tmp_path):
     (tmp_path / "lake").mkdir()
     result = sync_feedback(queue, LocalFolderTarget(tmp_path / "lake"), batch_size=2)
     assert [f.rsplit("/", 1)[1] for f in result.files] == [
-        "edge-edge-7-1-2.jsonl", "edge-edge-7-3-4.jsonl", "edge-edge-7-5-5.jsonl"]
+        "edge-edge-7-1-2.jsonl",
+        "edge-edge-7-3-4.jsonl",
+        "edge-edge-7-5-5.jsonl",
+    ]
 
 
 class _BlobHandler(http.server.BaseHTTPRequestHandler):

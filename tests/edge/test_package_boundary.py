@@ -11,10 +11,21 @@ from edge_support import EDGE_SRC
 FORBIDDEN = {"dagster", "torch", "torchvision", "ultralytics", "polars", "mlflow", "alumi_pipelines", "pandas"}
 # import name → distribution declared in edge_export/pyproject.toml
 ALLOWED_THIRD_PARTY = {
-    "numpy": "numpy", "onnxruntime": "onnxruntime", "cv2": "opencv-python-headless", "fastapi": "fastapi",
-    "starlette": "fastapi", "uvicorn": "uvicorn", "pydantic": "pydantic", "pydantic_settings": "pydantic-settings",
-    "cryptography": "cryptography", "jwt": "pyjwt", "httpx": "httpx", "prometheus_client": "prometheus-client",
-    "tensorrt": "tensorrt", "pycuda": "pycuda", "xgboost": "xgboost",
+    "numpy": "numpy",
+    "onnxruntime": "onnxruntime",
+    "cv2": "opencv-python-headless",
+    "fastapi": "fastapi",
+    "starlette": "fastapi",
+    "uvicorn": "uvicorn",
+    "pydantic": "pydantic",
+    "pydantic_settings": "pydantic-settings",
+    "cryptography": "cryptography",
+    "jwt": "pyjwt",
+    "httpx": "httpx",
+    "prometheus_client": "prometheus-client",
+    "tensorrt": "tensorrt",
+    "pycuda": "pycuda",
+    "xgboost": "xgboost",
 }
 
 

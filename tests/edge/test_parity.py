@@ -43,7 +43,7 @@ def _synthetic_dataset(root, count: int = 12):
 @pytest.fixture(scope="session")
 def yolo_onnx(tmp_path_factory, _isolated_home):
     """A yolo11n trained for 3 epochs on 12 synthetic images, exported to ONNX at 128 px."""
-    from alumi_pipelines.lib.yolo_offline import import_ultralytics
+    from alumi_pipelines.lib.training.offline import import_ultralytics
 
     work = tmp_path_factory.mktemp("yolo")
     try:
@@ -53,8 +53,20 @@ def yolo_onnx(tmp_path_factory, _isolated_home):
     data = _synthetic_dataset(work / "data")
     model = ultralytics.YOLO("yolo11n.yaml")
     model.train(
-        data=str(data), epochs=3, imgsz=IMGSZ, batch=4, workers=0, device="cpu", project=str(work / "runs"),
-        name="train", plots=False, val=False, amp=False, verbose=False, seed=0, deterministic=True,
+        data=str(data),
+        epochs=3,
+        imgsz=IMGSZ,
+        batch=4,
+        workers=0,
+        device="cpu",
+        project=str(work / "runs"),
+        name="train",
+        plots=False,
+        val=False,
+        amp=False,
+        verbose=False,
+        seed=0,
+        deterministic=True,
     )
     onnx_path = model.export(format="onnx", imgsz=IMGSZ, device="cpu", simplify=True, verbose=False)
     return ultralytics, onnx_path

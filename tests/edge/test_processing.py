@@ -92,14 +92,16 @@ def test_postprocess_decodes_yolo_output_to_original_pixels():
     params = letterbox_params((100, 200), (64, 64))
     # 3 candidates, 2 classes: rows cx, cy, w, h, score0, score1
     output = np.array(
-        [[
-            [32.0, 32.5, 10.0],
-            [32.0, 32.5, 20.0],
-            [16.0, 16.0, 4.0],
-            [8.0, 8.0, 4.0],
-            [0.9, 0.85, 0.1],
-            [0.1, 0.2, 0.2],
-        ]],
+        [
+            [
+                [32.0, 32.5, 10.0],
+                [32.0, 32.5, 20.0],
+                [16.0, 16.0, 4.0],
+                [8.0, 8.0, 4.0],
+                [0.9, 0.85, 0.1],
+                [0.1, 0.2, 0.2],
+            ]
+        ],
         np.float32,
     )
     det = postprocess(output, params, conf_threshold=0.25, iou_threshold=0.5)
@@ -115,8 +117,16 @@ def test_postprocess_decodes_yolo_output_to_original_pixels():
 
 
 def test_postprocess_clips_and_honours_max_det_and_strict_threshold():
-    params = Letterbox(orig_height=64, orig_width=64, input_height=64, input_width=64,
-                       resized_width=64, resized_height=64, pad_left=0, pad_top=0)
+    params = Letterbox(
+        orig_height=64,
+        orig_width=64,
+        input_height=64,
+        input_width=64,
+        resized_width=64,
+        resized_height=64,
+        pad_left=0,
+        pad_top=0,
+    )
     output = np.zeros((1, 5, 4), np.float32)
     output[0, :4] = np.array([[2, 20, 40, 62], [2, 20, 40, 62], [10, 10, 10, 10], [10, 10, 10, 10]], np.float32)
     output[0, 4] = [0.5, 0.6, 0.7, 0.25]

@@ -13,18 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+from edge_support import EDGE_SRC
 
 from alumi_edge.device_home import DeviceHome
 from alumi_edge.manifest import ChecksumError, ManifestError, SignatureError
 from alumi_edge.pull import pull
 from alumi_edge.selftest import SelfTestError
-from edge_support import EDGE_SRC
 
 
 def _edge_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(EDGE_SRC)}
-    return subprocess.run([sys.executable, "-m", "alumi_edge", *args], env=env, capture_output=True, text=True,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "alumi_edge", *args], env=env, capture_output=True, text=True, timeout=120, **kwargs
+    )
 
 
 def _assert_untouched(home: Path, version: str | None, refused: str):
@@ -91,13 +92,15 @@ def test_tampered_file_is_refused_and_current_stays(tmp_path, release_store, sig
     with pytest.raises(ChecksumError, match="model.onnx: sha256"):
         pull(str(release_store.root), home, public_pem)
     _assert_untouched(home, "1.0.0", "1.1.0")
-    result = _edge_cli("pull", "--source", str(release_store.root), "--pubkey", str(signing_keys[2]), "--home", str(home))
+    result = _edge_cli(
+        "pull", "--source", str(release_store.root), "--pubkey", str(signing_keys[2]), "--home", str(home)
+    )
     assert result.returncode == 2
     assert "release refused, current version unchanged" in result.stderr and "model.onnx" in result.stderr
 
 
 def test_bad_signature_is_refused(tmp_path, release_store, signing_keys):
-    from alumi_pipelines.lib.release import load_or_create_signing_key, sign_manifest
+    from alumi_pipelines.lib.export.release import load_or_create_signing_key, sign_manifest
 
     _, public_pem, _ = signing_keys
     home = tmp_path / "device"
@@ -111,7 +114,9 @@ def test_bad_signature_is_refused(tmp_path, release_store, signing_keys):
     _assert_untouched(home, "1.0.0", "1.1.0")
 
     # a manifest edited after signing (e.g. to point at another model hash) is refused as well
-    (folder / "manifest.sig").write_bytes(sign_manifest((folder / "manifest.json").read_bytes(), release_store.private_pem))
+    (folder / "manifest.sig").write_bytes(
+        sign_manifest((folder / "manifest.json").read_bytes(), release_store.private_pem)
+    )
     manifest = json.loads((folder / "manifest.json").read_bytes())
     manifest["metrics"]["map50"] = 0.99
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -125,8 +130,11 @@ def test_failing_self_test_is_refused(tmp_path, release_store, signing_keys):
     home = tmp_path / "device"
     release_store.publish("1.0.0")
     pull(str(release_store.root), home, public_pem)
-    wrong = {"conf": 0.25, "iou": 0.7, "boxes": [
-        {"class_id": 1, "class_name": "green", "confidence": 0.9, "x1": 0, "y1": 0, "x2": 32, "y2": 32}]}
+    wrong = {
+        "conf": 0.25,
+        "iou": 0.7,
+        "boxes": [{"class_id": 1, "class_name": "green", "confidence": 0.9, "x1": 0, "y1": 0, "x2": 32, "y2": 32}],
+    }
     release_store.publish("1.1.0", expected=wrong)
     with pytest.raises(SelfTestError, match="expected green box .* was not detected"):
         pull(str(release_store.root), home, public_pem)
@@ -198,8 +206,9 @@ def http_release_server(release_store):
     server.server_close()
 
 
-def test_pull_killed_midway_leaves_current_and_is_cleaned_next_time(tmp_path, release_store, signing_keys,
-                                                                    http_release_server):
+def test_pull_killed_midway_leaves_current_and_is_cleaned_next_time(
+    tmp_path, release_store, signing_keys, http_release_server
+):
     _, _, pubkey_path = signing_keys
     home = tmp_path / "device"
     base = f"http://127.0.0.1:{http_release_server.server_port}/?sv=2026-01-01&sp=r&se=2099-01-01T00:00:00Z&sig=secret"
@@ -213,8 +222,21 @@ def test_pull_killed_midway_leaves_current_and_is_cleaned_next_time(tmp_path, re
     http_release_server.slow = True
     env = {**os.environ, "PYTHONPATH": str(EDGE_SRC)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "alumi_edge", "pull", "--source", base, "--pubkey", str(pubkey_path), "--home", str(home)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "alumi_edge",
+            "pull",
+            "--source",
+            base,
+            "--pubkey",
+            str(pubkey_path),
+            "--home",
+            str(home),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     partial_plan = home / "versions" / ".partial-1.1.0" / "build_plan.bin"
     deadline = time.monotonic() + 60
@@ -243,7 +265,14 @@ def test_pull_killed_midway_leaves_current_and_is_cleaned_next_time(tmp_path, re
 
 
 def test_unreachable_source_fails_cleanly(tmp_path, signing_keys):
-    result = _edge_cli("pull", "--source", str(tmp_path / "nowhere"), "--pubkey", str(signing_keys[2]),
-                       "--home", str(tmp_path / "device"))
+    result = _edge_cli(
+        "pull",
+        "--source",
+        str(tmp_path / "nowhere"),
+        "--pubkey",
+        str(signing_keys[2]),
+        "--home",
+        str(tmp_path / "device"),
+    )
     assert result.returncode == 1
     assert "pull failed, current version unchanged" in result.stderr and "channels/stable.json" in result.stderr

@@ -1,4 +1,4 @@
-"""Pipeline-side manifest + signing (alumi_pipelines.lib.release) checked by the device-side verifier."""
+"""Pipeline-side manifest + signing (alumi_pipelines.lib.export.release) checked by the device-side verifier."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from alumi_edge.manifest import (
     verify_release_dir,
     verify_signature,
 )
-from alumi_pipelines.lib import release
+from alumi_pipelines.lib.export import release
+from alumi_pipelines.resources import lake_keys
 
 
 def _files(tmp_path):
@@ -104,8 +105,10 @@ def test_pinned_key_must_be_ed25519(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    rsa_public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    rsa_public = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     with pytest.raises(SignatureError, match="expected an Ed25519 key"):
         verify_signature(b"{}", b"AAAA", rsa_public)
@@ -135,7 +138,13 @@ def test_publish_writes_payload_then_manifest_then_channel(tmp_path, signing_key
     dest = tmp_path / "built" / "1.0"
     release.write_release(dest, _files(tmp_path), version="1.0", classes=["a"], imgsz=64, private_key_pem=private_pem)
     written: list[tuple[str, bytes]] = []
-    keys = release.publish_release(dest, lambda key, data: written.append((key, data)), channels=("stable", "canary"))
+    keys = release.publish_release(
+        dest,
+        lambda key, data: written.append((key, data)),
+        channels=("stable", "canary"),
+        file_key=lake_keys.release_file_key,
+        channel_key=lake_keys.channel_key,
+    )
     assert keys == [
         "releases/1.0/model.onnx",
         "releases/1.0/sample.png",
@@ -146,11 +155,33 @@ def test_publish_writes_payload_then_manifest_then_channel(tmp_path, signing_key
     ]
     pointer = json.loads(written[-1][1])
     assert pointer["version"] == "1.0" and pointer["manifest"] == "1.0/manifest.json" and pointer["updated_at"]
+    # keys come from the key functions the caller passes; a reused release only moves its channels
+    other = release.publish_release(
+        dest,
+        lambda key, data: None,
+        channels=("beta",),
+        file_key=lambda v, rel: f"r/{v}/{rel}",
+        channel_key=lambda c: f"c/{c}",
+    )
+    assert other[0] == "r/1.0/model.onnx" and other[-1] == "c/beta"
+    moved: list[tuple[str, bytes]] = []
+    assert release.move_channels(
+        "1.0", ["canary"], lambda key, data: moved.append((key, data)), lake_keys.channel_key
+    ) == ["releases/channels/canary.json"]
+    assert json.loads(moved[0][1])["manifest"] == "1.0/manifest.json"
+    with pytest.raises(release.ReleaseError, match="channel '../x'"):
+        release.move_channels("1.0", ["ok", "../x"], lambda key, data: moved.append((key, data)), lake_keys.channel_key)
+    assert len(moved) == 1  # no channel moved when one of them is refused
 
 
 def test_manifest_parser_names_bad_fields():
-    base = {"format": 1, "version": "1", "classes": ["a"], "imgsz": 64,
-            "files": [{"path": "m.onnx", "sha256": "0" * 64, "size": 1, "role": "model"}]}
+    base = {
+        "format": 1,
+        "version": "1",
+        "classes": ["a"],
+        "imgsz": 64,
+        "files": [{"path": "m.onnx", "sha256": "0" * 64, "size": 1, "role": "model"}],
+    }
     parse_manifest(json.dumps(base).encode())
     for change, message in [
         ({"format": 2}, "field 'format'"),
@@ -164,13 +195,21 @@ def test_manifest_parser_names_bad_fields():
             parse_manifest(json.dumps({**base, **change}).encode())
 
 
-def test_resolve_signing_key_prefers_configured_key(tmp_path, signing_keys):
-    private_pem, public_pem, _ = signing_keys
-    assert release.resolve_signing_key(tmp_path, private_pem.decode()) == (private_pem, public_pem)
-    key_file = tmp_path / "prod.key"
-    key_file.write_bytes(private_pem)
-    assert release.resolve_signing_key(tmp_path, str(key_file))[1] == public_pem
-    dev_private, dev_public = release.resolve_signing_key(tmp_path)
-    assert (tmp_path / "keys" / "release-signing.key").read_bytes() == dev_private and dev_public != public_pem
-    with pytest.raises(release.ReleaseError, match="does not exist"):
-        release.resolve_signing_key(tmp_path, str(tmp_path / "missing.key"))
+def test_signing_key_prefers_config_then_setting_else_the_development_key(tmp_path, signing_keys):
+    private_pem, public_pem, public_path = signing_keys
+    key_file = public_path.with_name("release.key")
+    other = tmp_path / "other.key"
+    release.load_or_create_signing_key(other)
+    assert release.signing_key_path(tmp_path, str(key_file), str(other)) == (key_file, False)
+    assert release.signing_key_path(tmp_path, None, str(key_file)) == (key_file, False)
+    assert release.load_or_create_signing_key(release.signing_key_path(tmp_path, None, str(key_file))[0]) == (
+        private_pem,
+        public_pem,
+    )
+    dev_path, is_dev = release.signing_key_path(tmp_path)
+    assert (dev_path, is_dev) == (tmp_path / "keys" / "release-dev.key", True)
+    dev_private, dev_public = release.load_or_create_signing_key(dev_path)
+    assert dev_path.read_bytes() == dev_private and dev_public != public_pem
+    assert (tmp_path / "keys" / "release-dev.key.pub").read_bytes() == dev_public  # what the README has devices pin
+    with pytest.raises(release.ReleaseError, match="config signing_key=.*missing.key.*no such file"):
+        release.signing_key_path(tmp_path, str(tmp_path / "missing.key"))

@@ -10,34 +10,36 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+from edge_support import COLOR_NAMES, auth_header, color_image, edge_settings, encode, expected_for, make_color_onnx
 from fastapi.testclient import TestClient
 
-from edge_support import COLOR_NAMES, auth_header, color_image, edge_settings, encode, expected_for, make_color_onnx
-
-NOW = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(RiskModel, its published JSON bytes, clean samples of unseen parts) from a small simulated plant."""
-    from alumi_pipelines.lib import process_features as pf
-    from alumi_pipelines.lib import risk_model as rm
-    from alumi_pipelines.lib.process_sim import simulate_days
+    from alumi_pipelines.lib.plant.dataset import join_outcomes, time_split
+    from alumi_pipelines.lib.plant.features import part_features
+    from alumi_pipelines.lib.plant.risk_model import train_risk_model
+    from alumi_pipelines.lib.plant.samples import normalise_files
+    from alumi_pipelines.lib.plant.sim import simulate_days
 
     plant = simulate_days(dt.date(2026, 3, 2), 4, 60, seed=8)
-    clean = pf.normalise_files(plant.historian_files(), known_parts=plant.known_parts, now=NOW).clean
-    dataset, _ = pf.join_outcomes(pf.part_features(clean), plant.outcomes)
-    model = rm.train_risk_model(dataset, pf.time_split(dataset), {"num_boost_round": 60})
+    clean = normalise_files(plant.historian_files(), known_parts=plant.known_parts, now=NOW).clean
+    dataset, _ = join_outcomes(part_features(clean), plant.outcomes)
+    model = train_risk_model(dataset, time_split(dataset), {"num_boost_round": 60})
     document = json.loads(model.to_json_bytes())
     document["info"]["registry"] = {"model_name": "alumi-defect-risk", "version": "7"}  # as publish_risk_champion adds
     unseen = simulate_days(dt.date(2026, 4, 1), 1, 9, seed=21)
-    unseen_clean = pf.normalise_files(unseen.historian_files(), known_parts=unseen.known_parts, now=NOW).clean
+    unseen_clean = normalise_files(unseen.historian_files(), known_parts=unseen.known_parts, now=NOW).clean
     return model, json.dumps(document).encode(), unseen_clean
 
 
 def publish_with_risk(release_store, version: str, risk_bytes: bytes | None) -> None:
     """A signed release with the colour detector and (optionally) a risk_model file."""
-    from alumi_pipelines.lib.release import ReleaseInput, publish_release, write_release
+    from alumi_pipelines.lib.export.release import ReleaseInput, publish_release, write_release
+    from alumi_pipelines.resources import lake_keys
 
     staging = release_store.work / f"risk-staging-{version}"
     staging.mkdir(parents=True)
@@ -45,22 +47,32 @@ def publish_with_risk(release_store, version: str, risk_bytes: bytes | None) -> 
     sample = color_image(128, 128, squares=(("red", 32, 32, 32),))
     (staging / "sample.png").write_bytes(encode(sample))
     (staging / "sample_expected.json").write_text(json.dumps(expected_for(model, sample)))
-    files = [ReleaseInput(model, "model.onnx", "model"),
-             ReleaseInput(staging / "sample.png", "sample.png", "sample_image"),
-             ReleaseInput(staging / "sample_expected.json", "sample_expected.json", "sample_expected")]
+    files = [
+        ReleaseInput(model, "model.onnx", "model"),
+        ReleaseInput(staging / "sample.png", "sample.png", "sample_image"),
+        ReleaseInput(staging / "sample_expected.json", "sample_expected.json", "sample_expected"),
+    ]
     if risk_bytes is not None:
         (staging / "risk_model.json").write_bytes(risk_bytes)
         files.append(ReleaseInput(staging / "risk_model.json", "risk_model.json", "risk_model"))
     built = release_store.work / "risk-built" / version
-    write_release(built, files, version=version, classes=list(COLOR_NAMES), imgsz=64,
-                  private_key_pem=release_store.private_pem, metrics={}, source={})
+    write_release(
+        built,
+        files,
+        version=version,
+        classes=list(COLOR_NAMES),
+        imgsz=64,
+        private_key_pem=release_store.private_pem,
+        metrics={},
+        source={},
+    )
 
     def write(key: str, data: bytes) -> None:
         target = release_store.root / key.removeprefix("releases/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
-    publish_release(built, write)
+    publish_release(built, write, file_key=lake_keys.release_file_key, channel_key=lake_keys.channel_key)
 
 
 @pytest.fixture
@@ -79,7 +91,7 @@ def risk_client(tmp_path, release_store, signing_keys, trained):
 
 def _windows(clean: pl.DataFrame, n_parts: int = 6):
     """(part_id, alloy, columns) of the first parts: canonical signals with None for dropouts, UTC timestamps."""
-    from alumi_pipelines.lib.process_features import SIGNALS
+    from alumi_pipelines.lib.plant.samples import SIGNALS
 
     for part_id in clean["part_id"].unique(maintain_order=True).to_list()[:n_parts]:
         rows = clean.filter(pl.col("part_id") == part_id)
@@ -87,7 +99,7 @@ def _windows(clean: pl.DataFrame, n_parts: int = 6):
 
 
 def _body(part_id: str, alloy: str, window: pl.DataFrame, timestamps: str = "iso") -> dict:
-    from alumi_pipelines.lib.process_features import SIGNALS
+    from alumi_pipelines.lib.plant.samples import SIGNALS
 
     body = {"part_id": part_id, "alloy": alloy, "signals": {s: window[s].to_list() for s in SIGNALS}}
     if timestamps == "iso":
@@ -99,7 +111,7 @@ def _body(part_id: str, alloy: str, window: pl.DataFrame, timestamps: str = "iso
 
 @pytest.mark.parametrize("timestamps", ["iso", "epoch", "none"])
 def test_route_returns_the_same_risk_as_risk_for_window(risk_client, trained, timestamps):
-    from alumi_pipelines.lib.risk_model import risk_for_window
+    from alumi_pipelines.lib.plant.risk_model import risk_for_window
 
     model, _, clean = trained
     seen = 0
@@ -123,7 +135,8 @@ def test_route_returns_the_same_risk_as_risk_for_window(risk_client, trained, ti
 
 def test_window_features_match_the_pipeline_definition():
     from alumi_edge.risk import window_features
-    from alumi_pipelines.lib.process_features import LIMITS, SIGNALS, window_features_numpy
+    from alumi_pipelines.lib.plant.features import window_features_numpy
+    from alumi_pipelines.lib.plant.samples import LIMITS, SIGNALS
 
     rng = np.random.default_rng(3)
     for n in (1, 2, 7, 240):
@@ -131,8 +144,9 @@ def test_window_features_match_the_pipeline_definition():
         signals["melt_temp_c"][: n // 2] = np.nan  # a dropout burst
         signals["mould_level_mm"][:] = np.nan  # a sensor down for the whole window
         seconds = np.sort(rng.choice(10_000, n, replace=False)).astype(float)[rng.permutation(n)]
-        ours = window_features({s: [None if math.isnan(v) else v for v in signals[s]] for s in SIGNALS},
-                               SIGNALS, LIMITS, seconds.tolist())
+        ours = window_features(
+            {s: [None if math.isnan(v) else v for v in signals[s]] for s in SIGNALS}, SIGNALS, LIMITS, seconds.tolist()
+        )
         theirs = window_features_numpy({**signals, "timestamp": seconds})
         assert ours.keys() == theirs.keys()
         for key in theirs:
@@ -147,19 +161,36 @@ def test_window_features_match_the_pipeline_definition():
         (lambda b: b["signals"]["melt_temp_c"].pop(), 422, "invalid_window", "melt_temp_c has 4"),
         (lambda b: b.update(alloy="7075"), 422, "invalid_window", "alloy: '7075' is not one the model was trained on"),
         (lambda b: b.update(timestamps=["2026-03-02T10:00:00"] * 5), 422, "invalid_window", "has no UTC offset"),
-        (lambda b: b.update(timestamps=["2026-03-02T10:00:00Z"] * 4), 422, "invalid_window", "timestamps: 4 values, expected 5"),
-        (lambda b: b["signals"].update(melt_temp_c=[]) or [b["signals"].__setitem__(s, []) for s in b["signals"]],
-         422, "invalid_window", "holds no samples"),
-        (lambda b: b["signals"]["strip_speed_m_min"].__setitem__(0, "Bad"), 422, "invalid_request", "signals.strip_speed_m_min"),
+        (
+            lambda b: b.update(timestamps=["2026-03-02T10:00:00Z"] * 4),
+            422,
+            "invalid_window",
+            "timestamps: 4 values, expected 5",
+        ),
+        (
+            lambda b: b["signals"].update(melt_temp_c=[]) or [b["signals"].__setitem__(s, []) for s in b["signals"]],
+            422,
+            "invalid_window",
+            "holds no samples",
+        ),
+        (
+            lambda b: b["signals"]["strip_speed_m_min"].__setitem__(0, "Bad"),
+            422,
+            "invalid_request",
+            "signals.strip_speed_m_min",
+        ),
         (lambda b: b.pop("part_id"), 422, "invalid_request", "part_id"),
     ],
 )
 def test_bad_windows_get_json_errors_naming_the_field(risk_client, change, status, error, detail):
-    from alumi_pipelines.lib.process_features import LIMITS, SIGNALS
+    from alumi_pipelines.lib.plant.samples import LIMITS, SIGNALS
 
-    body = {"part_id": "L1-20260401-0001", "alloy": "6063",
-            "signals": {s: [sum(LIMITS[s]) / 2] * 5 for s in SIGNALS},
-            "timestamps": [f"2026-04-01T10:00:0{i}Z" for i in range(5)]}
+    body = {
+        "part_id": "L1-20260401-0001",
+        "alloy": "6063",
+        "signals": {s: [sum(LIMITS[s]) / 2] * 5 for s in SIGNALS},
+        "timestamps": [f"2026-04-01T10:00:0{i}Z" for i in range(5)],
+    }
     ok = risk_client.post("/v1/risk", json=body, headers=auth_header())
     assert ok.status_code == 200, ok.text
     change(body)
@@ -182,15 +213,17 @@ def test_release_without_a_risk_model_answers_503(edge_home):
         body = {"part_id": "p", "alloy": "6063", "signals": {"melt_temp_c": [720.0]}}
         response = client.post("/v1/risk", json=body, headers=auth_header())
         assert response.status_code == 503
-        assert response.json() == {"error": "risk_model_not_loaded",
-                                   "detail": "release 1.0.0 has no file with role 'risk_model'"}
+        assert response.json() == {
+            "error": "risk_model_not_loaded",
+            "detail": "release 1.0.0 has no file with role 'risk_model'",
+        }
         assert client.get("/readyz").status_code == 200  # detection keeps serving
 
 
 def test_without_xgboost_the_route_answers_501_with_the_install_hint(tmp_path, trained, monkeypatch):
     from alumi_edge.main import create_app
     from alumi_edge.routers.risk import create_risk_router
-    from alumi_pipelines.lib.process_features import SIGNALS
+    from alumi_pipelines.lib.plant.samples import SIGNALS
 
     model_file = tmp_path / "risk_model.json"
     model_file.write_bytes(trained[1])
@@ -210,6 +243,8 @@ def test_a_corrupted_risk_file_is_refused_not_scored(risk_client, tmp_path):
     home = DeviceHome(risk_client.app.state.settings.home)
     path = home.version_dir("2.0.0") / "risk_model.json"
     path.write_bytes(path.read_bytes().replace(b'"alloys"', b'"alloyz"'))
-    response = risk_client.post("/v1/risk", json={"part_id": "p", "alloy": "6063", "signals": {}}, headers=auth_header())
+    response = risk_client.post(
+        "/v1/risk", json={"part_id": "p", "alloy": "6063", "signals": {}}, headers=auth_header()
+    )
     assert response.status_code == 503 and response.json()["error"] == "risk_model_not_loaded"
     assert "sha256" in response.json()["detail"] and "differs from the manifest" in response.json()["detail"]

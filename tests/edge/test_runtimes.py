@@ -7,12 +7,12 @@ import types
 
 import numpy as np
 import pytest
+from edge_support import color_image, make_color_onnx
 
 from alumi_edge.model_info import ModelInfo, ModelMetadataError, parse_model_info, read_model_info
 from alumi_edge.runtimes import OnnxRuntime, RuntimeUnavailable, create_runtime
 from alumi_edge.runtimes.onnx import providers_for
 from alumi_edge.runtimes.tensorrt import TensorRTRuntime, engine_cache_name, tensorrt_available
-from edge_support import color_image, make_color_onnx
 
 
 def test_model_info_from_onnx_metadata(color_onnx):
@@ -71,11 +71,14 @@ def test_onnx_runtime_refuses_a_model_whose_input_contradicts_its_metadata(tmp_p
     model = onnx.load(str(path))
     model.metadata_props.add(key="input_format", value="bgr_u8_s2d2")
     onnx.save(model, str(path))
-    with pytest.raises(ValueError, match="tensor\\(float\\) but metadata 'input_format' 'bgr_u8_s2d2' means tensor\\(uint8\\)"):
+    with pytest.raises(
+        ValueError, match="tensor\\(float\\) but metadata 'input_format' 'bgr_u8_s2d2' means tensor\\(uint8\\)"
+    ):
         OnnxRuntime(path).load()
     with pytest.raises(ValueError, match="model input is \\(32, 32\\) but metadata 'imgsz' says \\(64, 64\\)"):
-        OnnxRuntime(make_color_onnx(tmp_path / "small.onnx", imgsz=32),
-                    info=ModelInfo(names=("r", "g", "b"), input_hw=(64, 64))).load()
+        OnnxRuntime(
+            make_color_onnx(tmp_path / "small.onnx", imgsz=32), info=ModelInfo(names=("r", "g", "b"), input_hw=(64, 64))
+        ).load()
 
 
 def test_tensorrt_guard_explains_and_auto_falls_back(color_onnx):
@@ -141,16 +144,21 @@ def _fake_tensorrt_modules(builds: list[str]):
         host.view(np.uint8)[:] = memory[int(dev)]
 
     cuda = types.SimpleNamespace(
-        init=lambda: None, Device=Device, Stream=lambda: types.SimpleNamespace(handle=0, synchronize=lambda: None),
-        pagelocked_empty=lambda n, dtype: np.zeros(n, dtype), mem_alloc=DeviceMemory,
-        memcpy_htod_async=htod, memcpy_dtoh_async=dtoh,
+        init=lambda: None,
+        Device=Device,
+        Stream=lambda: types.SimpleNamespace(handle=0, synchronize=lambda: None),
+        pagelocked_empty=lambda n, dtype: np.zeros(n, dtype),
+        mem_alloc=DeviceMemory,
+        memcpy_htod_async=htod,
+        memcpy_dtoh_async=dtoh,
     )
 
     class Engine:
         def __init__(self, onnx_bytes):
             self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
             self.tensors = [(i.name, tuple(i.shape), "in") for i in self.session.get_inputs()] + [
-                (o.name, tuple(o.shape), "out") for o in self.session.get_outputs()]
+                (o.name, tuple(o.shape), "out") for o in self.session.get_outputs()
+            ]
             self.num_io_tensors = len(self.tensors)
 
         def get_tensor_name(self, i):
@@ -216,7 +224,7 @@ def _fake_tensorrt_modules(builds: list[str]):
 
         def deserialize_cuda_engine(self, data):
             data = bytes(data)
-            return Engine(data[len(b"FAKEENGINE"):]) if data.startswith(b"FAKEENGINE") else None
+            return Engine(data[len(b"FAKEENGINE") :]) if data.startswith(b"FAKEENGINE") else None
 
     class Logger:
         WARNING = 2
@@ -225,10 +233,16 @@ def _fake_tensorrt_modules(builds: list[str]):
             pass
 
     trt = types.SimpleNamespace(
-        __version__="10.3.0", Logger=Logger,
-        Builder=Builder, OnnxParser=OnnxParser, Runtime=Runtime, nptype=lambda dtype: np.float32,
-        NetworkDefinitionCreationFlag=types.SimpleNamespace(), MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
-        BuilderFlag=types.SimpleNamespace(FP16=1), TensorIOMode=types.SimpleNamespace(INPUT="input"),
+        __version__="10.3.0",
+        Logger=Logger,
+        Builder=Builder,
+        OnnxParser=OnnxParser,
+        Runtime=Runtime,
+        nptype=lambda dtype: np.float32,
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
+        BuilderFlag=types.SimpleNamespace(FP16=1),
+        TensorIOMode=types.SimpleNamespace(INPUT="input"),
     )
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = cuda
@@ -250,7 +264,8 @@ def test_tensorrt_runtime_builds_once_then_reuses_cached_engine(monkeypatch, tmp
     boxes = runtime.detect(image).boxes
     reference = OnnxRuntime(color_onnx).load().detect(image).boxes
     assert [(b.class_name, b.x1, b.y1, b.x2, b.y2) for b in boxes] == [
-        (b.class_name, b.x1, b.y1, b.x2, b.y2) for b in reference]
+        (b.class_name, b.x1, b.y1, b.x2, b.y2) for b in reference
+    ]
     assert builds == ["build"]
     second = TensorRTRuntime(color_onnx, tmp_path / "engines").load()
     assert builds == ["build"] and second.engine_path == runtime.engine_path  # cache hit, no rebuild
@@ -262,7 +277,6 @@ def test_onnx_runtime_pool_stops_spinning_when_a_run_returns(tmp_path):
     import time
 
     import onnxruntime as ort
-
     from edge_support import make_color_onnx
 
     path = make_color_onnx(tmp_path / "model.onnx", imgsz=512)

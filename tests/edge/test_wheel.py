@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from edge_support import EDGE_SRC, JWT_SECRET, color_image, encode, make_token
 
 PIP_TIMEOUT_S = 900
@@ -36,7 +35,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, env=kwargs.pop("env", _clean_env()), **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -44,8 +45,11 @@ def _requirements(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = archive.read(name).decode()
-    return sorted(line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
-                  and "extra ==" not in line)
+    return sorted(
+        line.split(":", 1)[1].strip()
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    )
 
 
 def _venv_for(wheel: Path) -> Path:
@@ -64,8 +68,10 @@ def _venv_for(wheel: Path) -> Path:
             _run([base_python, "-m", "venv", str(venv)], timeout=300)
             _run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], timeout=PIP_TIMEOUT_S)
             (venv / ".complete").write_text("\n".join(requirements))
-        _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(wheel)],
-             timeout=PIP_TIMEOUT_S)
+        _run(
+            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(wheel)],
+            timeout=PIP_TIMEOUT_S,
+        )
     return venv
 
 
@@ -77,7 +83,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def edge_venv(tmp_path_factory) -> Path:
-    from alumi_pipelines.lib.release import build_edge_wheel
+    from alumi_pipelines.lib.export.release import build_edge_wheel
 
     wheel = build_edge_wheel(EDGE_SRC, tmp_path_factory.mktemp("wheel"))
     assert wheel.name == "alumi_edge-0.1.0-py3-none-any.whl"
@@ -98,16 +104,35 @@ def test_installed_server_pulls_and_serves_real_http(edge_venv, tmp_path, releas
     release_store.publish("3.1.0")
     home = tmp_path / "device"
     cli = str(edge_venv / "bin" / "alumi-edge")
-    pulled = _run([cli, "pull", "--source", f"file://{release_store.root}", "--pubkey", str(signing_keys[2]),
-                   "--home", str(home)], timeout=120)
+    pulled = _run(
+        [
+            cli,
+            "pull",
+            "--source",
+            f"file://{release_store.root}",
+            "--pubkey",
+            str(signing_keys[2]),
+            "--home",
+            str(home),
+        ],
+        timeout=120,
+    )
     assert json.loads(pulled.stdout)["version"] == "3.1.0"
 
     port = _free_port()
-    env = _clean_env(ALUMI_EDGE_JWT_SECRET=JWT_SECRET, ALUMI_EDGE_MAX_BODY_BYTES="100000",
-                     ALUMI_EDGE_DEVICE_ID="wheel-test", ALUMI_EDGE_LOG_LEVEL="warning")
+    env = _clean_env(
+        ALUMI_EDGE_JWT_SECRET=JWT_SECRET,
+        ALUMI_EDGE_MAX_BODY_BYTES="100000",
+        ALUMI_EDGE_DEVICE_ID="wheel-test",
+        ALUMI_EDGE_LOG_LEVEL="warning",
+    )
     log_file = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([cli, "serve", "--home", str(home), "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [cli, "serve", "--home", str(home), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -122,29 +147,47 @@ def test_installed_server_pulls_and_serves_real_http(edge_venv, tmp_path, releas
             time.sleep(0.2)
         token = {"Authorization": f"Bearer {make_token()}"}
         with httpx.Client(base_url=base, timeout=30) as http:
-            good = http.post("/v1/detect", files={"file": ("plate.png", encode(color_image(128, 128)), "image/png")},
-                             headers=token)
+            good = http.post(
+                "/v1/detect", files={"file": ("plate.png", encode(color_image(128, 128)), "image/png")}, headers=token
+            )
             assert good.status_code == 200, good.text
             body = good.json()
             assert body["model_version"] == "3.1.0" and body["runtime"] == "onnxruntime-cpu"
-            assert [(b["class_name"], round(b["x1"]), round(b["y1"]), round(b["x2"]), round(b["y2"]))
-                    for b in body["boxes"]] == [("red", 32, 32, 64, 64)]
+            assert [
+                (b["class_name"], round(b["x1"]), round(b["y1"]), round(b["x2"]), round(b["y2"])) for b in body["boxes"]
+            ] == [("red", 32, 32, 64, 64)]
 
             bad = http.post("/v1/detect", content=b"GIF89a not really", headers={**token, "Content-Type": "image/gif"})
             assert bad.status_code == 415 and bad.json()["error"] == "unsupported_media_type"
-            truncated = http.post("/v1/detect", content=encode(color_image(), ".jpg")[:-300],
-                                  headers={**token, "Content-Type": "image/jpeg"})
+            truncated = http.post(
+                "/v1/detect",
+                content=encode(color_image(), ".jpg")[:-300],
+                headers={**token, "Content-Type": "image/jpeg"},
+            )
             assert truncated.status_code == 400 and truncated.json()["error"] == "corrupt_image"
             anonymous = http.post("/v1/detect", content=encode(color_image()), headers={"Content-Type": "image/png"})
             assert anonymous.status_code == 401 and anonymous.json()["error"] == "token_missing"
-            oversized = http.post("/v1/detect", content=b"\x89PNG\r\n\x1a\n" + b"0" * 150_000,
-                                  headers={**token, "Content-Type": "image/png"})
+            oversized = http.post(
+                "/v1/detect",
+                content=b"\x89PNG\r\n\x1a\n" + b"0" * 150_000,
+                headers={**token, "Content-Type": "image/png"},
+            )
             assert oversized.status_code == 413 and oversized.json()["error"] == "payload_too_large"
-            feedback = http.post("/v1/feedback", headers=token, json={
-                "kind": "false_positive", "image_sha256": body["image"]["sha256"], "class_name": "red",
-                "box": {"x1": 32, "y1": 32, "x2": 64, "y2": 64}, "author": "qa"})
+            feedback = http.post(
+                "/v1/feedback",
+                headers=token,
+                json={
+                    "kind": "false_positive",
+                    "image_sha256": body["image"]["sha256"],
+                    "class_name": "red",
+                    "box": {"x1": 32, "y1": 32, "x2": 64, "y2": 64},
+                    "author": "qa",
+                },
+            )
             assert feedback.status_code == 201
-            again = http.post("/v1/detect", content=encode(color_image(128, 128)), headers={**token, "Content-Type": "image/png"})
+            again = http.post(
+                "/v1/detect", content=encode(color_image(128, 128)), headers={**token, "Content-Type": "image/png"}
+            )
             assert again.status_code == 200 and again.json()["boxes"][0]["class_name"] == "red"
             metrics = http.get("/metrics").text
             assert 'alumi_edge_detections_total{class_name="red"} 2.0' in metrics

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from export_factory import FAST_CONFIG, IMGSZ, sharpen_detect_head, write_synth_gold  # noqa: E402
+from export_factory import CLASSES, FAST_CONFIG, IMGSZ, sharpen_detect_head, write_synth_gold  # noqa: E402
 
 
 @dataclass
@@ -27,17 +27,31 @@ class ExportSetup:
     version: str
     run_id: str
     result: Any
+    settings: Any
 
     def resources(self) -> dict:
-        return {"lake": self.lake, "mlflow": self.registry}
+        return {"lake": self.lake, "mlflow": self.registry, "pipeline_settings": self.settings}
 
-    def materialize(self, assets: list, run_config: dict | None = None, raise_on_error: bool = True,
-                    selection=None):
-        """Run assets (or, with ``selection``, only some of them or of their checks) again on this instance."""
+    def materialize(
+        self,
+        assets: list,
+        run_config: dict | None = None,
+        raise_on_error: bool = True,
+        selection=None,
+        resources: dict | None = None,
+    ):
+        """Run assets (or, with ``selection``, only some of them or of their checks) again on this instance;
+        ``resources`` replace some of this run's resources."""
         from dagster import materialize
 
-        return materialize(assets, instance=self.instance, resources=self.resources(), run_config=run_config or {},
-                           raise_on_error=raise_on_error, selection=selection)
+        return materialize(
+            assets,
+            instance=self.instance,
+            resources={**self.resources(), **(resources or {})},
+            run_config=run_config or {},
+            raise_on_error=raise_on_error,
+            selection=selection,
+        )
 
     def record(self, key: str) -> dict:
         return self.lake.read_json(key)
@@ -57,27 +71,44 @@ def trained_champion(tmp_path_factory, _isolated_home):
     data_yaml = link_yolo_dataset(lake.local_path(pointer["prefix"]), root / "yolo")
     args = resolve_training_args("ci", {"epochs": 3, "imgsz": IMGSZ, "batch": 8})
     outcome = train_detector(data_yaml, args, root / "train", config_dir=_isolated_home / "ultralytics")
-    registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-                              artifact_location=str(root / "mlflow" / "artifacts"), model_name="alumi-detector-export")
+    registry = MlflowRegistry(
+        tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+        artifact_location=str(root / "mlflow" / "artifacts"),
+        model_name="alumi-detector-export",
+    )
     with registry.run("detector-export-test", tags={"dataset_hash": pointer["dataset_hash"]}) as run:
         weights = sharpen_detect_head(outcome.best_weights, root / "best.pt")
         run.log_artifact(weights, "weights")
-        version = registry.register_weights(run, tags={"dataset_hash": pointer["dataset_hash"], "imgsz": IMGSZ,
-                                                       "mlflow_run_id": run.run_id})
+        version = registry.register_weights(
+            run, tags={"dataset_hash": pointer["dataset_hash"], "imgsz": IMGSZ, "mlflow_run_id": run.run_id}
+        )
     registry.promote(version)
     return root, lake, registry, pointer, version, run.run_id
 
 
 @pytest.fixture(scope="session")
-def export_run(trained_champion) -> ExportSetup:
-    """``export_job`` executed once end to end (checks included) on the trained champion."""
-    from dagster import DagsterInstance, Definitions
+def export_settings(_isolated_home):
+    """The ``pipeline_settings`` resource of the export tests: the session's ALUMI_HOME, no release key."""
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
-    from alumi_pipelines.assets.export import EXPORT_ASSETS, EXPORT_CHECKS, EXPORT_JOBS
+    return PipelineSettings(classes=list(CLASSES), home=str(_isolated_home), profile="ci")
+
+
+@pytest.fixture(scope="session")
+def export_run(trained_champion, export_settings) -> ExportSetup:
+    """``export_job`` executed once end to end (checks included) on the trained champion."""
+    from dagster import DagsterInstance, Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+    from alumi_pipelines.assets import export, release
+    from alumi_pipelines.jobs import export_job
 
     root, lake, registry, pointer, version, run_id = trained_champion
     instance = DagsterInstance.ephemeral()
-    defs = Definitions(assets=EXPORT_ASSETS, asset_checks=EXPORT_CHECKS, jobs=EXPORT_JOBS,
-                       resources={"lake": lake, "mlflow": registry})
+    defs = Definitions(
+        assets=load_assets_from_modules([export, release]),
+        asset_checks=load_asset_checks_from_modules([export, release]),
+        jobs=[export_job],
+        resources={"lake": lake, "mlflow": registry, "pipeline_settings": export_settings},
+    )
     result = defs.resolve_job_def("export_job").execute_in_process(instance=instance, run_config={"ops": FAST_CONFIG})
-    return ExportSetup(root, lake, registry, instance, pointer, version, run_id, result)
+    return ExportSetup(root, lake, registry, instance, pointer, version, run_id, result, export_settings)

@@ -19,7 +19,8 @@ def write_synth_gold(lake, seed: int = 7) -> dict:
     import polars as pl
     import yaml
 
-    from alumi_pipelines.lib.synth import encode_image, render_image
+    from alumi_pipelines.lib.vision.synth import encode_image, render_image
+    from alumi_pipelines.resources import lake_keys
 
     rows, digest, index = [], hashlib.sha256(), 0
     files: list[tuple[str, bytes, bytes]] = []
@@ -28,24 +29,39 @@ def write_synth_gold(lake, seed: int = 7) -> dict:
             rendered = render_image(seed * 1000 + index, IMAGE_W, IMAGE_H, classes=CLASSES)
             index += 1
             png = encode_image(rendered.image, "png")
-            label = "".join(f"{CLASSES.index(b['class_name'])} {b['x_center']:.6f} {b['y_center']:.6f} "
-                            f"{b['width']:.6f} {b['height']:.6f}\n" for b in rendered.boxes).encode()
+            label = "".join(
+                f"{CLASSES.index(b['class_name'])} {b['x_center']:.6f} {b['y_center']:.6f} "
+                f"{b['width']:.6f} {b['height']:.6f}\n"
+                for b in rendered.boxes
+            ).encode()
             image_id = hashlib.sha256(png).hexdigest()
             files.append((split, png, label))
             digest.update(png + label + split.encode())
-            rows.append({"image_id": image_id, "split": split, "file": f"images/{split}/{image_id}.png",
-                         "label_file": f"labels/{split}/{image_id}.txt", "n_boxes": len(rendered.boxes)})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "split": split,
+                    "file": f"images/{split}/{image_id}.png",
+                    "label_file": f"labels/{split}/{image_id}.txt",
+                    "n_boxes": len(rendered.boxes),
+                }
+            )
     dataset_hash = digest.hexdigest()[:16]
-    prefix = f"gold/datasets/{dataset_hash}"
-    for (split, png, label), row in zip(files, rows):
-        lake.write_bytes(f"{prefix}/{row['file']}", png)
-        lake.write_bytes(f"{prefix}/{row['label_file']}", label)
-    data_yaml = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test",
-                 "names": dict(enumerate(CLASSES))}
-    lake.write_bytes(f"{prefix}/data.yaml", yaml.safe_dump(data_yaml, sort_keys=False).encode())
-    lake.write_table(f"{prefix}/manifest.parquet", pl.DataFrame(rows))
+    prefix = lake_keys.gold_prefix(dataset_hash)
+    for (_split, png, label), row in zip(files, rows):
+        lake.write_bytes(lake_keys.gold_file_key(prefix, row["file"]), png)
+        lake.write_bytes(lake_keys.gold_file_key(prefix, row["label_file"]), label)
+    data_yaml = {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "test": "images/test",
+        "names": dict(enumerate(CLASSES)),
+    }
+    lake.write_bytes(lake_keys.gold_data_yaml_key(prefix), yaml.safe_dump(data_yaml, sort_keys=False).encode())
+    lake.write_table(lake_keys.gold_manifest_key(prefix), pl.DataFrame(rows))
     pointer = {"dataset_hash": dataset_hash, "prefix": prefix, "classes": list(CLASSES), "counts": dict(SPLITS)}
-    lake.write_bytes("gold/current.json", json.dumps(pointer, indent=2).encode())
+    lake.write_bytes(lake_keys.GOLD_POINTER, json.dumps(pointer, indent=2).encode())
     return pointer
 
 

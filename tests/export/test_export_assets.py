@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-
 import zipfile
 from pathlib import Path
 
 import pytest
-
 from export_factory import CLASSES, IMGSZ, SPLITS
 
 
@@ -35,7 +33,7 @@ def test_export_job_materialises_every_asset_and_passes_both_checks(export_run):
 def test_onnx_model_carries_pipeline_metadata_and_a_static_input(export_run):
     import onnx
 
-    from alumi_pipelines.lib.onnx_export import read_metadata
+    from alumi_pipelines.lib.export.onnx_export import read_metadata
 
     meta = _meta(export_run.result, "onnx_model")
     assert meta["onnx_key"] == f"models/onnx/{export_run.version}/model.onnx"
@@ -146,11 +144,19 @@ def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _i
     name = meta["release_version"]
     assert name == f"{export_run.version}-{export_run.pointer['dataset_hash'][:8]}"
     lake = export_run.lake
-    keys = {f.key[len(f"releases/{name}/"):] for f in lake.list_files(f"releases/{name}")}
+    keys = {f.key[len(f"releases/{name}/") :] for f in lake.list_files(f"releases/{name}")}
     wheel = [k for k in keys if k.endswith(".whl")]
     assert len(wheel) == 1 and wheel[0].startswith("alumi_edge-")
-    assert keys == {"manifest.json", "manifest.sig", "model.onnx", "model_int8.onnx", "tensorrt_plan.json",
-                    "sample/sample.png", "sample/expected.json", wheel[0]}
+    assert keys == {
+        "manifest.json",
+        "manifest.sig",
+        "model.onnx",
+        "model_int8.onnx",
+        "tensorrt_plan.json",
+        "sample/sample.png",
+        "sample/expected.json",
+        wheel[0],
+    }
     folder = lake.get_dir(f"releases/{name}", tmp_path / "release")
     public_pem = (_isolated_home / "keys" / "release-dev.key.pub").read_bytes()
     manifest = verify_release_dir(folder, public_pem)
@@ -158,8 +164,14 @@ def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _i
     assert manifest.imgsz == (IMGSZ, IMGSZ)
     assert manifest.source["model_version"] == export_run.version
     assert manifest.source["mlflow_run_id"] == export_run.run_id
-    assert {f.role for f in manifest.files} == {"model", "model_int8", "wheel", "build_plan", "sample_image",
-                                                 "sample_expected"}
+    assert {f.role for f in manifest.files} == {
+        "model",
+        "model_int8",
+        "wheel",
+        "build_plan",
+        "sample_image",
+        "sample_expected",
+    }
     assert manifest.metrics["test_map50_int8"] == _meta(export_run.result, "onnx_int8_model")["map50_int8"]
     report = run_self_test(folder, manifest)
     assert report.passed and report.matched == report.expected
@@ -176,7 +188,7 @@ def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _i
 
 
 def test_channel_pointer_points_at_the_release_and_a_rerun_moves_only_the_pointer(export_run):
-    from alumi_pipelines.assets.export import edge_release
+    from alumi_pipelines.assets.release import edge_release
 
     name = _meta(export_run.result, "edge_release")["release_version"]
     stable = export_run.record("releases/channels/stable.json")
@@ -190,10 +202,24 @@ def test_channel_pointer_points_at_the_release_and_a_rerun_moves_only_the_pointe
     assert export_run.lake.read_bytes(f"releases/{name}/manifest.json") == manifest_before
 
 
-def test_head_decode_nodes_of_the_exported_model(export_run):
-    from alumi_pipelines.lib.onnx_export import head_decode_nodes
+def test_edge_release_with_a_missing_release_key_fails_naming_the_setting(export_run, tmp_path):
+    from alumi_pipelines.assets.release import edge_release
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
+    settings = PipelineSettings(
+        classes=list(CLASSES), home=export_run.settings.home, release_key=str(tmp_path / "missing.pem")
+    )
+    result = export_run.materialize([edge_release], raise_on_error=False, resources={"pipeline_settings": settings})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert "release_key (ALUMI_RELEASE_KEY)=" in message and "missing.pem" in message and "no such file" in message
+
+
+def test_head_decode_nodes_of_the_exported_model(export_run):
     import onnx
+
+    from alumi_pipelines.lib.export.int8 import head_decode_nodes
 
     path = export_run.lake.local_path(f"models/onnx/{export_run.version}/model.onnx")
     model = onnx.load(str(path))
@@ -209,17 +235,22 @@ def test_head_decode_nodes_of_the_exported_model(export_run):
 
 def test_export_and_parity_run_offline(trained_champion, no_network, tmp_path, _isolated_home):
     """Export (with onnxslim) and the PyTorch/ONNX comparison make no network connection and write only where told."""
-    from alumi_pipelines.lib import onnx_export as ox
+    from alumi_pipelines.lib.export.accuracy import parity
+    from alumi_pipelines.lib.export.onnx_export import export_onnx
+    from alumi_pipelines.lib.export.yolo_data import read_yolo_split
 
     root, lake, _registry, pointer, version, run_id = trained_champion
     config_dir = _isolated_home / "ultralytics"
-    result = ox.export_onnx(root / "best.pt", tmp_path / "out", config_dir=config_dir, imgsz=IMGSZ,
-                            metadata={"model_version": version, "dataset_hash": pointer["dataset_hash"],
-                                      "mlflow_run_id": run_id})
+    result = export_onnx(
+        root / "best.pt",
+        tmp_path / "out",
+        config_dir=config_dir,
+        imgsz=IMGSZ,
+        metadata={"model_version": version, "dataset_hash": pointer["dataset_hash"], "mlflow_run_id": run_id},
+    )
     assert result.simplified and result.simplify_error == ""
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "model.pt"]
-    images = ox.read_yolo_split(lake.local_path(pointer["prefix"]), "test", len(CLASSES))[:2]
-    report = ox.parity(root / "best.pt", result.path, images, config_dir=config_dir, imgsz=IMGSZ,
-                       num_classes=len(CLASSES))
+    images = read_yolo_split(lake.local_path(pointer["prefix"]), "test", len(CLASSES))[:2]
+    report = parity(root / "best.pt", result.path, images, config_dir=config_dir, imgsz=IMGSZ, num_classes=len(CLASSES))
     assert report.passed and report.boxes_torch > 0
     assert no_network == []

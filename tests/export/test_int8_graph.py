@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from alumi_edge.processing import pack_pixels, to_input_tensor
-from alumi_pipelines.lib import int8_graph
+from alumi_pipelines.lib.export import int8_graph
 
 SIDE = 32
 
@@ -26,14 +26,23 @@ def _float_model(first_kernel: int = 3, branch_gain: float = 1.0):
         if name == "w1":
             t = numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(branch_gain), name)
         inits.append(t)
-    inits += [numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b0"),
-              numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
-              numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
-              numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    inits += [
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b0"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
+        numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+    ]
     pad = first_kernel // 2
     nodes = [
-        helper.make_node("Conv", ["images", "w0", "b0"], ["c0"], name="stem/conv", kernel_shape=[first_kernel] * 2,
-                         strides=[2, 2], pads=[pad] * 4),
+        helper.make_node(
+            "Conv",
+            ["images", "w0", "b0"],
+            ["c0"],
+            name="stem/conv",
+            kernel_shape=[first_kernel] * 2,
+            strides=[2, 2],
+            pads=[pad] * 4,
+        ),
         helper.make_node("Sigmoid", ["c0"], ["s0"], name="stem/sigmoid"),
         helper.make_node("Mul", ["c0", "s0"], ["a0"], name="stem/mul"),
         helper.make_node("Split", ["a0", "halves"], ["left", "right"], name="split", axis=1),
@@ -44,8 +53,13 @@ def _float_model(first_kernel: int = 3, branch_gain: float = 1.0):
         helper.make_node("Resize", ["cat", "", "scales"], ["up"], name="upsample", mode="nearest"),
         helper.make_node("Conv", ["up", "w2"], ["out"], name="out/conv"),
     ]
-    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, SIDE, SIDE])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, SIDE, SIDE])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -56,7 +70,13 @@ def _images(count: int, seed: int = 1) -> list[np.ndarray]:
 
 def _quantised(model, tmp_path, exclude=()):
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     src, dst = tmp_path / "float.onnx", tmp_path / "int8.onnx"
     onnx.save(model, str(src))
@@ -69,9 +89,17 @@ def _quantised(model, tmp_path, exclude=()):
             image = next(self.images, None)
             return None if image is None else {"images": to_input_tensor(image)}
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     return onnx.load(str(dst))
 
 
@@ -108,7 +136,8 @@ def _params(model, tensor: str) -> tuple[float, int]:
 def test_pack_pixels_is_a_2x2_space_to_depth_of_the_bgr_pixels():
     image = _images(1)[0]
     packed = pack_pixels(image)
-    reference = image.reshape(SIDE // 2, 2, SIDE // 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(1, SIDE // 2, SIDE // 2, 12)
+    half = SIDE // 2
+    reference = image.reshape(half, 2, half, 2, 3).transpose(0, 2, 1, 3, 4).reshape(1, half, half, 12)
     np.testing.assert_array_equal(packed, reference)
     assert packed.dtype == np.uint8 and packed.flags["C_CONTIGUOUS"]
     assert packed[0, 3, 5, 9 + 2] == image[7, 11, 2]  # row parity 1, column parity 1, red (BGR index 2)
@@ -128,8 +157,11 @@ def test_space_to_depth_weights_compute_the_same_convolution():
     def conv(w, kernel, stride, pads, channels, side):
         graph = helper.make_graph(
             [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=pads)],
-            "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, side, side])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+            "conv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, side, side])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w, "w")],
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
     image = _images(1, seed=4)[0]
@@ -166,7 +198,11 @@ def test_pack_pixel_input_gives_bit_identical_outputs(tmp_path):
     assert not [n for n in rewritten.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images"]
     conv = next(n for n in rewritten.graph.node if n.name == "stem/conv")
     assert {a.name: list(a.ints) for a in conv.attribute if a.ints} == {
-        "kernel_shape": [2, 2], "strides": [1, 1], "pads": [1, 1, 0, 0], "dilations": [1, 1]}
+        "kernel_shape": [2, 2],
+        "strides": [1, 1],
+        "pads": [1, 1, 0, 0],
+        "dilations": [1, 1],
+    }
     float_model = _float_model()
     for image in _images(4, seed=9):
         want = _run(reference, to_input_tensor(image))
@@ -208,7 +244,7 @@ def test_share_concat_scales_gives_the_concat_one_range_covering_every_input(tmp
     ops = _optimised_ops(rewritten, tmp_path)
     assert ops.count("QLinearConv") == 3 and "Conv" not in ops
     scale, zero = next(iter(after.values()))
-    for tensor, (old_scale, old_zero) in before.items():  # the shared range contains each old range
+    for _tensor, (old_scale, old_zero) in before.items():  # the shared range contains each old range
         assert (0 - zero) * scale <= (0 - old_zero) * old_scale + 1e-6
         assert (255 - zero) * scale >= (255 - old_zero) * old_scale - 1e-6
     float_model = _float_model(branch_gain=3.0)
@@ -243,17 +279,24 @@ def _attention_graph():
         helper.make_node("Conv", ["zs", "w"], ["zo"], name="dfl/Conv"),
     ]
     f = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
-    graph = helper.make_graph(nodes, "attn", [f("q", [1, 2, 8, 16]), f("k", [1, 2, 8, 16]), f("v", [1, 2, 8, 16]),
-                                              f("z", [1, 16, 4, 4])], [f("y", None), f("zo", None)],
-                              [numpy_helper.from_array(np.array(0.35, np.float32), "scale"),
-                               numpy_helper.from_array(np.ones((1, 16, 1, 1), np.float32), "w")])
+    graph = helper.make_graph(
+        nodes,
+        "attn",
+        [f("q", [1, 2, 8, 16]), f("k", [1, 2, 8, 16]), f("v", [1, 2, 8, 16]), f("z", [1, 16, 4, 4])],
+        [f("y", None), f("zo", None)],
+        [
+            numpy_helper.from_array(np.array(0.35, np.float32), "scale"),
+            numpy_helper.from_array(np.ones((1, 16, 1, 1), np.float32), "w"),
+        ],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_attention_float_nodes_finds_the_core_and_skips_other_softmaxes():
     found = int8_graph.attention_float_nodes(_attention_graph())
-    assert sorted(found) == sorted(["attn/Softmax", "attn/MatMul", "attn/Mul", "attn/Transpose",
-                                    "attn/Transpose_1", "attn/MatMul_1"])
+    assert sorted(found) == sorted(
+        ["attn/Softmax", "attn/MatMul", "attn/Mul", "attn/Transpose", "attn/Transpose_1", "attn/MatMul_1"]
+    )
     assert int8_graph.attention_float_nodes(_attention_graph(), exclude={"attn/Softmax"}) == []
 
 

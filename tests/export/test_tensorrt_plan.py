@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alumi_pipelines.lib import tensorrt_plan as tp
+from alumi_pipelines.lib.export import tensorrt_plan as tp
 
 HW = (64, 64)
 SHA = "ab" * 32
@@ -20,8 +20,14 @@ SHA = "ab" * 32
 class FakeTensorRT:
     """Builds ``tensorrt`` and ``pycuda.driver`` stand-ins that record every builder, calibrator and CUDA call."""
 
-    def __init__(self, version: str = "10.3.0", fast_fp16: bool = True, fast_int8: bool = True,
-                 parse_ok: bool = True, gpu: str = "Orin (nvgpu)"):
+    def __init__(
+        self,
+        version: str = "10.3.0",
+        fast_fp16: bool = True,
+        fast_int8: bool = True,
+        parse_ok: bool = True,
+        gpu: str = "Orin (nvgpu)",
+    ):
         self.calls: list[tuple] = []
         self.builds: list[dict] = []
         self.uploads: list[np.ndarray] = []
@@ -100,8 +106,14 @@ class FakeTensorRT:
                 return BuilderConfig()
 
             def build_serialized_network(self, network, config):
-                build = {"network_flags": network.flags, "flags": list(config.flags), "pools": dict(config.pools),
-                         "calibrator": config.int8_calibrator, "batches": 0, "cache_read": None}
+                build = {
+                    "network_flags": network.flags,
+                    "flags": list(config.flags),
+                    "pools": dict(config.pools),
+                    "calibrator": config.int8_calibrator,
+                    "batches": 0,
+                    "cache_read": None,
+                }
                 calibrator = config.int8_calibrator
                 if calibrator is not None:  # what TensorRT does with an implicit-quantisation calibrator
                     assert calibrator.get_batch_size() == 1
@@ -148,8 +160,17 @@ class FakeTensorRT:
                 fake.calls.append(("deserialize", bytes(data)))
                 return Engine()
 
-        for cls in (Logger, NetworkDefinitionCreationFlag, BuilderFlag, MemoryPoolType, TensorIOMode,
-                    IInt8EntropyCalibrator2, Builder, OnnxParser, Runtime):
+        for cls in (
+            Logger,
+            NetworkDefinitionCreationFlag,
+            BuilderFlag,
+            MemoryPoolType,
+            TensorIOMode,
+            IInt8EntropyCalibrator2,
+            Builder,
+            OnnxParser,
+            Runtime,
+        ):
             setattr(trt, cls.__name__, cls)
         trt.nptype = lambda dtype: np.float32
         return trt
@@ -245,26 +266,49 @@ def test_engine_cache_key_and_trtexec_commands():
     with pytest.raises(ValueError, match="precision 'fp8'"):
         tp.engine_cache_key("10.3.0", "Orin", "fp8")
     assert tp.trtexec_command("model.onnx", "fp16", "engines/a.engine") == [
-        "trtexec", "--onnx=model.onnx", "--saveEngine=engines/a.engine", "--memPoolSize=workspace:1024",
-        "--timingCacheFile=engines/timing.cache", "--fp16"]
+        "trtexec",
+        "--onnx=model.onnx",
+        "--saveEngine=engines/a.engine",
+        "--memPoolSize=workspace:1024",
+        "--timingCacheFile=engines/timing.cache",
+        "--fp16",
+    ]
     assert tp.trtexec_command("model.onnx", "int8", "e.engine", calibration_cache="c.calib")[-3:] == [
-        "--int8", "--fp16", "--calib=c.calib"]
+        "--int8",
+        "--fp16",
+        "--calib=c.calib",
+    ]
     with pytest.raises(ValueError, match="calibration cache"):
         tp.trtexec_command("model.onnx", "int8", "e.engine")
 
 
 def test_build_plan_content():
     images = [{"path": f"gold/datasets/x/images/train/{i}.png", "sha256": f"{i:064x}"} for i in range(4)]
-    plan = tp.build_plan(onnx_file="model.onnx", onnx_sha256=SHA, input_name="images", input_shape=[1, 3, 96, 96],
-                         calibration_images=images, model_version="7", reason="no tensorrt here",
-                         int8_onnx_file="model_int8.onnx")
-    assert plan["onnx"] == {"path": "model.onnx", "sha256": SHA, "input": "images", "shape": [1, 3, 96, 96],
-                            "dynamic": False}
+    plan = tp.build_plan(
+        onnx_file="model.onnx",
+        onnx_sha256=SHA,
+        input_name="images",
+        input_shape=[1, 3, 96, 96],
+        calibration_images=images,
+        model_version="7",
+        reason="no tensorrt here",
+        int8_onnx_file="model_int8.onnx",
+    )
+    assert plan["onnx"] == {
+        "path": "model.onnx",
+        "sha256": SHA,
+        "input": "images",
+        "shape": [1, 3, 96, 96],
+        "dynamic": False,
+    }
     assert plan["engine_cache"]["key_format"] == "<trt_version>-<gpu_name>-<precision>"
     fp16, int8 = plan["builds"]["fp16"], plan["builds"]["int8"]
     # Placeholders are quoted (a bare < or > would be a shell redirection); the device substitutes them.
-    assert fp16["command"] == ("trtexec --onnx=model.onnx '--saveEngine=engines/abababababababab-<trt_version>-<gpu_name>"
-                               "-fp16.engine' --memPoolSize=workspace:1024 --timingCacheFile=engines/timing.cache --fp16")
+    assert fp16["command"] == (
+        "trtexec --onnx=model.onnx "
+        "'--saveEngine=engines/abababababababab-<trt_version>-<gpu_name>-fp16.engine' "
+        "--memPoolSize=workspace:1024 --timingCacheFile=engines/timing.cache --fp16"
+    )
     assert shlex.split(int8["command"]) == int8["argv"]
     assert int8["argv"][-3:] == ["--int8", "--fp16", f"--calib={int8['calibration_cache']}"]
     assert int8["calibration_cache"] == "engines/abababababababab-<trt_version>-<gpu_name>-int8.calib"
@@ -274,24 +318,39 @@ def test_build_plan_content():
     assert plan["built_here"] is False and plan["reason"] == "no tensorrt here"
     assert plan["int8_onnx"]["path"] == "model_int8.onnx"
     with pytest.raises(ValueError, match="calibration image list is empty"):
-        tp.build_plan(onnx_file="m.onnx", onnx_sha256=SHA, input_name="images", input_shape=[1, 3, 96, 96],
-                      calibration_images=[], model_version="7", reason="")
+        tp.build_plan(
+            onnx_file="m.onnx",
+            onnx_sha256=SHA,
+            input_name="images",
+            input_shape=[1, 3, 96, 96],
+            calibration_images=[],
+            model_version="7",
+            reason="",
+        )
     with pytest.raises(ValueError, match=r"static \[1, 3, H, W\]"):
-        tp.build_plan(onnx_file="m.onnx", onnx_sha256=SHA, input_name="images", input_shape=[1, 3, -1, 96],
-                      calibration_images=images, model_version="7", reason="")
+        tp.build_plan(
+            onnx_file="m.onnx",
+            onnx_sha256=SHA,
+            input_name="images",
+            input_shape=[1, 3, -1, 96],
+            calibration_images=images,
+            model_version="7",
+            reason="",
+        )
 
 
 def test_build_engines_drives_the_builder_and_calibrator(tmp_path, calibration_images, monkeypatch):
-    from alumi_edge.processing import preprocess
-
     import cv2
+
+    from alumi_edge.processing import preprocess
 
     fake = FakeTensorRT()
     fake.install(monkeypatch)
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"onnx-bytes")
-    report = tp.build_engines(onnx_path, tmp_path / "engines", calibration_images, HW, SHA, latency_runs=4,
-                              workspace_bytes=256 << 20)
+    report = tp.build_engines(
+        onnx_path, tmp_path / "engines", calibration_images, HW, SHA, latency_runs=4, workspace_bytes=256 << 20
+    )
     assert (report.trt_version, report.gpu_name) == ("10.3.0", "Orin (nvgpu)")
     assert ("create_network", 0) in fake.calls  # TensorRT 10: explicit batch is the only mode, no flag
     assert [c for c in fake.calls if c[0] == "parse"] == [("parse", b"onnx-bytes")] * 2
@@ -329,10 +388,13 @@ def test_tensorrt_8_sets_the_explicit_batch_flag(tmp_path, calibration_images, m
     assert ("create_network", 1) in fake.calls
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"parse_ok": False}, "could not parse .*In node 12 \\(Conv\\): unsupported attribute"),
-    ({"fast_int8": False}, "no fast INT8"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"parse_ok": False}, "could not parse .*In node 12 \\(Conv\\): unsupported attribute"),
+        ({"fast_int8": False}, "no fast INT8"),
+    ],
+)
 def test_build_failures_are_reported(tmp_path, calibration_images, monkeypatch, options, message):
     fake = FakeTensorRT(**options)
     fake.install(monkeypatch)

@@ -12,5 +12,10 @@ def cli_env(tmp_path):
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    return {**os.environ, "ALUMI_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ALUMI_PROFILE": "ci"}
+    return {
+        **os.environ,
+        "ALUMI_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ALUMI_PROFILE": "ci",
+    }

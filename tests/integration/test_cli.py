@@ -21,8 +21,10 @@ def test_alumi_import_yolo_folder_then_ingest(cli_env, tmp_path):
     out = run([BIN / "alumi", "import", src, "--format", "yolo", "--batch", "import-test"], cli_env)
     assert "copied 7 files" in out.stdout  # 3 images, 3 labels, classes.txt
     tags = run([BIN / "alumi", "batches", "--tags"], cli_env).stdout.strip()
-    run([BIN / "dagster", "job", "execute", "-m", "alumi_pipelines.definitions", "-j", "ingestion_job", "--tags", tags],
-        cli_env)
+    run(
+        [BIN / "dagster", "job", "execute", "-m", "alumi_pipelines.definitions", "-j", "ingestion_job", "--tags", tags],
+        cli_env,
+    )
     lake = Path(cli_env["ALUMI_HOME"]) / "lake"
     labels = pl.read_parquet(lake / "processed" / "labels" / "import-test.parquet")
     assert sorted(labels["class_name"].to_list()) == ["dent", "scratch"]
@@ -30,10 +32,10 @@ def test_alumi_import_yolo_folder_then_ingest(cli_env, tmp_path):
     assert any("7" in r for r in reasons)
 
 
-def test_process_demo_data_and_days(cli_env):
-    run([BIN / "alumi", "process-demo-data", "--days", "2", "--parts", "12"], cli_env)
-    tags = json.loads(run([BIN / "alumi", "process-days"], cli_env).stdout)
+def test_plant_demo_data_and_days(cli_env):
+    run([BIN / "alumi", "plant-demo-data", "--days", "2", "--parts", "12"], cli_env)
+    tags = json.loads(run([BIN / "alumi", "plant-days"], cli_env).stdout)
     start, end = tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]
     assert start < end
-    files = list((Path(cli_env["ALUMI_HOME"]) / "lake" / "landing" / "process").rglob("*.csv"))
+    files = list((Path(cli_env["ALUMI_HOME"]) / "lake" / "landing" / "plant").rglob("*.csv"))
     assert any(f.name.startswith("historian_") for f in files) and any(f.name == "outcomes.csv" for f in files)

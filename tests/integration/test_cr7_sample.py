@@ -6,8 +6,11 @@ from collections import defaultdict
 import polars as pl
 import pytest
 
+from alumi_pipelines.assets.gold import build_gold
+from alumi_pipelines.assets.processed import process_batch
+from alumi_pipelines.assets.raw import ingest_landing_batch
 from alumi_pipelines.cli import import_dataset
-from alumi_pipelines.resources import lake_layout as layout
+from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
 CLASSES = ["inclusions", "dents", "oil_spots", "pits", "punching", "linear", "macular"]
@@ -23,24 +26,26 @@ def cr7_lake(tmp_path_factory):
 
     lake = Lake(base_uri=str(tmp_path_factory.mktemp("cr7") / "lake"))
     settings = PipelineSettings(classes=CLASSES, image_size=640)
-    names = [l.strip() for l in (CR7 / "classes.txt").read_text().splitlines() if l.strip()]
+    names = [n.strip() for n in (CR7 / "classes.txt").read_text().splitlines() if n.strip()]
     import_dataset(lake, CR7, "yolo", "cr7", names)
-    ingest = layout.ingest_landing_batch(lake, "cr7", settings)
-    layout.process_batch(lake, "cr7", settings)
-    gold = layout.build_gold(lake, settings)
+    ingest = ingest_landing_batch(lake, "cr7", settings)
+    process_batch(lake, "cr7", settings)
+    gold = build_gold(lake, settings)
     return CR7, lake, ingest, gold
 
 
 def test_counts(cr7_lake):
     cr7, lake, ingest, gold = cr7_lake
-    manifest = lake.read_table(layout.raw_manifest_key("cr7"))
+    manifest = lake.read_table(lake_keys.raw_manifest_key("cr7"))
     assert manifest.height == len(list((cr7 / "image").glob("*.jpg"))) == 1415
     assert manifest["image_id"].n_unique() == 1401
-    labels = lake.read_table(layout.raw_labels_key("cr7"))
-    expected_boxes = sum(len([l for l in p.read_text().splitlines() if l.strip()]) for p in (cr7 / "label").glob("*.txt"))
+    labels = lake.read_table(lake_keys.raw_labels_key("cr7"))
+    expected_boxes = sum(
+        len([line for line in p.read_text().splitlines() if line.strip()]) for p in (cr7 / "label").glob("*.txt")
+    )
     assert labels.height == expected_boxes == 3815
     # the README is the only rejection: every image decodes and every label line is valid
-    rejections = lake.read_table(layout.quarantine_table_key("cr7"))
+    rejections = lake.read_table(lake_keys.quarantine_table_key("cr7"))
     assert rejections["path"].to_list() == ["README.md"]
     per_class = dict(labels.group_by("class_name").len().iter_rows())
     independent = defaultdict(int)
@@ -48,8 +53,19 @@ def test_counts(cr7_lake):
         for line in p.read_text().splitlines():
             if line.strip():
                 independent[CLASSES[int(line.split()[0])]] += 1
-    assert per_class == dict(independent) == {"inclusions": 666, "dents": 434, "oil_spots": 608, "pits": 678,
-                                              "punching": 430, "linear": 526, "macular": 473}
+    assert (
+        per_class
+        == dict(independent)
+        == {
+            "inclusions": 666,
+            "dents": 434,
+            "oil_spots": 608,
+            "pits": 678,
+            "punching": 430,
+            "linear": 526,
+            "macular": 473,
+        }
+    )
 
 
 def test_duplicate_groups(cr7_lake):
@@ -59,12 +75,15 @@ def test_duplicate_groups(cr7_lake):
         groups[hashlib.sha256(path.read_bytes()).hexdigest()].append(path.name)
     duplicates = {k: sorted(v) for k, v in groups.items() if len(v) > 1}
     assert len(duplicates) == 14 and all(len(v) == 2 for v in duplicates.values())
-    manifest = lake.read_table(layout.raw_manifest_key("cr7"))
+    manifest = lake.read_table(lake_keys.raw_manifest_key("cr7"))
     seen = manifest.group_by("image_id").agg(pl.col("source_path").sort()).filter(pl.col("source_path").list.len() > 1)
     assert {r[0]: [p.rsplit("/", 1)[-1] for p in r[1]] for r in seen.iter_rows()} == duplicates
     # 13 pairs carry agreeing labels (rounding differences only); pits203/pits504 genuinely disagree
     assert len(gold.conflicts) == 1
-    assert {gold.conflicts[0]["kept"].rsplit("/", 1)[-1], gold.conflicts[0]["other"].rsplit("/", 1)[-1]} == {"pits203.txt", "pits504.txt"}
+    assert {gold.conflicts[0]["kept"].rsplit("/", 1)[-1], gold.conflicts[0]["other"].rsplit("/", 1)[-1]} == {
+        "pits203.txt",
+        "pits504.txt",
+    }
 
 
 def test_split(cr7_lake):

@@ -26,7 +26,18 @@ def test_end_to_end_job_releases_a_model_that_a_device_pulls(cli_env, tmp_path):
 
     device = tmp_path / "device"
     pubkey = home / "keys" / "release-dev.key.pub"
-    run([BIN / "alumi-edge", "pull", "--source", str(lake / "releases"), "--pubkey", str(pubkey), "--home", str(device)],
-        cli_env)
+    run(
+        [
+            BIN / "alumi-edge",
+            "pull",
+            "--source",
+            str(lake / "releases"),
+            "--pubkey",
+            str(pubkey),
+            "--home",
+            str(device),
+        ],
+        cli_env,
+    )
     info = json.loads(run([BIN / "alumi-edge", "info", "--json", "--home", str(device)], cli_env).stdout)
     assert stable["version"] in json.dumps(info)

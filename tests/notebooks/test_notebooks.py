@@ -26,19 +26,21 @@ def notebook_home(tmp_path, monkeypatch):
 
 
 def _vision_data(home: Path) -> None:
-    from alumi_pipelines.lib.synth import write_landing_batch
-    from alumi_pipelines.resources import lake_layout as layout
+    from alumi_pipelines.lib.vision.synth import write_landing_batch
+    from alumi_pipelines.assets.gold import build_gold
+    from alumi_pipelines.assets.processed import process_batch
+    from alumi_pipelines.assets.raw import ingest_landing_batch, write_landing_file
     from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.pipeline_settings import PipelineSettings
     from alumi_pipelines.settings import Settings
 
     lake = Lake(base_uri=str(home / "lake"))
     settings = PipelineSettings.from_settings(Settings.from_env())
-    write_landing_batch(lambda k, d: layout.write_landing_file(lake, "day-1", k, d), "day-1", 48,
+    write_landing_batch(lambda k, d: write_landing_file(lake, "day-1", k, d), "day-1", 48,
                         day=dt.date(2026, 11, 1), seed=3, size=256)
-    layout.ingest_landing_batch(lake, "day-1", settings)
-    layout.process_batch(lake, "day-1", settings)
-    layout.build_gold(lake, settings)
+    ingest_landing_batch(lake, "day-1", settings)
+    process_batch(lake, "day-1", settings)
+    build_gold(lake, settings)
 
 
 def _run(path: Path, cwd: Path) -> nbformat.NotebookNode:
@@ -71,13 +73,13 @@ def test_defect_detection_notebook(notebook_home, tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_process_risk_notebook(notebook_home, tmp_path):
-    from alumi_pipelines.process_demo import write_process_demo
+def test_plant_risk_notebook(notebook_home, tmp_path):
+    from alumi_pipelines.assets.plant.sensor_raw import write_plant_demo
     from alumi_pipelines.resources.lake import Lake
 
     today = dt.datetime.now(dt.timezone.utc).date()
-    write_process_demo(Lake(base_uri=str(notebook_home / "lake")), today - dt.timedelta(days=7), 6, 90, seed=0)
-    book = _run(REPO / "notebooks" / "process_risk.ipynb", tmp_path)
+    write_plant_demo(Lake(base_uri=str(notebook_home / "lake")), today - dt.timedelta(days=7), 6, 90, seed=0)
+    book = _run(REPO / "notebooks" / "plant_risk.ipynb", tmp_path)
     text = _outputs(book)
     assert "6 days landed" in text and "success: True" in text and "margins over baselines" in text
     images = [o for c in book.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

@@ -33,14 +33,20 @@ class PostgresServer:
     @property
     def env(self) -> dict[str, str]:
         """The DAGSTER_PG_* variables deploy/dagster.postgres.yaml reads."""
-        return {"DAGSTER_PG_HOST": self.host, "DAGSTER_PG_PORT": str(self.port), "DAGSTER_PG_DB": self.database,
-                "DAGSTER_PG_USER": self.user, "DAGSTER_PG_PASSWORD": self.password}
+        return {
+            "DAGSTER_PG_HOST": self.host,
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_DB": self.database,
+            "DAGSTER_PG_USER": self.user,
+            "DAGSTER_PG_PASSWORD": self.password,
+        }
 
     def connect(self):
         import psycopg2
 
-        return psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                                dbname=self.database)
+        return psycopg2.connect(
+            host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.database
+        )
 
 
 def find_postgres_bin() -> Path | None:
@@ -78,8 +84,15 @@ def postgres_server():
     pwfile = base / "pwfile"
 
     def as_owner(*command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, cwd=base,
-                              env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"}, **run_as)
+        return subprocess.run(
+            [str(c) for c in command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=base,
+            env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"},
+            **run_as,
+        )
 
     try:
         sockets.mkdir()
@@ -87,14 +100,29 @@ def postgres_server():
         if run_as:
             for path in (sockets, pwfile):
                 os.chown(path, run_as["user"], run_as["group"])
-        init = as_owner(bindir / "initdb", "-D", data, "-U", "alumi", f"--pwfile={pwfile}", "-E", "UTF8",
-                        "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+        init = as_owner(
+            bindir / "initdb",
+            "-D",
+            data,
+            "-U",
+            "alumi",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        )
         if init.returncode != 0:
             pytest.skip(f"initdb failed: {init.stderr.strip()[-400:]}")
         port = _free_port()
-        options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=50")
-        started = as_owner(bindir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start", timeout=90)
+        options = (
+            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=50"
+        )
+        started = as_owner(
+            bindir / "pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start", timeout=90
+        )
         if started.returncode != 0:
             log_tail = log.read_text()[-600:] if log.exists() else ""
             pytest.skip(f"PostgreSQL did not start: {started.stderr.strip()[-300:]} {log_tail}")

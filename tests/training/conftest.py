@@ -28,7 +28,9 @@ def _empty_mlflow_db(tmp_path_factory) -> Path:
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
 
     db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    MlflowRegistry(tracking_uri=f"sqlite:///{db}", artifact_location=str(db.parent / "artifacts")).client().search_experiments()
+    MlflowRegistry(
+        tracking_uri=f"sqlite:///{db}", artifact_location=str(db.parent / "artifacts")
+    ).client().search_experiments()
     return db
 
 

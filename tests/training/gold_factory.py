@@ -94,10 +94,23 @@ def write_tiny_gold(
         lake.write_bytes(f"{prefix}/labels/{split}/{image_id}.txt", label.encode())
         for line in label.splitlines():
             class_counts[split][classes[int(line.split()[0])]] += 1
-        rows.append({"image_id": image_id, "split": split, "file": f"images/{split}/{image_id}.png",
-                     "width": size, "height": size, "n_boxes": len(label.splitlines())})
-    data_yaml = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test",
-                 "names": dict(enumerate(classes))}
+        rows.append(
+            {
+                "image_id": image_id,
+                "split": split,
+                "file": f"images/{split}/{image_id}.png",
+                "width": size,
+                "height": size,
+                "n_boxes": len(label.splitlines()),
+            }
+        )
+    data_yaml = {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "test": "images/test",
+        "names": dict(enumerate(classes)),
+    }
     lake.write_bytes(f"{prefix}/data.yaml", yaml.safe_dump(data_yaml, sort_keys=False).encode())
     lake.write_table(f"{prefix}/manifest.parquet", pl.DataFrame(rows))
     pointer = {

@@ -133,7 +133,7 @@ def test_metric_names_are_mlflow_safe():
 
 
 def test_dagster_config_collects_only_explicit_fields():
-    from alumi_pipelines.assets.training import DetectorTrainingConfig
+    from alumi_pipelines.assets.training.detector import DetectorTrainingConfig
 
     cfg = DetectorTrainingConfig(profile="ci", epochs=3, hsv=False, sweep={"lr0": [0.01, 0.02]})
     assert cfg.overrides() == {"epochs": 3, "hsv": False}
@@ -144,23 +144,35 @@ def test_dagster_config_collects_only_explicit_fields():
 
 
 def test_training_job_runs_the_training_group_under_the_concurrency_tag(tmp_path):
-    from dagster import Definitions
+    from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
 
-    from alumi_pipelines.assets.training import TRAINING_ASSETS, TRAINING_CHECKS, TRAINING_JOBS
+    from alumi_pipelines.assets import training as training_stage
+    from alumi_pipelines.jobs import training_job
     from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
+    checks = load_asset_checks_from_package_module(training_stage)
     defs = Definitions(
-        assets=TRAINING_ASSETS, asset_checks=TRAINING_CHECKS, jobs=TRAINING_JOBS,
-        resources={"lake": Lake(base_uri=str(tmp_path)),
-                   "mlflow": MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/m.db", artifact_location=str(tmp_path))},
+        assets=load_assets_from_package_module(training_stage),
+        asset_checks=checks,
+        jobs=[training_job],
+        resources={
+            "lake": Lake(base_uri=str(tmp_path)),
+            "mlflow": MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/m.db", artifact_location=str(tmp_path)),
+            "pipeline_settings": PipelineSettings(classes=["scratch"], home=str(tmp_path)),
+        },
     )
     job = defs.resolve_job_def("training_job")
     assert job.tags["alumi/training"] == "true"
     assert job.tags["dagster/retry_on_asset_or_op_failure"] == "false"
-    assert {n.name for n in job.nodes} == {"detector_model", "detector_evaluation",
-                                           "detector_evaluation_promotion_gate", "champion_model"}
-    (check,) = TRAINING_CHECKS
+    assert {n.name for n in job.nodes} == {
+        "detector_model",
+        "detector_evaluation",
+        "detector_evaluation_promotion_gate",
+        "champion_model",
+    }
+    (check,) = checks
     assert [spec.blocking for spec in check.check_specs] == [True]
 
 
@@ -168,7 +180,9 @@ def test_asset_modules_import_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, alumi_pipelines.assets.training, alumi_pipelines.assets.evaluation; "
-            "print(sorted(m for m in ('torch', 'ultralytics', 'mlflow', 'cv2', 'dagster_mlflow') if m in sys.modules))")
+    code = (
+        "import sys, alumi_pipelines.assets.training.detector, alumi_pipelines.assets.training.champion; "
+        "print(sorted(m for m in ('torch', 'ultralytics', 'mlflow', 'cv2', 'dagster_mlflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -99,10 +99,14 @@ def test_base_weights_checks(tmp_path, tiny_checkpoint):
 
 
 def _materialize_training(lake, registry, config: dict):
-    from alumi_pipelines.assets.training import detector_model
+    from alumi_pipelines.assets.training.detector import detector_model
 
-    return materialize([detector_model], resources={"lake": lake, "mlflow": registry},
-                       run_config={"ops": {"detector_model": {"config": config}}}, raise_on_error=False)
+    return materialize(
+        [detector_model],
+        resources={"lake": lake, "mlflow": registry, "pipeline_settings": _settings()},
+        run_config={"ops": {"detector_model": {"config": config}}},
+        raise_on_error=False,
+    )
 
 
 def _failure_message(result) -> str:
@@ -114,8 +118,14 @@ def _failure_message(result) -> str:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"profile": "ci", "base_weights": "/no/such/weights.pt"}, r"base weights /no/such/weights.pt: file does not exist"),
-        ({"profile": "ci", "base_weights": "s3://bucket/w.pt"}, r"base weights s3://bucket/w.pt: unsupported URI scheme"),
+        (
+            {"profile": "ci", "base_weights": "/no/such/weights.pt"},
+            r"base weights /no/such/weights.pt: file does not exist",
+        ),
+        (
+            {"profile": "ci", "base_weights": "s3://bucket/w.pt"},
+            r"base weights s3://bucket/w.pt: unsupported URI scheme",
+        ),
         ({"profile": "ci", "imgsz": 70}, r"training config imgsz=70: must be a multiple of 32"),
         ({"profile": "ci", "sweep": {"devices": ["cpu"]}}, r"sweep: unknown training config key 'devices'"),
     ],
@@ -145,15 +155,18 @@ def test_asset_fails_without_gold_pointer(lake, registry):
 
 
 def test_unknown_config_key_is_rejected_by_dagster(lake, tiny_gold, registry):
-    from alumi_pipelines.assets.training import detector_model
+    from alumi_pipelines.assets.training.detector import detector_model
 
     with pytest.raises(DagsterInvalidConfigError, match='Received unexpected config entry "epoch"'):
-        materialize([detector_model], resources={"lake": lake, "mlflow": registry},
-                    run_config={"ops": {"detector_model": {"config": {"epoch": 3}}}})
+        materialize(
+            [detector_model],
+            resources={"lake": lake, "mlflow": registry, "pipeline_settings": _settings()},
+            run_config={"ops": {"detector_model": {"config": {"epoch": 3}}}},
+        )
 
 
 def test_base_weights_from_path_file_uri_and_registry(tmp_path, tiny_checkpoint, registry):
-    from alumi_pipelines.assets.training import resolve_base_weights
+    from alumi_pipelines.assets.training.detector import resolve_base_weights
 
     assert resolve_base_weights(None, registry, tmp_path) is None
     assert resolve_base_weights(str(tiny_checkpoint), registry, tmp_path) == tiny_checkpoint.resolve()
@@ -176,6 +189,16 @@ def test_evaluation_refuses_a_model_with_other_classes(tiny_checkpoint, tmp_path
 
     pointer = write_tiny_gold(lake, classes=("scratch", "dent", "crack"))
     data_yaml = link_yolo_dataset(lake.local_path(pointer["prefix"]), tmp_path / "ds")
-    with pytest.raises(DatasetError, match=r"predicts classes \['scratch', 'dent', 'pit'\], the dataset has "
-                                           r"\['scratch', 'dent', 'crack'\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"predicts classes \['scratch', 'dent', 'pit'\], the dataset has "
+        r"\['scratch', 'dent', 'crack'\]",
+    ):
         evaluate_detector(tiny_checkpoint, data_yaml, tmp_path / "eval", config_dir=ultralytics_config_dir, imgsz=64)
+
+
+def _settings():
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+    from alumi_pipelines.settings import Settings
+
+    return PipelineSettings.from_settings(Settings.from_env())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alumi_pipelines.lib.gate import GateRule, decide, rule_for_profile
+from alumi_pipelines.lib.training.gate import GateRule, decide, rule_for_profile
 
 
 def evaluation(map50_95: float, recalls: dict[str, float | None]) -> dict:
@@ -87,13 +87,40 @@ def test_profile_floors_and_overrides():
 
 
 def test_gate_floor_from_config_then_env_then_profile(monkeypatch):
-    from alumi_pipelines.assets.evaluation import PromotionGateConfig, gate_rule
+    from alumi_pipelines.assets.training.evaluation import PromotionGateConfig, gate_rule
+    from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+    from alumi_pipelines.settings import Settings
 
+    def settings() -> PipelineSettings:
+        return PipelineSettings.from_settings(Settings.from_env())
+
+    monkeypatch.setenv("ALUMI_PROFILE", "cpu")
     monkeypatch.delenv("ALUMI_GATE_FLOOR", raising=False)
-    assert gate_rule(PromotionGateConfig(), "cpu").floor == 0.1
+    assert gate_rule(PromotionGateConfig(), settings()).floor == 0.1
     monkeypatch.setenv("ALUMI_GATE_FLOOR", "0.05")
-    assert gate_rule(PromotionGateConfig(), "cpu").floor == 0.05
-    assert gate_rule(PromotionGateConfig(floor=0.2), "cpu").floor == 0.2
+    assert gate_rule(PromotionGateConfig(), settings()).floor == 0.05
+    assert gate_rule(PromotionGateConfig(floor=0.2), settings()).floor == 0.2
     monkeypatch.setenv("ALUMI_GATE_FLOOR", "high")
     with pytest.raises(ValueError, match="ALUMI_GATE_FLOOR='high': must be a number"):
-        gate_rule(PromotionGateConfig(), "cpu")
+        Settings.from_env()
+
+
+def test_champion_needs_a_passing_verdict_of_the_latest_evaluation(tmp_path):
+    from dagster import Failure
+
+    from alumi_pipelines.assets.promotion import passing_verdict
+    from alumi_pipelines.resources.lake import Lake
+
+    lake = Lake(base_uri=str(tmp_path))
+    evaluation = {"dagster_run_id": "run-2"}
+    args = {"model": "version 3", "check": "promotion_gate", "evaluated": "detector_evaluation"}
+    with pytest.raises(Failure, match=r"version 3 has no promotion_gate verdict \(models/v3.gate.json\)"):
+        passing_verdict(lake, "models/v3.gate.json", evaluation, **args)
+    lake.write_json("models/v3.gate.json", {"evaluation_run_id": "run-1", "passed": True, "reasons": []})
+    with pytest.raises(Failure, match="belongs to an older evaluation"):
+        passing_verdict(lake, "models/v3.gate.json", evaluation, **args)
+    lake.write_json("models/v3.gate.json", {"evaluation_run_id": "run-2", "passed": False, "reasons": ["floor: 0.05"]})
+    with pytest.raises(Failure, match="version 3 did not pass promotion_gate: floor: 0.05"):
+        passing_verdict(lake, "models/v3.gate.json", evaluation, **args)
+    lake.write_json("models/v3.gate.json", {"evaluation_run_id": "run-2", "passed": True, "reasons": []})
+    assert passing_verdict(lake, "models/v3.gate.json", evaluation, **args)["passed"] is True

@@ -10,15 +10,24 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from alumi_pipelines.assets.evaluation import champion_model, detector_evaluation, promotion_gate
-from alumi_pipelines.assets.training import detector_model
+from alumi_pipelines.assets.training.champion import champion_model
+from alumi_pipelines.assets.training.detector import detector_model
+from alumi_pipelines.assets.training.evaluation import detector_evaluation, promotion_gate
+from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+from alumi_pipelines.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(assets, lake, registry, instance, run_config=None):
-    return materialize(assets, resources={"lake": lake, "mlflow": registry}, instance=instance,
-                       run_config=run_config or {}, raise_on_error=False)
+    settings = PipelineSettings.from_settings(Settings.from_env())
+    return materialize(
+        assets,
+        resources={"lake": lake, "mlflow": registry, "pipeline_settings": settings},
+        instance=instance,
+        run_config=run_config or {},
+        raise_on_error=False,
+    )
 
 
 def _metadata(result, key: str) -> dict:
@@ -62,8 +71,12 @@ def test_train_evaluate_gate_promote_refuse_and_rollback(lake, tiny_gold, regist
     assert "test/mAP50-95" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(v1.run_id, "weights")}
     artifacts |= {a.path for a in client.list_artifacts(v1.run_id, "plots")}
-    assert {"weights/best.pt", "plots/BoxPR_curve.png", "plots/confusion_matrix.png",
-            "plots/val_batch0_pred.jpg"} <= artifacts
+    assert {
+        "weights/best.pt",
+        "plots/BoxPR_curve.png",
+        "plots/confusion_matrix.png",
+        "plots/val_batch0_pred.jpg",
+    } <= artifacts
 
     # per-epoch lines in the Dagster run log
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
@@ -126,8 +139,9 @@ def test_train_evaluate_gate_promote_refuse_and_rollback(lake, tiny_gold, regist
 
 def test_sweep_runs_nested_trials_and_keeps_the_best(lake, tiny_gold, registry, ci_profile):
     config = {"profile": "ci", "epochs": 1, "sweep": {"lr0": [0.01, 0.02]}}
-    result = _run([detector_model], lake, registry, DagsterInstance.ephemeral(),
-                  {"ops": {"detector_model": {"config": config}}})
+    result = _run(
+        [detector_model], lake, registry, DagsterInstance.ephemeral(), {"ops": {"detector_model": {"config": config}}}
+    )
     assert result.success
     client = registry.client()
     runs = client.search_runs([client.get_experiment_by_name(registry.experiment_name).experiment_id])
@@ -145,46 +159,57 @@ def test_sweep_runs_nested_trials_and_keeps_the_best(lake, tiny_gold, registry, 
     assert meta["mlflow_run_id"] == best
 
 
-CLI_DEFS = '''
-from dagster import Definitions
+CLI_DEFS = """
+from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
 
-from alumi_pipelines.assets.training import TRAINING_ASSETS, TRAINING_CHECKS, TRAINING_JOBS
-from alumi_pipelines.resources.lake import Lake
-from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
-from alumi_pipelines.settings import Settings
+from alumi_pipelines.assets import training
+from alumi_pipelines.jobs import training_job
+from alumi_pipelines.resources import build_resources
 
-settings = Settings.from_env()
 defs = Definitions(
-    assets=TRAINING_ASSETS,
-    asset_checks=TRAINING_CHECKS,
-    jobs=TRAINING_JOBS,
-    resources={"lake": Lake(base_uri=settings.lake_uri), "mlflow": MlflowRegistry.from_settings(settings)},
+    assets=load_assets_from_package_module(training),
+    asset_checks=load_asset_checks_from_package_module(training),
+    jobs=[training_job],
+    resources=build_resources(),
 )
-'''
+"""
 
 
 @pytest.mark.slow
 def test_training_job_through_dagster_cli(tmp_path):
     """`dagster job execute -j training_job` with ALUMI_PROFILE=ci: exit 0, version 1 is champion."""
+    from gold_factory import write_tiny_gold
+
     from alumi_pipelines.resources.lake import Lake
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
-    from gold_factory import write_tiny_gold
 
     home = tmp_path / "home"
     (home / "dagster").mkdir(parents=True)
     pointer = write_tiny_gold(Lake(base_uri=str(home / "lake")))
     defs_file = tmp_path / "training_defs.py"
     defs_file.write_text(CLI_DEFS)
-    env = {**os.environ, "ALUMI_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ALUMI_PROFILE": "ci",
-           "YOLO_CONFIG_DIR": str(home / "ultralytics")}
+    env = {
+        **os.environ,
+        "ALUMI_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "ALUMI_PROFILE": "ci",
+        "YOLO_CONFIG_DIR": str(home / "ultralytics"),
+    }
     for key in ("ALUMI_LAKE_URI", "ALUMI_MLFLOW_URI", "ALUMI_MLFLOW_ARTIFACTS", "ALUMI_GATE_FLOOR", "ALUMI_MODEL_NAME"):
         env.pop(key, None)
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster), "job", "execute", "-f", str(defs_file), "-j", "training_job"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(dagster), "job", "execute", "-f", str(defs_file), "-j", "training_job"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    registry = MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                              artifact_location=str(home / "mlflow" / "artifacts"))
+    registry = MlflowRegistry(
+        tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", artifact_location=str(home / "mlflow" / "artifacts")
+    )
     assert registry.alias_version("champion") == "1"
     assert registry.version("1").tags["dataset_hash"] == pointer["dataset_hash"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

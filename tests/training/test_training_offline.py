@@ -7,8 +7,9 @@ import os
 import numpy as np
 
 
-def test_train_val_export_make_no_network_attempt(no_network, tiny_dataset, ultralytics_config_dir, tmp_path,
-                                                  monkeypatch, registry):
+def test_train_val_export_make_no_network_attempt(
+    no_network, tiny_dataset, ultralytics_config_dir, tmp_path, monkeypatch, registry
+):
     from alumi_pipelines.lib.training import evaluate_detector, resolve_training_args, train_detector
 
     cwd = tmp_path / "cwd"
@@ -18,7 +19,10 @@ def test_train_val_export_make_no_network_attempt(no_network, tiny_dataset, ultr
     args = resolve_training_args("ci", {"epochs": 2})
     with registry.run("offline") as run:
         outcome = train_detector(
-            tiny_dataset, args, tmp_path / "out", config_dir=ultralytics_config_dir,
+            tiny_dataset,
+            args,
+            tmp_path / "out",
+            config_dir=ultralytics_config_dir,
             on_epoch=lambda e, n, m: (epochs_seen.append((e, n)), run.log_metrics(m, step=e)),
         )
         run.log_artifact(outcome.best_weights, "weights")
@@ -29,8 +33,14 @@ def test_train_val_export_make_no_network_attempt(no_network, tiny_dataset, ultr
     assert {"val/mAP50", "val/mAP50-95"} <= set(outcome.final_metrics)
     assert {p.name for p in outcome.plots} >= {"BoxPR_curve.png", "confusion_matrix.png", "val_batch0_pred.jpg"}
 
-    result = evaluate_detector(outcome.best_weights, tiny_dataset, tmp_path / "eval", config_dir=ultralytics_config_dir,
-                               imgsz=64, latency_images=3)
+    result = evaluate_detector(
+        outcome.best_weights,
+        tiny_dataset,
+        tmp_path / "eval",
+        config_dir=ultralytics_config_dir,
+        imgsz=64,
+        latency_images=3,
+    )
     assert result["images"] == 4 and result["split"] == "test"
     assert set(result["per_class"]) == {"scratch", "dent", "pit"}
     assert sum(r["instances"] for r in result["per_class"].values()) == 6

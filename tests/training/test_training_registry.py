@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alumi_pipelines.lib.gate import GateRule, decide
+from alumi_pipelines.lib.training.gate import GateRule, decide
 from alumi_pipelines.resources.mlflow_registry import RegistryError
 
 
@@ -93,11 +93,19 @@ def test_cli_functions_use_settings(registry, tmp_path, monkeypatch):
     monkeypatch.setenv("ALUMI_MLFLOW_URI", registry.tracking_uri)
     monkeypatch.setenv("ALUMI_MLFLOW_ARTIFACTS", registry.artifact_location)
     monkeypatch.setenv("ALUMI_MODEL_NAME", registry.model_name)
-    assert mlflow_registry.promote(version="1") == {"model_name": "alumi-detector-test", "champion": "1",
-                                                    "previous": None, "changed": True}
+    assert mlflow_registry.promote(version="1") == {
+        "model_name": "alumi-detector-test",
+        "champion": "1",
+        "previous": None,
+        "changed": True,
+    }
     assert mlflow_registry.promote(registry.model_name, "2")["previous"] == "1"
-    assert mlflow_registry.rollback() == {"model_name": "alumi-detector-test", "champion": "1", "previous": None,
-                                          "changed": True}
+    assert mlflow_registry.rollback() == {
+        "model_name": "alumi-detector-test",
+        "champion": "1",
+        "previous": None,
+        "changed": True,
+    }
     with pytest.raises(RegistryError, match="no 'previous' version"):
         mlflow_registry.rollback(registry.model_name)
     with pytest.raises(RegistryError, match="has no version '7'"):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
 
-from alumi_pipelines.lib import corrections as cx
-from alumi_pipelines.lib.labels import ClassMap, label_schema
+from alumi_pipelines.lib.vision import corrections as cx
+from alumi_pipelines.lib.vision.labels import ClassMap, label_schema
 
 CLASSES = ClassMap.of(["scratch", "dent", "pit"], {"Scratches": "scratch"})
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 IMG_A = hashlib.sha256(b"image a").hexdigest()  # 200 x 100, two boxes
 IMG_B = hashlib.sha256(b"image b").hexdigest()  # 640 x 480, one box
 IMG_C = hashlib.sha256(b"image c").hexdigest()  # 320 x 240, no labels
@@ -34,10 +34,16 @@ def _label(image_id: str, name: str, box: tuple, width: int, height: int, batch:
     x1, y1, x2, y2 = box
     _, class_id = CLASSES.resolve(name)
     return {
-        "image_id": image_id, "class_name": name, "class_id": class_id,
-        "x_center": (x1 + x2) / 2 / width, "y_center": (y1 + y2) / 2 / height,
-        "width": (x2 - x1) / width, "height": (y2 - y1) / height,
-        "source": "yolo", "source_file": f"labels/{image_id[:6]}.txt", "batch": batch,
+        "image_id": image_id,
+        "class_name": name,
+        "class_id": class_id,
+        "x_center": (x1 + x2) / 2 / width,
+        "y_center": (y1 + y2) / 2 / height,
+        "width": (x2 - x1) / width,
+        "height": (y2 - y1) / height,
+        "source": "yolo",
+        "source_file": f"labels/{image_id[:6]}.txt",
+        "batch": batch,
     }
 
 
@@ -57,11 +63,20 @@ BASE = pl.DataFrame(
 
 def edge(feedback_id: str, kind: str = "missed_defect", box=(10, 10, 50, 40), **extra) -> dict:
     record = {
-        "feedback_id": feedback_id, "seq": 1, "kind": kind, "image_sha256": IMG_A, "image_ref": None,
+        "feedback_id": feedback_id,
+        "seq": 1,
+        "kind": kind,
+        "image_sha256": IMG_A,
+        "image_ref": None,
         "box": box if isinstance(box, dict) else dict(zip(("x1", "y1", "x2", "y2"), box)),
-        "original_box": None, "class_name": "scratch",
-        "author": "op-anna", "comment": "", "model_version": "v3", "token_subject": None,
-        "device_id": "jetson-07", "created_at": "2026-05-01T08:00:00.000Z",
+        "original_box": None,
+        "class_name": "scratch",
+        "author": "op-anna",
+        "comment": "",
+        "model_version": "v3",
+        "token_subject": None,
+        "device_id": "jetson-07",
+        "created_at": "2026-05-01T08:00:00.000Z",
     }
     record.update(extra)
     return record
@@ -89,8 +104,15 @@ def boxes_of(labels: pl.DataFrame, image_id: str, width: int, height: int) -> li
     for r in labels.filter(pl.col("image_id") == image_id).iter_rows(named=True):
         x1 = (r["x_center"] - r["width"] / 2) * width
         y1 = (r["y_center"] - r["height"] / 2) * height
-        out.append((r["class_name"], round(x1, 6), round(y1, 6), round(x1 + r["width"] * width, 6),
-                    round(y1 + r["height"] * height, 6)))
+        out.append(
+            (
+                r["class_name"],
+                round(x1, 6),
+                round(y1, 6),
+                round(x1 + r["width"] * width, 6),
+                round(y1 + r["height"] * height, 6),
+            )
+        )
     return sorted(out)
 
 
@@ -143,8 +165,12 @@ def test_edge_jsonl_bad_lines_rejected_with_line_numbers():
     by_line = {r["line"]: r for r in rejects}
     assert sorted(by_line) == [2, 3, 4, 5, 6, 7]
     assert by_line[2]["reason"].startswith("malformed JSON line") and by_line[2]["record_id"] is None
-    assert by_line[3] == {"file": "edge-x-1-7.jsonl", "line": 3, "record_id": "f-3",
-                          "reason": "field 'box' must be an object with x1, y1, x2, y2 (pixels)"}
+    assert by_line[3] == {
+        "file": "edge-x-1-7.jsonl",
+        "line": 3,
+        "record_id": "f-3",
+        "reason": "field 'box' must be an object with x1, y1, x2, y2 (pixels)",
+    }
     assert "'kind' is 'thumbs_up'" in by_line[4]["reason"]
     assert "expected an object" in by_line[5]["reason"]
     assert "neither 'image_sha256' nor 'image_ref'" in by_line[6]["reason"]
@@ -157,7 +183,9 @@ def test_edge_image_ref_resolves_through_names():
     assert resolved[0].image_id == IMG_B
     unresolved = parsed("e.jsonl", jsonl(record))
     _, rejects = cx.validate(unresolved, IMAGES, CLASSES, now=NOW)
-    assert rejects[0]["reason"] == "unknown image: image reference 'cam2/frames/0001.png' does not resolve to an image id"
+    assert (
+        rejects[0]["reason"] == "unknown image: image reference 'cam2/frames/0001.png' does not resolve to an image id"
+    )
 
 
 def test_edge_queue_output_parses(tmp_path):
@@ -166,9 +194,19 @@ def test_edge_queue_output_parses(tmp_path):
     queue = feedback.FeedbackQueue(tmp_path / "queue.db", "jetson 07")
     try:
         for kind, box in (("missed_defect", (5, 5, 40, 30)), ("false_positive", A_DENT)):
-            queue.add({"kind": kind, "image_sha256": IMG_A, "image_ref": None,
-                       "box": box if isinstance(box, dict) else dict(zip(("x1", "y1", "x2", "y2"), box)), "original_box": None,
-                       "class_name": "dent", "author": "op-ben", "comment": "", "model_version": "v1"})
+            queue.add(
+                {
+                    "kind": kind,
+                    "image_sha256": IMG_A,
+                    "image_ref": None,
+                    "box": box if isinstance(box, dict) else dict(zip(("x1", "y1", "x2", "y2"), box)),
+                    "original_box": None,
+                    "class_name": "dent",
+                    "author": "op-ben",
+                    "comment": "",
+                    "model_version": "v1",
+                }
+            )
         batch = queue.next_batch()
     finally:
         queue.close()
@@ -176,7 +214,10 @@ def test_edge_queue_output_parses(tmp_path):
     assert rejects == [] and batch.name == "edge-jetson-07-1-2.jsonl"
     valid, rejects = cx.validate(records, IMAGES, CLASSES)  # stamped with the real clock
     assert rejects == []
-    assert [(v.action, v.origin, v.author) for v in valid] == [("add", "jetson 07", "op-ben"), ("remove", "jetson 07", "op-ben")]
+    assert [(v.action, v.origin, v.author) for v in valid] == [
+        ("add", "jetson 07", "op-ben"),
+        ("remove", "jetson 07", "op-ben"),
+    ]
     _, changes, corrected = run(*valid)
     assert changes["result"].to_list() == ["applied", "applied"]
     assert boxes_of(corrected, IMG_A, 200, 100) == [("dent", 5.0, 5.0, 40.0, 30.0), ("scratch", *A_SCRATCH)]
@@ -215,15 +256,29 @@ def test_qa_csv_semicolons_and_missing_columns():
     assert [r.box for r in parsed("a.csv", semi.encode())] == [(1.0, 2.0, 30.0, 40.0)]
     records, rejects = cx.parse_incoming("b.csv", b"correction_id,image_id,action\nq1,abc,add\n")
     assert records == []
-    assert rejects == [{"file": "b.csv", "line": 1, "record_id": None,
-                        "reason": "CSV header is missing column(s) class_name, x1, y1, x2, y2, author, timestamp, tool; "
-                                  "expected correction_id, image_id, action, class_name, x1, y1, x2, y2, author, timestamp, tool"}]
+    assert rejects == [
+        {
+            "file": "b.csv",
+            "line": 1,
+            "record_id": None,
+            "reason": "CSV header is missing column(s) class_name, x1, y1, x2, y2, author, timestamp, tool; "
+            "expected correction_id, image_id, action, class_name, x1, y1, x2, y2, author, timestamp, tool",
+        }
+    ]
 
 
 def test_unsupported_and_undecodable_files_rejected():
-    assert cx.parse_incoming("notes.txt", b"hello") == ([], [
-        {"file": "notes.txt", "line": None, "record_id": None,
-         "reason": "unsupported file type '.txt': expected .jsonl, .json or .csv"}])
+    assert cx.parse_incoming("notes.txt", b"hello") == (
+        [],
+        [
+            {
+                "file": "notes.txt",
+                "line": None,
+                "record_id": None,
+                "reason": "unsupported file type '.txt': expected .jsonl, .json or .csv",
+            }
+        ],
+    )
     records, rejects = cx.parse_incoming("e.jsonl", b"\xff\xfe\x00bad")
     assert records == [] and rejects[0]["reason"].startswith("not UTF-8 text")
 
@@ -232,21 +287,33 @@ def test_unsupported_and_undecodable_files_rejected():
 
 
 def coco(images: list[dict], annotations: list[dict], **info) -> bytes:
-    return json.dumps({
-        "info": {"contributor": "qa-dana", "date_created": "2026-05-03T09:00:00Z", "tool": "labelstudio", **info},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "scratch"}, {"id": 2, "name": "dent"}, {"id": 3, "name": "Pit"}],
-    }).encode()
+    return json.dumps(
+        {
+            "info": {"contributor": "qa-dana", "date_created": "2026-05-03T09:00:00Z", "tool": "labelstudio", **info},
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "scratch"}, {"id": 2, "name": "dent"}, {"id": 3, "name": "Pit"}],
+        }
+    ).encode()
 
 
 def test_coco_image_is_a_full_relabel():
     data = coco(
-        [{"id": 7, "file_name": f"{IMG_A}.jpg", "width": 200, "height": 100},
-         {"id": 8, "file_name": "whatever.png", "sha256": IMG_C, "author": "qa-erik", "timestamp": "2026-05-03T10:00:00Z"}],
-        [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 30, 20]},
-         {"id": 2, "image_id": 7, "category_id": 2, "bbox": [100, 20, 60, 60]},
-         {"id": 3, "image_id": 8, "category_id": 1, "bbox": [0, 0, 320, 240]}],
+        [
+            {"id": 7, "file_name": f"{IMG_A}.jpg", "width": 200, "height": 100},
+            {
+                "id": 8,
+                "file_name": "whatever.png",
+                "sha256": IMG_C,
+                "author": "qa-erik",
+                "timestamp": "2026-05-03T10:00:00Z",
+            },
+        ],
+        [
+            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 30, 20]},
+            {"id": 2, "image_id": 7, "category_id": 2, "bbox": [100, 20, 60, 60]},
+            {"id": 3, "image_id": 8, "category_id": 1, "bbox": [0, 0, 320, 240]},
+        ],
     )
     records = parsed("qa/export-0503.json", data)
     assert [(r.correction_id, r.action, r.level, r.origin, r.author) for r in records] == [
@@ -259,20 +326,32 @@ def test_coco_image_is_a_full_relabel():
     assert boxes_of(corrected, IMG_C, 320, 240) == [("scratch", 0.0, 0.0, 320.0, 240.0)]
     assert boxes_of(corrected, IMG_B, 640, 480) == [("pit", *B_PIT)]  # untouched
     first = changes.row(0, named=True)
-    assert first["action"] == "relabel" and len(json.loads(first["before"])) == 2 and len(json.loads(first["after"])) == 2
+    assert (
+        first["action"] == "relabel" and len(json.loads(first["before"])) == 2 and len(json.loads(first["after"])) == 2
+    )
 
 
 def test_coco_relabel_in_another_frame_is_rescaled_or_rejected():
     # QA annotated the processed image, half the original size: boxes scale back to the original
-    half = coco([{"id": 1, "file_name": f"{IMG_A}.jpg", "width": 100, "height": 50}],
-                [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 20]}])
+    half = coco(
+        [{"id": 1, "file_name": f"{IMG_A}.jpg", "width": 100, "height": 50}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 20]}],
+    )
     _, _, corrected = run(*validated(parsed("half.json", half)))
     assert boxes_of(corrected, IMG_A, 200, 100) == [("scratch", 20.0, 10.0, 60.0, 50.0)]
-    squashed = coco([{"id": 1, "file_name": f"{IMG_A}.jpg", "width": 100, "height": 100}],
-                    [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 20]}])
+    squashed = coco(
+        [{"id": 1, "file_name": f"{IMG_A}.jpg", "width": 100, "height": 100}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 20]}],
+    )
     _, rejects = cx.validate(parsed("sq.json", squashed), IMAGES, CLASSES, now=NOW)
-    assert rejects == [{"file": "sq.json", "line": None, "record_id": "sq.json#1",
-                        "reason": "annotated image size 100x100 does not match the original 200x100 (aspect ratio differs)"}]
+    assert rejects == [
+        {
+            "file": "sq.json",
+            "line": None,
+            "record_id": "sq.json#1",
+            "reason": "annotated image size 100x100 does not match the original 200x100 (aspect ratio differs)",
+        }
+    ]
 
 
 def test_coco_empty_relabel_clears_the_image():
@@ -286,14 +365,18 @@ def test_coco_empty_relabel_clears_the_image():
 
 def test_coco_broken_entries_rejected_with_reasons():
     data = coco(
-        [{"id": 1, "file_name": f"{IMG_A}.jpg"},
-         {"id": 2, "file_name": "frame_0001.jpg"},
-         {"id": 3, "file_name": f"{IMG_B}.jpg"},
-         {"id": 4, "file_name": f"{IMG_C}.jpg"}],
-        [{"id": 10, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]},
-         {"id": 11, "image_id": 3, "category_id": 1, "segmentation": [[1, 1, 2, 2, 3, 1]]},
-         {"id": 12, "image_id": 42, "category_id": 1, "bbox": [1, 1, 5, 5]},
-         {"id": 13, "image_id": 4, "category_id": 4 - 2, "bbox": [300, 200, 40, 60]}],
+        [
+            {"id": 1, "file_name": f"{IMG_A}.jpg"},
+            {"id": 2, "file_name": "frame_0001.jpg"},
+            {"id": 3, "file_name": f"{IMG_B}.jpg"},
+            {"id": 4, "file_name": f"{IMG_C}.jpg"},
+        ],
+        [
+            {"id": 10, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]},
+            {"id": 11, "image_id": 3, "category_id": 1, "segmentation": [[1, 1, 2, 2, 3, 1]]},
+            {"id": 12, "image_id": 42, "category_id": 1, "bbox": [1, 1, 5, 5]},
+            {"id": 13, "image_id": 4, "category_id": 4 - 2, "bbox": [300, 200, 40, 60]},
+        ],
     )
     records, rejects = cx.parse_incoming("bad.json", data, names={"frame_0001.jpg": IMG_C})
     assert [r["record_id"] for r in rejects] == ["annotation 12", "bad.json#1", "bad.json#3"]
@@ -302,9 +385,18 @@ def test_coco_broken_entries_rejected_with_reasons():
     assert "'bbox' must be [x, y, width, height]" in rejects[2]["reason"]
     assert [(r.correction_id, r.image_id) for r in records] == [("bad.json#2", IMG_C), ("bad.json#4", IMG_C)]
     _, rejects = cx.validate(records, IMAGES, CLASSES, now=NOW)
-    assert rejects == [{"file": "bad.json", "line": None, "record_id": "bad.json#4",
-                        "reason": "box 0 (300, 200, 340, 260) is outside the image (320x240 pixels)"}]
-    assert cx.parse_incoming("x.json", b'{"images": 3}')[1][0]["reason"] == "not a COCO file: expected an object with an 'images' list"
+    assert rejects == [
+        {
+            "file": "bad.json",
+            "line": None,
+            "record_id": "bad.json#4",
+            "reason": "box 0 (300, 200, 340, 260) is outside the image (320x240 pixels)",
+        }
+    ]
+    assert (
+        cx.parse_incoming("x.json", b'{"images": 3}')[1][0]["reason"]
+        == "not a COCO file: expected an object with an 'images' list"
+    )
     assert cx.parse_incoming("y.json", b'{"images": [')[1][0]["reason"].startswith("malformed JSON")
 
 
@@ -315,9 +407,18 @@ def test_coco_broken_entries_rejected_with_reasons():
     ("overrides", "reason"),
     [
         ({"image_sha256": UNKNOWN}, f"unknown image: {UNKNOWN!r} is not in the lake"),
-        ({"box": {"x1": 150, "y1": 10, "x2": 201, "y2": 40}}, "box (150, 10, 201, 40) is outside the image (200x100 pixels)"),
-        ({"box": {"x1": -3, "y1": 10, "x2": 20, "y2": 40}}, "box (-3, 10, 20, 40) is outside the image (200x100 pixels)"),
-        ({"box": {"x1": 50, "y1": 10, "x2": 50, "y2": 40}}, "box (50, 10, 50, 40) has no area: needs x2 > x1 and y2 > y1"),
+        (
+            {"box": {"x1": 150, "y1": 10, "x2": 201, "y2": 40}},
+            "box (150, 10, 201, 40) is outside the image (200x100 pixels)",
+        ),
+        (
+            {"box": {"x1": -3, "y1": 10, "x2": 20, "y2": 40}},
+            "box (-3, 10, 20, 40) is outside the image (200x100 pixels)",
+        ),
+        (
+            {"box": {"x1": 50, "y1": 10, "x2": 50, "y2": 40}},
+            "box (50, 10, 50, 40) has no area: needs x2 > x1 and y2 > y1",
+        ),
         ({"class_name": "bubble"}, "unknown class 'bubble'; classes are ['scratch', 'dent', 'pit']"),
         ({"class_name": ""}, "class_name is missing"),
         ({"author": "  "}, "author is missing"),
@@ -325,8 +426,10 @@ def test_coco_broken_entries_rejected_with_reasons():
         ({"created_at": "yesterday"}, "timestamp 'yesterday' is not an ISO 8601 time"),
         ({"created_at": "2026-06-01T12:10:00Z"}, "timestamp 2026-06-01T12:10:00Z is in the future"),
         ({"created_at": None}, "timestamp is missing"),
-        ({"kind": "corrected_box", "original_box": {"x1": 0, "y1": 0, "x2": 500, "y2": 5}},
-         "original_box (0, 0, 500, 5) is outside the image (200x100 pixels)"),
+        (
+            {"kind": "corrected_box", "original_box": {"x1": 0, "y1": 0, "x2": 500, "y2": 5}},
+            "original_box (0, 0, 500, 5) is outside the image (200x100 pixels)",
+        ),
     ],
 )
 def test_validate_rejects_with_reason(overrides, reason):
@@ -337,7 +440,9 @@ def test_validate_rejects_with_reason(overrides, reason):
 
 
 def test_validate_fills_image_facts_and_clamps_rounding():
-    records = parsed("e.jsonl", jsonl(edge("f-1", box=(150, 10, 200.3, 100.2)), edge("f-2", created_at="2026-06-01T12:03:00Z")))
+    records = parsed(
+        "e.jsonl", jsonl(edge("f-1", box=(150, 10, 200.3, 100.2)), edge("f-2", created_at="2026-06-01T12:03:00Z"))
+    )
     valid = validated(records)  # 12:03 is within the 5-minute clock skew allowed for device clocks
     assert valid[0].box == (150.0, 10.0, 200.0, 100.0)
     assert (valid[0].image_width, valid[0].image_height, valid[0].batch) == (200, 100, "b0")
@@ -348,12 +453,20 @@ def test_duplicate_ids_identical_kept_once_different_rejected():
     first = jsonl(edge("f-1"), edge("f-2", "false_positive", A_SCRATCH))
     resent = first  # a sync retry rewrites the same records
     changed = jsonl(edge("f-2", "false_positive", A_DENT, class_name="dent"))
-    records = parsed("edge-d-1-2.jsonl", first) + parsed("edge-d-1-2.jsonl", resent) + parsed("edge-d-3-3.jsonl", changed)
+    records = (
+        parsed("edge-d-1-2.jsonl", first) + parsed("edge-d-1-2.jsonl", resent) + parsed("edge-d-3-3.jsonl", changed)
+    )
     valid, rejects = cx.validate(records, IMAGES, CLASSES, now=NOW)
     assert [v.correction_id for v in valid] == ["f-1", "f-2"]
     assert valid[1].box == A_SCRATCH  # the first one stays
-    assert rejects == [{"file": "edge-d-3-3.jsonl", "line": 1, "record_id": "f-2",
-                        "reason": "duplicate correction id 'f-2' with different content (first seen in edge-d-1-2.jsonl line 2)"}]
+    assert rejects == [
+        {
+            "file": "edge-d-3-3.jsonl",
+            "line": 1,
+            "record_id": "f-2",
+            "reason": "duplicate correction id 'f-2' with different content (first seen in edge-d-1-2.jsonl line 2)",
+        }
+    ]
 
 
 def test_validate_needs_image_columns():
@@ -365,13 +478,23 @@ def test_validate_needs_image_columns():
 
 
 def test_add_remove_and_replace():
-    records = validated(parsed("e.jsonl", jsonl(
-        edge("add", box=(0, 60, 30, 100), class_name="pit"),
-        edge("fp", "false_positive", (22, 12, 62, 52)),  # IoU with the scratch ≈ 0.82
-        edge("fix", "corrected_box", (98, 18, 170, 90), class_name="dent",
-             original_box={"x1": 104, "y1": 24, "x2": 156, "y2": 76}),
-        edge("fix-b", "corrected_box", (290, 190, 350, 270), image_sha256=IMG_B, class_name="scratch"),
-    )))
+    records = validated(
+        parsed(
+            "e.jsonl",
+            jsonl(
+                edge("add", box=(0, 60, 30, 100), class_name="pit"),
+                edge("fp", "false_positive", (22, 12, 62, 52)),  # IoU with the scratch ≈ 0.82
+                edge(
+                    "fix",
+                    "corrected_box",
+                    (98, 18, 170, 90),
+                    class_name="dent",
+                    original_box={"x1": 104, "y1": 24, "x2": 156, "y2": 76},
+                ),
+                edge("fix-b", "corrected_box", (290, 190, 350, 270), image_sha256=IMG_B, class_name="scratch"),
+            ),
+        )
+    )
     overlay, changes, corrected = run(*records)
     assert boxes_of(corrected, IMG_A, 200, 100) == [("dent", 98.0, 18.0, 170.0, 90.0), ("pit", 0.0, 60.0, 30.0, 100.0)]
     assert boxes_of(corrected, IMG_B, 640, 480) == [("scratch", 290.0, 190.0, 350.0, 270.0)]  # class changed too
@@ -383,17 +506,32 @@ def test_add_remove_and_replace():
     rows = {r["correction_id"]: r for r in changes.iter_rows(named=True)}
     assert json.loads(rows["fp"]["before"])["class_name"] == "scratch" and rows["fp"]["after"] == "null"
     assert json.loads(rows["fix"]["before"]) == {
-        "class_name": "dent", "x_center": 0.65, "y_center": 0.5, "width": 0.3, "height": 0.6}
+        "class_name": "dent",
+        "x_center": 0.65,
+        "y_center": 0.5,
+        "width": 0.3,
+        "height": 0.6,
+    }
     assert json.loads(rows["fix"]["after"]) == {
-        "class_name": "dent", "x_center": 0.67, "y_center": 0.54, "width": 0.36, "height": 0.72}
+        "class_name": "dent",
+        "x_center": 0.67,
+        "y_center": 0.54,
+        "width": 0.36,
+        "height": 0.72,
+    }
     assert {(r["origin"], r["level"], r["author"]) for r in rows.values()} == {("jetson-07", "operator", "op-anna")}
 
 
 def test_remove_needs_same_class_and_iou_half():
-    records = validated(parsed("e.jsonl", jsonl(
-        edge("wrong-class", "false_positive", A_SCRATCH, class_name="dent"),
-        edge("far", "false_positive", (40, 30, 80, 70)),  # IoU with the scratch = 400/2800
-    )))
+    records = validated(
+        parsed(
+            "e.jsonl",
+            jsonl(
+                edge("wrong-class", "false_positive", A_SCRATCH, class_name="dent"),
+                edge("far", "false_positive", (40, 30, 80, 70)),  # IoU with the scratch = 400/2800
+            ),
+        )
+    )
     overlay, changes, corrected = run(*records)
     assert changes["result"].to_list() == ["no_match", "no_match"]
     assert changes["before"].to_list() == ["null", "null"]
@@ -432,10 +570,14 @@ def test_qa_beats_operator_regardless_of_time():
     assert changes["correction_id"].to_list() == ["op-1", "qa-1"]  # operator first, QA last
     assert boxes_of(corrected, IMG_A, 200, 100) == [("dent", *A_DENT), ("scratch", 18.0, 8.0, 58.0, 48.0)]
     # a QA relabel older than an operator's added box still decides the image's whole label set
-    relabel = coco([{"id": 1, "file_name": f"{IMG_A}.jpg"}],
-                   [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [100, 20, 60, 60]}],
-                   date_created="2026-01-01T00:00:00Z")
-    records = validated(parsed("e.jsonl", jsonl(edge("op-2", created_at="2026-05-30T00:00:00Z"))) + parsed("r.json", relabel))
+    relabel = coco(
+        [{"id": 1, "file_name": f"{IMG_A}.jpg"}],
+        [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [100, 20, 60, 60]}],
+        date_created="2026-01-01T00:00:00Z",
+    )
+    records = validated(
+        parsed("e.jsonl", jsonl(edge("op-2", created_at="2026-05-30T00:00:00Z"))) + parsed("r.json", relabel)
+    )
     _, _, corrected = run(*records)
     assert boxes_of(corrected, IMG_A, 200, 100) == [("dent", *A_DENT)]
 
@@ -485,7 +627,7 @@ def test_applying_twice_or_repeated_ids_changes_nothing():
 
 
 def test_corrected_labels_change_the_gold_hash_only_with_content():
-    from alumi_pipelines.lib.gold import plan_dataset
+    from alumi_pipelines.lib.vision.gold import plan_dataset
 
     features = IMAGES.unique("image_id", keep="first", maintain_order=True).with_columns(
         labelled=pl.lit(True), width=pl.col("orig_width"), height=pl.col("orig_height")
@@ -493,6 +635,7 @@ def test_corrected_labels_change_the_gold_hash_only_with_content():
     names = list(CLASSES.names)
     base_plan = plan_dataset(features, BASE, names)
     noop = validated(parsed("e.jsonl", jsonl(edge("fp-miss", "false_positive", (150, 60, 190, 95)))))
+
     def gold_hash(records) -> str:
         return plan_dataset(features, cx.corrected_labels(BASE, *cx.apply(BASE, records, CLASSES)), names).dataset_hash
 

@@ -8,16 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from alumi_pipelines.lib import formats
-from alumi_pipelines.lib.imaging import parallel_map, probe
-from alumi_pipelines.lib.labels import ClassMap
+from alumi_pipelines.lib.vision import formats
+from alumi_pipelines.lib.vision.imaging import parallel_map, probe
+from alumi_pipelines.lib.vision.labels import ClassMap
 
 CR7_CLASSES = ["inclusions", "dents", "oil_spots", "pits", "punching", "linear", "macular"]
 
 # Measured on the sample once; the test also recomputes them from the raw files with simple code.
 IMAGES = 1415
 BOXES = 3815
-BOXES_PER_CLASS = {"inclusions": 666, "dents": 434, "oil_spots": 608, "pits": 678, "punching": 430, "linear": 526, "macular": 473}
+BOXES_PER_CLASS = {
+    "inclusions": 666,
+    "dents": 434,
+    "oil_spots": 608,
+    "pits": 678,
+    "punching": 430,
+    "linear": 526,
+    "macular": 473,
+}
 IDENTICAL_PAIRS = 14
 CONFLICTING_PAIR = ("image/pits203.jpg", "image/pits504.jpg")  # same bytes, different boxes
 
@@ -78,8 +86,14 @@ def test_cr7_canonical_rows_match_the_raw_labels(cr7):
     for image in result.images:
         info = infos[image.image_path]
         r, rej, n = formats.to_canonical_rows(
-            image, info.width, info.height, info.channels, class_map,
-            image_id=image.image_path, source="yolo", batch="import-cr7",
+            image,
+            info.width,
+            info.height,
+            info.channels,
+            class_map,
+            image_id=image.image_path,
+            source="yolo",
+            batch="import-cr7",
         )
         rows += r
         rejections += rej
@@ -108,11 +122,20 @@ def test_cr7_byte_identical_images_are_merged_or_rejected(cr7):
     assert len({ids[im.image_path] for im in kept}) == len(kept)
     assert sum(im.labelled for im in kept) == IMAGES - IDENTICAL_PAIRS - 1
     assert sorted((r.path, r.reason) for r in rejections) == [
-        ("label/pits203.txt", "duplicate annotations: image/pits203.jpg is byte-identical to image/pits504.jpg and their labels disagree"),
-        ("label/pits504.txt", "duplicate annotations: image/pits504.jpg is byte-identical to image/pits203.jpg and their labels disagree"),
+        (
+            "label/pits203.txt",
+            "duplicate annotations: image/pits203.jpg is byte-identical to image/pits504.jpg and their labels disagree",
+        ),
+        (
+            "label/pits504.txt",
+            "duplicate annotations: image/pits504.jpg is byte-identical to image/pits203.jpg and their labels disagree",
+        ),
     ]
     assert sum("their labels agree" in n for n in notes) == IDENTICAL_PAIRS - 1
-    assert f"{CONFLICTING_PAIR[0]}: byte-identical copies {CONFLICTING_PAIR[1]} with conflicting labels: kept unlabelled" in notes
+    assert (
+        f"{CONFLICTING_PAIR[0]}: byte-identical copies {CONFLICTING_PAIR[1]} with conflicting labels: kept unlabelled"
+        in notes
+    )
 
 
 def _groups(ids: dict[str, str]) -> dict[str, list[str]]:

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from alumi_pipelines.lib import drift
-from alumi_pipelines.lib.imaging import FEATURE_COLUMNS, features
-from alumi_pipelines.lib.synth import render_image
+from alumi_pipelines.lib.vision.imaging import FEATURE_COLUMNS, features
+from alumi_pipelines.lib.vision.synth import render_image
 
 SIZE = 160
 COLOUR_AND_LIGHT = ("brightness", "contrast", "sharpness", "mean_b", "mean_g", "mean_r")
@@ -21,8 +21,15 @@ def feature_rows(condition: str, seeds) -> pl.DataFrame:
     rows = []
     for seed in seeds:
         image = render_image(seed, SIZE, SIZE, condition=condition).image
-        rows.append({"image_id": f"{condition}-{seed}", "batch": condition, "orig_width": SIZE, "orig_height": SIZE,
-                     **features(image)})
+        rows.append(
+            {
+                "image_id": f"{condition}-{seed}",
+                "batch": condition,
+                "orig_width": SIZE,
+                "orig_height": SIZE,
+                **features(image),
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -55,7 +62,12 @@ def test_same_distribution_passes(full_results):
     assert result.drift_share < 0.5
     assert result.drift_share == pytest.approx(len(result.drifted_columns) / len(drift.DRIFT_COLUMNS))
     assert not {"brightness", "sharpness", "orig_width", "orig_height"} & set(result.drifted_columns)
-    assert (result.reference_rows, result.current_rows, result.reference_sampled, result.current_sampled) == (60, 40, 60, 40)
+    assert (result.reference_rows, result.current_rows, result.reference_sampled, result.current_sampled) == (
+        60,
+        40,
+        60,
+        40,
+    )
 
 
 def test_darkened_and_blurred_images_drift(full_results):
@@ -84,7 +96,9 @@ def test_reports_carry_the_result(full_results):
     assert body["per_column"]["sharpness"]["drifted"] is True
     names = [m["config"]["type"].rsplit(":", 1)[-1] for m in body["evidently"]["metrics"]]
     assert names.count("DriftedColumnsCount") == 1 and names.count("ValueDrift") == len(drift.DRIFT_COLUMNS)
-    assert result.html.lstrip().lower().startswith(b"<!doctype html") or result.html.lstrip().lower().startswith(b"<html")
+    assert result.html.lstrip().lower().startswith(b"<!doctype html") or result.html.lstrip().lower().startswith(
+        b"<html"
+    )
     assert b"brightness" in result.html and len(result.html) > 100_000
 
 
@@ -143,7 +157,9 @@ def test_sampling_is_bounded_deterministic_and_ordered():
     assert not sample.equals(drift.sample_rows(table, 500, seed=2))
     assert drift.sample_rows(table.head(300), 500, seed=1).equals(table.head(300))  # small tables whole
     shuffled = table.sample(fraction=1.0, shuffle=True, seed=5)
-    assert set(drift.sample_rows(shuffled, 500, seed=1)["image_id"]) == set(sample["image_id"])  # by content, not position
+    assert set(drift.sample_rows(shuffled, 500, seed=1)["image_id"]) == set(
+        sample["image_id"]
+    )  # by content, not position
     # spread over the whole table, not the first rows
     assert sample["value"].min() < 1_000 and sample["value"].max() > 19_000
 

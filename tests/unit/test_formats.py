@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from alumi_pipelines.lib import formats
-from alumi_pipelines.lib.formats import AnnotatedImage, SourceBox
-from alumi_pipelines.lib.imaging import probe
-from alumi_pipelines.lib.labels import ClassMap
+from alumi_pipelines.lib.vision import formats
+from alumi_pipelines.lib.vision.formats import AnnotatedImage, SourceBox
+from alumi_pipelines.lib.vision.imaging import probe
+from alumi_pipelines.lib.vision.labels import ClassMap
 
 CLASSES = ClassMap.of(["scratch", "dent", "pit"])
 
@@ -60,8 +60,14 @@ def canonical(root: Path, result: formats.ParseResult, class_map: ClassMap = CLA
     for image in result.images:
         info = probe((root / image.image_path).read_bytes())
         r, rej, n = formats.to_canonical_rows(
-            image, info.width, info.height, info.channels, class_map,
-            image_id=f"id-{image.image_path}", source=fmt, batch="b1",
+            image,
+            info.width,
+            info.height,
+            info.channels,
+            class_map,
+            image_id=f"id-{image.image_path}",
+            source=fmt,
+            batch="b1",
         )
         rows[image.image_path] = r
         rejections += rej
@@ -116,7 +122,9 @@ def test_yolo_good_dataset_parses_to_exact_boxes(tmp_path):
     assert sorted(images) == ["images/train/a.jpg", "images/train/c.jpg", "images/val/b.png"]
     a, b, c = images["images/train/a.jpg"], images["images/val/b.png"], images["images/train/c.jpg"]
     assert (a.labelled, a.annotation_path) == (True, "labels/train/a.txt")
-    assert_corners(a.boxes, [("0", 0.4, 0.3, 0.6, 0.7, True), ("1", 0.2, 0.2, 0.3, 0.3, True), ("2", 0.8, 0.8, 1.0, 1.0, True)])
+    assert_corners(
+        a.boxes, [("0", 0.4, 0.3, 0.6, 0.7, True), ("1", 0.2, 0.2, 0.3, 0.3, True), ("2", 0.8, 0.8, 1.0, 1.0, True)]
+    )
     assert [box.origin for box in a.boxes] == ["label line 2 (scratch)", "label line 4 (dent)", "label line 5 (pit)"]
     assert (b.labelled, b.boxes, b.annotation_path) == (True, [], "labels/val/b.txt")
     assert (c.labelled, c.boxes, c.annotation_path) == (False, [], "")
@@ -129,9 +137,23 @@ def test_yolo_good_dataset_parses_to_exact_boxes(tmp_path):
     )
     first = rows["images/train/a.jpg"][0]
     assert {k: first[k] for k in ("image_id", "source", "source_file", "batch")} == {
-        "image_id": "id-images/train/a.jpg", "source": "yolo", "source_file": "labels/train/a.txt", "batch": "b1",
+        "image_id": "id-images/train/a.jpg",
+        "source": "yolo",
+        "source_file": "labels/train/a.txt",
+        "batch": "b1",
     }
-    assert set(first) == {"image_id", "class_name", "class_id", "x_center", "y_center", "width", "height", "source", "source_file", "batch"}
+    assert set(first) == {
+        "image_id",
+        "class_name",
+        "class_id",
+        "x_center",
+        "y_center",
+        "width",
+        "height",
+        "source",
+        "source_file",
+        "batch",
+    }
     assert rows["images/val/b.png"] == [] and rows["images/train/c.jpg"] == []
 
 
@@ -296,8 +318,14 @@ def test_two_annotations_for_one_image_are_both_rejected(tmp_path):
     )
     result = parse(tmp_path, "yolo")
     assert reasons(result.rejections) == {
-        ("labels/a.txt", "duplicate annotation: labels/a.txt annotates images/a.jpg, which labels/old/a.txt also annotates"),
-        ("labels/old/a.txt", "duplicate annotation: labels/old/a.txt annotates images/a.jpg, which labels/a.txt also annotates"),
+        (
+            "labels/a.txt",
+            "duplicate annotation: labels/a.txt annotates images/a.jpg, which labels/old/a.txt also annotates",
+        ),
+        (
+            "labels/old/a.txt",
+            "duplicate annotation: labels/old/a.txt annotates images/a.jpg, which labels/a.txt also annotates",
+        ),
     }
     assert result.images[0].labelled is False and result.images[0].boxes == []
 
@@ -348,7 +376,12 @@ def test_voc_good_dataset_parses_to_exact_boxes(tmp_path):
     assert result.rejections == []
     images = by_path(result)
     a = images["JPEGImages/a.jpg"]
-    assert (a.annotation_path, a.declared_width, a.declared_height, a.declared_channels) == ("Annotations/a.xml", 200, 100, 3)
+    assert (a.annotation_path, a.declared_width, a.declared_height, a.declared_channels) == (
+        "Annotations/a.xml",
+        200,
+        100,
+        3,
+    )
     assert_corners(a.boxes, [("scratch", 20, 10, 60, 50, False), ("Dent", 100.5, 0, 200, 100, False)])
     assert images["JPEGImages/b.jpg"].labelled and images["JPEGImages/b.jpg"].boxes == []
     rows, rejections, notes = canonical(tmp_path, result)
@@ -481,7 +514,9 @@ def test_coco_good_dataset_with_nested_folders_and_windows_separators(tmp_path):
         [("scratch", 20, 10, 60, 50, False), ("dent", 100, 0, 200, 100, False), ("dent", 10, 60, 30, 90, False)],
     )
     assert [b.origin for b in a.boxes] == [
-        "annotation id 10 (images/train/a.jpg)", "annotation id 11 (images/train/a.jpg)", "annotation id 12 (images/train/a.jpg)",
+        "annotation id 10 (images/train/a.jpg)",
+        "annotation id 11 (images/train/a.jpg)",
+        "annotation id 12 (images/train/a.jpg)",
     ]
     assert images["images/train/b.jpg"].labelled and images["images/train/b.jpg"].boxes == []  # listed, no boxes
     assert images["images/val/c.jpg"].annotation_path == "annotations/val.json"
@@ -563,14 +598,24 @@ def test_coco_image_listed_in_two_files_is_a_duplicate_annotation(tmp_path):
         tmp_path,
         {
             "a.jpg": image_bytes(64, 64),
-            "one.json": coco_doc([{"id": 1, "file_name": "a.jpg"}], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}]),
+            "one.json": coco_doc(
+                [{"id": 1, "file_name": "a.jpg"}], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}]
+            ),
             "two.json": coco_doc([{"id": 5, "file_name": "a.jpg"}], []),
         },
     )
     result = parse(tmp_path, "coco")
     assert reasons(result.rejections) == {
-        ("one.json", "duplicate annotation: images entry id 1 of one.json annotates a.jpg, which images entry id 5 of two.json also annotates"),
-        ("two.json", "duplicate annotation: images entry id 5 of two.json annotates a.jpg, which images entry id 1 of one.json also annotates"),
+        (
+            "one.json",
+            "duplicate annotation: images entry id 1 of one.json annotates a.jpg, "
+            "which images entry id 5 of two.json also annotates",
+        ),
+        (
+            "two.json",
+            "duplicate annotation: images entry id 5 of two.json annotates a.jpg, "
+            "which images entry id 1 of one.json also annotates",
+        ),
     }
     assert result.images[0].labelled is False
 
@@ -684,7 +729,9 @@ def test_labelme_malformed_files_and_shapes(tmp_path):
     assert_corners(images["a.jpg"].boxes, [("scratch", 10, 10, 50, 40, False)])
     assert images["b.jpg"].labelled is False
     rows, rejections, notes = canonical(tmp_path, result)
-    assert notes == ["a.json: declares 400x100 for a.jpg, the image is 200x100; boxes are normalised by the image's size"]
+    assert notes == [
+        "a.json: declares 400x100 for a.jpg, the image is 200x100; boxes are normalised by the image's size"
+    ]
     assert_boxes(box_values(rows["a.jpg"]), [("scratch", 0, 0.15, 0.25, 0.2, 0.3)])
 
 
@@ -693,8 +740,13 @@ def test_labelme_malformed_files_and_shapes(tmp_path):
 
 def sidecar(image: str, boxes: list[dict], **overrides) -> dict:
     doc = {
-        "image": image, "line_id": "L1", "camera_id": "cam-a", "captured_at": "2026-11-20T08:30:00Z",
-        "width": 200, "height": 100, "boxes": boxes,
+        "image": image,
+        "line_id": "L1",
+        "camera_id": "cam-a",
+        "captured_at": "2026-11-20T08:30:00Z",
+        "width": 200,
+        "height": 100,
+        "boxes": boxes,
     }
     doc.update(overrides)
     return doc
@@ -728,7 +780,9 @@ def test_alumi_sidecars_parse_with_capture_metadata(tmp_path):
     assert (s3.labelled, s3.extra) == (False, {"line_id": "L2", "camera_id": "cam-b"})
     rows, rejections, notes = canonical(tmp_path, result, fmt="alumi")
     assert rejections == [] and notes == []
-    assert_boxes(box_values(rows["L1/cam-a/s1.png"]), [("scratch", 0, 0.5, 0.5, 0.2, 0.4), ("pit", 2, 0.1, 0.9, 0.1, 0.1)])
+    assert_boxes(
+        box_values(rows["L1/cam-a/s1.png"]), [("scratch", 0, 0.5, 0.5, 0.2, 0.4), ("pit", 2, 0.1, 0.9, 0.1, 0.1)]
+    )
 
 
 def test_alumi_malformed_sidecars(tmp_path):
@@ -824,8 +878,13 @@ def test_pixel_coordinates_in_a_normalised_format_get_a_hint():
 
 def test_exact_duplicate_boxes_are_dropped_with_a_note():
     image = AnnotatedImage(
-        "a.jpg", "a.txt", True,
-        [SourceBox("0", 0.1, 0.1, 0.3, 0.3, True, "label line 1"), SourceBox("0", 0.1, 0.1, 0.3, 0.3, True, "label line 2")],
+        "a.jpg",
+        "a.txt",
+        True,
+        [
+            SourceBox("0", 0.1, 0.1, 0.3, 0.3, True, "label line 1"),
+            SourceBox("0", 0.1, 0.1, 0.3, 0.3, True, "label line 2"),
+        ],
     )
     rows, rejections, notes = formats.to_canonical_rows(
         image, 100, 100, 3, ClassMap.of(["scratch"], {"0": "scratch"}), image_id="x", source="yolo", batch="b"
@@ -847,10 +906,21 @@ def test_byte_identical_images_keep_one_label_set_or_reject_conflicting_ones():
         image("c_copy.jpg", ("1", 0.5, 0.5, 0.6, 0.6)),  # only one copy labelled: kept
         image("d.jpg"),
     ]
-    ids = {"a.jpg": "A", "a_copy.jpg": "A", "b.jpg": "B", "b_copy.jpg": "B", "c.jpg": "C", "c_copy.jpg": "C", "d.jpg": "D"}
+    ids = {
+        "a.jpg": "A",
+        "a_copy.jpg": "A",
+        "b.jpg": "B",
+        "b_copy.jpg": "B",
+        "c.jpg": "C",
+        "c_copy.jpg": "C",
+        "d.jpg": "D",
+    }
     kept, rejections, notes = formats.merge_identical_images(images, ids)
     assert [(im.image_path, im.labelled, len(im.boxes)) for im in kept] == [
-        ("a.jpg", True, 1), ("b.jpg", False, 0), ("c_copy.jpg", True, 1), ("d.jpg", True, 0),
+        ("a.jpg", True, 1),
+        ("b.jpg", False, 0),
+        ("c_copy.jpg", True, 1),
+        ("d.jpg", True, 0),
     ]
     assert reasons(rejections) == {
         ("b.txt", "duplicate annotations: b.jpg is byte-identical to b_copy.jpg and their labels disagree"),
@@ -864,7 +934,10 @@ def test_byte_identical_images_keep_one_label_set_or_reject_conflicting_ones():
 
 
 def test_json_nested_too_deeply_is_rejected_without_stopping_the_batch():
-    blobs = {"a.json": b"[" * 200_000 + b"]" * 200_000, "b.json": json.dumps({"imagePath": "b.jpg", "shapes": []}).encode()}
+    blobs = {
+        "a.json": b"[" * 200_000 + b"]" * 200_000,
+        "b.json": json.dumps({"imagePath": "b.jpg", "shapes": []}).encode(),
+    }
     for fmt in ("coco", "labelme", "alumi"):
         result = formats.parse_batch(fmt, ["a.json", "b.jpg", "b.json"], blobs.__getitem__)
         assert ("a.json", "not valid JSON: nested too deeply to parse") in reasons(result.rejections)

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from alumi_pipelines.lib import imaging
+from alumi_pipelines.lib.files import sha256_hex
+from alumi_pipelines.lib.vision import imaging
 
 
 def _jpeg(w, h, grey=False, value=128):
@@ -44,7 +45,7 @@ def test_normalise_shrinks_large_images_and_keeps_aspect():
     assert (out.width, out.height) == (640, 480)
     decoded = cv2.imdecode(np.frombuffer(out.data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (480, 640, 3)
-    assert out.image_id == imaging.sha256(data)
+    assert out.image_id == sha256_hex(data)
 
 
 def test_normalise_never_enlarges_and_makes_grey_three_channel():

@@ -47,7 +47,7 @@ def test_a_killed_write_leaves_no_visible_file(tmp_path):
     script = f"""
 import os, signal
 from alumi_pipelines.resources.lake import Lake
-lake = Lake(base_uri={str(tmp_path / 'lake')!r})
+lake = Lake(base_uri={str(tmp_path / "lake")!r})
 def die(*args):  # killed after the data is written, before it is renamed into place
     os.kill(os.getpid(), signal.SIGKILL)
 os.replace = die
@@ -88,13 +88,19 @@ def test_copy_within_the_lake_never_overwrites(lake):
         lake.copy("raw/images/ab/missing.jpg", "processed/images/ab/missing.jpg")
 
 
-@pytest.mark.parametrize(("key", "normal"), [("a/b.jpg", "a/b.jpg"), ("a//b", "a/b"), ("a/./b", "a/b"), ("a/b/", "a/b")])
+@pytest.mark.parametrize(
+    ("key", "normal"), [("a/b.jpg", "a/b.jpg"), ("a//b", "a/b"), ("a/./b", "a/b"), ("a/b/", "a/b")]
+)
 def test_keys_are_normalised(key, normal):
     assert check_key(key) == normal
 
 
 def test_unsafe_keys_are_refused_by_every_method(lake):
-    for call in (lambda: lake.read_bytes("../x"), lambda: lake.write_bytes("/etc/x", b""),
-                 lambda: lake.copy("a", "b/../../c"), lambda: lake.exists("c:/x")):
+    for call in (
+        lambda: lake.read_bytes("../x"),
+        lambda: lake.write_bytes("/etc/x", b""),
+        lambda: lake.copy("a", "b/../../c"),
+        lambda: lake.exists("c:/x"),
+    ):
         with pytest.raises(LakeKeyError):
             call()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from alumi_pipelines.lib.splits import assign_splits, dataset_hash
+from alumi_pipelines.lib.vision.splits import assign_splits, dataset_hash
 
 
 def _images(n, classes=("scratch", "dent", "pit")):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from alumi_pipelines.lib.synth import (
+from alumi_pipelines.lib.vision.synth import (
     CONDITIONS,
     SYNTH_CLASSES,
     encode_image,
@@ -184,7 +184,7 @@ class RecordingWriter:
 
 def test_write_landing_batch_writes_images_sidecars_and_batch_json_last():
     day = datetime.date(2026, 11, 20)
-    created = datetime.datetime(2026, 11, 21, 1, 2, 3, tzinfo=datetime.timezone.utc)
+    created = datetime.datetime(2026, 11, 21, 1, 2, 3, tzinfo=datetime.UTC)
     writer = RecordingWriter()
     summary = write_landing_batch(writer, "day-2026-11-20", 6, day=day, seed=5, size=96, created_at=created)
 
@@ -237,7 +237,7 @@ def test_write_landing_batch_writes_images_sidecars_and_batch_json_last():
 
 def test_landing_batch_reruns_are_identical_and_days_differ():
     day = datetime.date(2026, 11, 20)
-    created = datetime.datetime(2026, 11, 21, tzinfo=datetime.timezone.utc)
+    created = datetime.datetime(2026, 11, 21, tzinfo=datetime.UTC)
     first, again, other = RecordingWriter(), RecordingWriter(), RecordingWriter()
     kwargs = dict(day=day, seed=3, size=64, lines=("L7",), cameras=("top",), image_format="jpg", created_at=created)
     write_landing_batch(first, "day-a", 3, **kwargs)
@@ -266,7 +266,9 @@ def test_write_landing_batch_rejects_bad_arguments_before_writing(kwargs, field)
     writer = RecordingWriter()
     args = {"batch_id": "b1", "n_images": 2, **kwargs}
     with pytest.raises(ValueError, match=field):
-        write_landing_batch(writer, args.pop("batch_id"), args.pop("n_images"), day=datetime.date(2026, 1, 1), seed=1, **args)
+        write_landing_batch(
+            writer, args.pop("batch_id"), args.pop("n_images"), day=datetime.date(2026, 1, 1), seed=1, **args
+        )
     assert writer.keys == []
 
 
@@ -278,7 +280,7 @@ def test_rendering_with_augmentation_makes_no_network_lookup():
         "    raise SystemExit('network attempted: %r' % (a,))\n"
         "socket.getaddrinfo = refuse\n"
         "socket.socket.connect = refuse\n"
-        "from alumi_pipelines.lib.synth import render_image\n"
+        "from alumi_pipelines.lib.vision.synth import render_image\n"
         "print(len(render_image(1, 64, 64).boxes) >= 0)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}

@@ -12,7 +12,9 @@ router = APIRouter(tags=["admin"])
 
 
 @router.post("/admin/reload", dependencies=[Depends(require_admin)])
-async def reload_model(request: Request, force: bool = Query(False, description="reload even if the version is unchanged")):
+async def reload_model(
+    request: Request, force: bool = Query(False, description="reload even if the version is unchanged")
+):
     """Load what ``current`` points to now and swap it in; on failure the running model stays."""
     state = request.app.state
     try:

@@ -89,10 +89,12 @@ async def detect(
         metrics.detections.labels(class_name=box.class_name).inc()
     # Every value is already a JSON type (str, int, float, lists and dicts of them): answering with a
     # JSONResponse skips FastAPI's generic per-value encoder.
-    return JSONResponse({
-        "model_version": loaded.version,
-        "runtime": loaded.runtime.name,
-        "boxes": [box.to_dict() for box in result.boxes],
-        "timing_ms": {"decode": decode_ms, **result.timing_ms, "request": round(total_s * 1000.0, 3)},
-        "image": {"width": result.width, "height": result.height, "sha256": hashlib.sha256(data).hexdigest()},
-    })
+    return JSONResponse(
+        {
+            "model_version": loaded.version,
+            "runtime": loaded.runtime.name,
+            "boxes": [box.to_dict() for box in result.boxes],
+            "timing_ms": {"decode": decode_ms, **result.timing_ms, "request": round(total_s * 1000.0, 3)},
+            "image": {"width": result.width, "height": result.height, "sha256": hashlib.sha256(data).hexdigest()},
+        }
+    )

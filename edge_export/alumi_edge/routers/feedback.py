@@ -24,7 +24,7 @@ class BoxIn(BaseModel):
     y2: float = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "BoxIn":
+    def _ordered(self) -> BoxIn:
         if self.x2 <= self.x1 or self.y2 <= self.y1:
             raise ValueError("box needs x2 > x1 and y2 > y1")
         return self
@@ -45,7 +45,7 @@ class FeedbackIn(BaseModel):
     model_version: str | None = Field(None, max_length=128)
 
     @model_validator(mode="after")
-    def _has_image(self) -> "FeedbackIn":
+    def _has_image(self) -> FeedbackIn:
         if not self.image_sha256 and not self.image_ref:
             raise ValueError("give image_sha256 or image_ref so the correction can be tied to its image")
         return self
@@ -62,8 +62,14 @@ async def post_feedback(
     loaded = state.holder.loaded
     if loaded is not None and feedback.class_name not in loaded.runtime.info.names:
         raise ApiError(
-            422, "invalid_request",
-            [{"field": "class_name", "message": f"{feedback.class_name!r} is not one of {list(loaded.runtime.info.names)}"}],
+            422,
+            "invalid_request",
+            [
+                {
+                    "field": "class_name",
+                    "message": f"{feedback.class_name!r} is not one of {list(loaded.runtime.info.names)}",
+                }
+            ],
         )
     record = feedback.model_dump()
     if record["model_version"] is None and loaded is not None:

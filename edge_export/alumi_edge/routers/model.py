@@ -17,5 +17,7 @@ async def model_info(request: Request):
     loaded = holder.loaded
     if loaded is None:
         raise ApiError(503, "model_not_loaded", holder.last_error or "no model is loaded yet")
-    return {**loaded.describe(), "installed": {"current": holder.home.current_version(),
-                                                "previous": holder.home.previous_version()}}
+    return {
+        **loaded.describe(),
+        "installed": {"current": holder.home.current_version(), "previous": holder.home.previous_version()},
+    }

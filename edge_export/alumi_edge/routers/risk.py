@@ -24,17 +24,20 @@ class RiskRequest(BaseModel):
     part_id: str = Field(min_length=1, max_length=200, description="the part (coil) the window belongs to")
     alloy: str = Field(min_length=1, max_length=50, description="the part's alloy, e.g. 6063")
     signals: dict[str, list[Union[float, None]]] = Field(
-        description="canonical signal name -> values in canonical units (null = missing), all equally long")
+        description="canonical signal name -> values in canonical units (null = missing), all equally long"
+    )
     timestamps: list[Union[float, str]] | None = Field(
-        default=None, description="per sample: epoch seconds or ISO 8601 with UTC offset; default 1 s apart")
+        default=None, description="per sample: epoch seconds or ISO 8601 with UTC offset; default 1 s apart"
+    )
 
 
 def _release_risk_file(holder) -> tuple[Path, str]:
     """(risk model file, release version) of the installed release, checked against its manifest."""
     version = holder.home.current_version()
     if version is None:
-        raise ApiError(503, "risk_model_not_loaded", f"no release installed under {holder.home.root} "
-                       "(run 'alumi-edge pull')")
+        raise ApiError(
+            503, "risk_model_not_loaded", f"no release installed under {holder.home.root} (run 'alumi-edge pull')"
+        )
     try:
         manifest = holder.home.manifest(version)
         entry = manifest.file_for_role(RISK_ROLE)
@@ -62,8 +65,12 @@ def create_risk_router(model_path: Path | None = None) -> APIRouter:
         state = request.app.state
         too_long = [name for name, values in body.signals.items() if len(values) > MAX_WINDOW_SAMPLES]
         if too_long:
-            raise ApiError(413, "window_too_long", f"signals {', '.join(too_long)}: more than {MAX_WINDOW_SAMPLES} "
-                           "samples; send the part's recent window only")
+            raise ApiError(
+                413,
+                "window_too_long",
+                f"signals {', '.join(too_long)}: more than {MAX_WINDOW_SAMPLES} "
+                "samples; send the part's recent window only",
+            )
         if model_path is not None:
             path, release = model_path, None
         else:

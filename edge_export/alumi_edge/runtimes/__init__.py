@@ -30,8 +30,9 @@ def create_runtime(
     model_path = Path(model_path)
     info = info if info is not None else read_model_info(model_path)
     if kind == "auto" and device != "cpu" and info.input_format != FLOAT_INPUT:
-        log.info("TensorRT not used: %s takes %s input (TensorRT builds from the FP32 ONNX)", model_path,
-                 info.input_format)
+        log.info(
+            "TensorRT not used: %s takes %s input (TensorRT builds from the FP32 ONNX)", model_path, info.input_format
+        )
     elif kind in ("auto", "tensorrt") and device != "cpu":
         from alumi_edge.runtimes.tensorrt import TensorRTRuntime, tensorrt_available
 

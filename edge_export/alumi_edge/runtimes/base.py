@@ -57,7 +57,7 @@ class Runtime(ABC):
         self.info = info if info is not None else read_model_info(self.model_path)
 
     @abstractmethod
-    def load(self) -> "Runtime":
+    def load(self) -> Runtime:
         """Create the session/engine; returns self."""
 
     @abstractmethod
@@ -98,7 +98,9 @@ class Runtime(ABC):
             for b, s, c in zip(detections.boxes, detections.confidences, detections.class_ids)
         ]
 
-    def detect(self, image_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> DetectionResult:
+    def detect(
+        self, image_bgr: np.ndarray, conf: float = 0.25, iou: float = 0.7, max_det: int = 300
+    ) -> DetectionResult:
         """Full pipeline on one BGR image, timed per stage."""
         start = time.perf_counter()
         tensor, params = self.preprocess(image_bgr)
@@ -124,7 +126,7 @@ class Runtime(ABC):
         for _ in range(runs):
             self.forward(tensor)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: runtimes without resources to free keep it empty
         """Release the session/engine (optional)."""
 
     def describe(self) -> dict:

@@ -35,14 +35,20 @@ def check_input(model_path: Path, name: str, shape: list, tensor_type: str, info
         raise ValueError(f"{model_path}: model input {name} has shape {shape}, expected 4 dims")
     expected_type = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}[info.input_dtype]
     if tensor_type != expected_type:
-        raise ValueError(f"{model_path}: model input {name} is {tensor_type} but metadata 'input_format' "
-                         f"{info.input_format!r} means {expected_type}")
+        raise ValueError(
+            f"{model_path}: model input {name} is {tensor_type} but metadata 'input_format' "
+            f"{info.input_format!r} means {expected_type}"
+        )
     expected = info.input_shape
     if any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected[1:])):  # symbolic dims pass
         if info.input_format == FLOAT_INPUT:
-            raise ValueError(f"{model_path}: model input is {tuple(shape[2:])} but metadata 'imgsz' says {info.input_hw}")
-        raise ValueError(f"{model_path}: model input {name} has shape {shape}; metadata 'imgsz' {info.input_hw} with "
-                         f"input_format {info.input_format!r} means {list(expected)}")
+            raise ValueError(
+                f"{model_path}: model input is {tuple(shape[2:])} but metadata 'imgsz' says {info.input_hw}"
+            )
+        raise ValueError(
+            f"{model_path}: model input {name} has shape {shape}; metadata 'imgsz' {info.input_hw} with "
+            f"input_format {info.input_format!r} means {list(expected)}"
+        )
 
 
 class OnnxRuntime(Runtime):
@@ -62,7 +68,7 @@ class OnnxRuntime(Runtime):
         self._input_name = ""
         self.name = "onnxruntime"
 
-    def load(self) -> "OnnxRuntime":
+    def load(self) -> OnnxRuntime:
         """Create the inference session and check its input against the model's metadata."""
         import onnxruntime as ort
 

@@ -8,15 +8,15 @@ each get a fresh build. ``tensorrt`` and ``pycuda`` are imported only inside thi
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from alumi_edge.files import write_atomic
+from alumi_edge.manifest import file_sha256
 from alumi_edge.model_info import FLOAT_INPUT, ModelInfo
 from alumi_edge.runtimes.base import Runtime, RuntimeUnavailable
 
@@ -66,14 +66,6 @@ def engine_cache_name(onnx_sha256: str, tensorrt_version: str, gpu_name: str, pr
     gpu_slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
     trt_slug = re.sub(r"[^A-Za-z0-9.]+", "-", tensorrt_version)
     return f"{onnx_sha256[:16]}-trt{trt_slug}-{gpu_slug}-{precision}.engine"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class TensorRTRuntime(Runtime):
@@ -126,27 +118,22 @@ class TensorRTRuntime(Runtime):
         if serialized is None:
             raise RuntimeError(f"TensorRT failed to build an engine from {self.model_path}")
         data = bytes(serialized)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return data
 
-    def load(self) -> "TensorRTRuntime":
+    def load(self) -> TensorRTRuntime:
         """Load the cached engine for this model/GPU/TensorRT, building it first when absent."""
         if self.info.input_format != FLOAT_INPUT:
             raise RuntimeUnavailable(
                 f"{self.model_path}: TensorRT builds its engines from the FP32 ONNX (input_format {FLOAT_INPUT}); "
-                f"this model takes {self.info.input_format} (the CPU INT8 model): serve model.onnx on a GPU")
+                f"this model takes {self.info.input_format} (the CPU INT8 model): serve model.onnx on a GPU"
+            )
         trt, cuda = _import_tensorrt()
         self._trt, self._cuda = trt, cuda
         device = cuda.Device(0)
         self._cuda_context = device.make_context()
         try:
-            name = engine_cache_name(_file_sha256(self.model_path), trt.__version__, device.name(), self.precision)
+            name = engine_cache_name(file_sha256(self.model_path), trt.__version__, device.name(), self.precision)
             self.engine_path = self.cache_dir / name
             if self.engine_path.is_file():
                 data = self.engine_path.read_bytes()
@@ -173,7 +160,9 @@ class TensorRTRuntime(Runtime):
             tensor_name = engine.get_tensor_name(i)
             shape = tuple(engine.get_tensor_shape(tensor_name))
             if any(d < 0 for d in shape):
-                raise RuntimeError(f"tensor {tensor_name} has a dynamic shape {shape}; export the ONNX with a static size")
+                raise RuntimeError(
+                    f"tensor {tensor_name} has a dynamic shape {shape}; export the ONNX with a static size"
+                )
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor_name)))
             host = cuda.pagelocked_empty(int(np.prod(shape)), dtype)
             device_mem = cuda.mem_alloc(host.nbytes)

@@ -1,0 +1,177 @@
+"""Release stage: the exported champion as a signed edge release, and the channel pointers that devices follow.
+
+``edge_release`` below ``tensorrt_engine`` bundles the alumi-edge wheel, the FP32 and INT8 ONNX models, the
+TensorRT build plan and a self-test sample, signs the manifest and then moves the channels. Releases are
+immutable: a release that is already published only gets its channels moved. Logic lives in ``lib/export/release``.
+"""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from alumi_edge.manifest import MANIFEST_NAME
+from alumi_pipelines.assets.export import fetch_file
+from alumi_pipelines.assets.gold import gold_prefix_for, stage_gold
+from alumi_pipelines.assets.records import latest_record
+from alumi_pipelines.resources import lake_keys
+from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+
+GROUP = "release"
+EDGE_SOURCE = Path(__file__).resolve().parents[2] / "edge_export"
+
+
+def release_version(model_version: str, dataset_hash: str) -> str:
+    """Deterministic release name: ``<model_version>-<dataset_hash[:8]>``."""
+    return f"{model_version}-{(dataset_hash or 'nodata')[:8]}"
+
+
+class EdgeReleaseConfig(Config):
+    channels: list[str] = Field(default_factory=lambda: ["stable"], description="channel pointers to move")
+    signing_key: Optional[str] = Field(
+        default=None,
+        description="Ed25519 private key PEM path; default the pipeline setting release_key "
+        "($ALUMI_RELEASE_KEY), else a development key under $ALUMI_HOME/keys/release-dev.key",
+    )
+    sample_conf: float = Field(default=0.25, description="confidence threshold of the bundled self-test")
+
+
+@asset(
+    deps=[AssetKey("tensorrt_engine")],
+    group_name=GROUP,
+    owners=["team:ml-platform"],
+    kinds={"python"},
+    description="A signed edge release at releases/<version>/: the alumi-edge wheel, model.onnx, model_int8.onnx, "
+    "the TensorRT build plan, a sample image with its expected detections, manifest.json and its Ed25519 "
+    "signature; then the channel pointer (releases/channels/stable.json) moves to it.",
+)
+def edge_release(
+    context: AssetExecutionContext, config: EdgeReleaseConfig, lake: Lake, pipeline_settings: PipelineSettings
+) -> MaterializeResult:
+    from alumi_pipelines.lib.export import predict, release, yolo_data
+
+    record = latest_record(context, "onnx_model", lake, "export_key")
+    int8 = latest_record(context, "onnx_int8_model", lake, "int8_record_key")
+    version = record["model_version"]
+    name = release_version(version, record["dataset_hash"])
+    try:
+        key_path, dev_key = release.signing_key_path(
+            pipeline_settings.home_path, config.signing_key, pipeline_settings.release_key
+        )
+    except release.ReleaseError as exc:
+        raise Failure(str(exc)) from exc
+    private_pem, public_pem = release.load_or_create_signing_key(key_path)
+    if dev_key:
+        context.log.warning(f"signing with the development key {key_path}; set ALUMI_RELEASE_KEY for production")
+    manifest_key = lake_keys.release_file_key(name, MANIFEST_NAME)
+    reused = lake.exists(manifest_key)
+    if reused:
+        context.log.info(f"release {name} already published; releases are immutable, moving the channels only")
+        manifest = lake.read_json(manifest_key)
+        keys = release.move_channels(name, config.channels, lake.write_bytes, channel_key=lake_keys.channel_key)
+    else:
+        with pipeline_settings.scratch(context.run.run_id, "edge_release") as work:
+            model = fetch_file(lake, record["onnx_key"], work / "in" / "model.onnx")
+            model_int8 = fetch_file(lake, int8["int8_key"], work / "in" / "model_int8.onnx")
+            plan = fetch_file(lake, lake_keys.plan_key(version), work / "in" / "tensorrt_plan.json")
+            try:
+                wheel = release.build_edge_wheel(EDGE_SOURCE, work / "wheel")
+            except release.ReleaseError as exc:
+                raise Failure(str(exc)) from exc
+            prefix = gold_prefix_for(lake, record["dataset_hash"])
+            root = stage_gold(lake, prefix, work, splits=("test",))
+            test = [t.path for t in yolo_data.read_yolo_split(root, "test", len(record["names"]))]
+            sample, found = predict.pick_sample_image(model, test, conf=config.sample_conf)
+            expected = release.expected_detections(
+                found.boxes.tolist(),
+                found.confidences.tolist(),
+                found.class_ids.tolist(),
+                record["names"],
+                conf=config.sample_conf,
+                iou=predict.NMS_IOU,
+            )
+            # The INT8 model's own boxes on the same image: a device self-tests whichever model it serves.
+            found_int8 = predict.predict_onnx(model_int8, [sample], conf=config.sample_conf)[0]
+            expected["roles"] = {
+                "model_int8": {
+                    "boxes": release.expected_detections(
+                        found_int8.boxes.tolist(),
+                        found_int8.confidences.tolist(),
+                        found_int8.class_ids.tolist(),
+                        record["names"],
+                        conf=config.sample_conf,
+                        iou=predict.NMS_IOU,
+                    )["boxes"]
+                }
+            }
+            expected_path = work / "in" / "sample_expected.json"
+            expected_path.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
+            parity_key = lake_keys.parity_record_key(version)
+            parity = lake.read_json(parity_key) if lake.exists(parity_key) else {}
+            metrics = {
+                "test_map50_fp32": int8["map50_fp32"],
+                "test_map50_int8": int8["map50_int8"],
+                "cpu_latency_ms_fp32": int8["latency_fp32"]["median_ms"],
+                "cpu_latency_ms_int8": int8["latency_int8"]["median_ms"],
+                **({"parity_map50_diff": parity["map50_diff"]} if "map50_diff" in parity else {}),
+            }
+            files = [
+                release.ReleaseInput(model, "model.onnx", "model"),
+                release.ReleaseInput(model_int8, "model_int8.onnx", "model_int8"),
+                release.ReleaseInput(wheel, wheel.name, "wheel"),
+                release.ReleaseInput(plan, "tensorrt_plan.json", "build_plan"),
+                release.ReleaseInput(sample, f"sample/sample{sample.suffix.lower()}", "sample_image"),
+                release.ReleaseInput(expected_path, "sample/expected.json", "sample_expected"),
+            ]
+            if lake.exists(lake_keys.RISK_CHAMPION_KEY):  # the plant branch's champion risk model serves /v1/risk
+                risk = fetch_file(lake, lake_keys.RISK_CHAMPION_KEY, work / "in" / "risk_model.json")
+                files.append(release.ReleaseInput(risk, "risk_model.json", "risk_model"))
+            manifest = release.write_release(
+                work / "release",
+                files,
+                version=name,
+                classes=record["names"],
+                imgsz=record["imgsz"],
+                private_key_pem=private_pem,
+                metrics=metrics,
+                source={
+                    "mlflow_run_id": record["mlflow_run_id"],
+                    "model_name": record["model_name"],
+                    "model_version": version,
+                    "dataset_hash": record["dataset_hash"],
+                },
+            )
+            keys = release.publish_release(
+                work / "release",
+                lake.write_bytes,
+                channels=config.channels,
+                file_key=lake_keys.release_file_key,
+                channel_key=lake_keys.channel_key,
+            )
+    context.log.info(f"release {name}: channels {', '.join(config.channels)} → {name}")
+    return MaterializeResult(
+        metadata={
+            "release_version": name,
+            "release_prefix": lake_keys.release_prefix(name),
+            "manifest_key": manifest_key,
+            "manifest_path": MetadataValue.path(lake.uri(manifest_key)),
+            "channels": MetadataValue.json(list(config.channels)),
+            "reused": reused,
+            "model_version": version,
+            "files": MetadataValue.md(
+                "\n".join(
+                    ["| file | role | bytes | sha256 |", "| --- | --- | ---: | --- |"]
+                    + [
+                        f"| {f['path']} | {f['role']} | {f['size']} | `{f['sha256'][:16]}…` |"
+                        for f in manifest["files"]
+                    ]
+                )
+            ),
+            "keys_written": len(keys),
+            "signing_key": "development key" if dev_key else str(key_path),
+            "public_key": MetadataValue.text(public_pem.decode("ascii")),
+        }
+    )

@@ -1,0 +1,103 @@
+"""Detections of a model on image files: the ONNX model through the edge runtime, the checkpoint through PyTorch.
+
+The ONNX side goes through the edge package's own runtime (``alumi_edge``, CPU), so what is checked is
+what devices run; the PyTorch side through ultralytics predict, always offline (through
+:mod:`alumi_pipelines.lib.training`). Both are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alumi_pipelines.lib.export.onnx_export import ExportError
+from alumi_pipelines.lib.export.yolo_data import read_bgr
+
+NMS_IOU = 0.7
+DEPLOY_CONF = 0.25  # default confidence threshold of the edge server
+MAX_DET = 300
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """Detections of one image: xyxy boxes in original pixels, confidences, class ids."""
+
+    boxes: np.ndarray
+    confidences: np.ndarray
+    class_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.confidences)
+
+
+def predict_onnx(
+    model_path: Path, images: Sequence[Path], *, conf: float, iou: float = NMS_IOU, max_det: int = MAX_DET
+) -> list[ImageDetections]:
+    """Detections of the edge runtime (ONNX Runtime, CPU, the edge package's pre/post-processing)."""
+    from alumi_edge.runtimes.onnx import OnnxRuntime
+
+    runtime = OnnxRuntime(model_path, device="cpu").load()
+    out = []
+    for path in images:
+        image = read_bgr(path)
+        tensor, params = runtime.preprocess(image)
+        found = runtime.postprocess(runtime.forward(tensor), params, conf=conf, iou=iou, max_det=max_det)
+        out.append(ImageDetections(found.boxes, found.confidences, found.class_ids))
+    return out
+
+
+def pick_sample_image(
+    model_path: Path, images: Sequence[Path], *, conf: float = DEPLOY_CONF, iou: float = NMS_IOU
+) -> tuple[Path, ImageDetections]:
+    """The image with the most detections at ``conf`` (ties: first by path) and those detections."""
+    if not images:
+        raise ExportError("sample image: no candidate images")
+    ordered = sorted(Path(p) for p in images)
+    found = predict_onnx(model_path, ordered, conf=conf, iou=iou)
+    best = max(range(len(ordered)), key=lambda i: (len(found[i]), -i))
+    return ordered[best], found[best]
+
+
+def predict_torch(
+    weights: Path,
+    images: Sequence[Path],
+    *,
+    config_dir: Path,
+    imgsz: int,
+    conf: float,
+    iou: float = NMS_IOU,
+    max_det: int = MAX_DET,
+) -> list[ImageDetections]:
+    """Detections of the PyTorch checkpoint through ultralytics predict (square letterbox, CPU, FP32)."""
+    from alumi_pipelines.lib.training.offline import import_ultralytics
+
+    import_ultralytics(config_dir)
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    out = []
+    for path in images:
+        result = model.predict(
+            read_bgr(path),
+            imgsz=imgsz,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            rect=False,
+            device="cpu",
+            half=False,
+            verbose=False,
+            save=False,
+        )[0]
+        boxes = result.boxes
+        out.append(
+            ImageDetections(
+                boxes.xyxy.cpu().numpy().astype(np.float32),
+                boxes.conf.cpu().numpy().astype(np.float32),
+                boxes.cls.cpu().numpy().astype(np.int64),
+            )
+        )
+    return out

@@ -1,0 +1,151 @@
+"""Plan a gold dataset: one label set per unique image, conflicts reported, a stable split, a hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from alumi_pipelines.lib.boxes import iou_cxcywh
+from alumi_pipelines.lib.vision.splits import SPLITS, assign_splits, dataset_hash
+
+_ROUND = 6  # decimals kept for box coordinates in the hash and the YOLO files
+AGREE_IOU = 0.5  # two label sets of one image agree when every box has a same-class partner this close
+
+
+@dataclass
+class GoldPlan:
+    dataset_hash: str
+    manifest: pl.DataFrame  # image_id, split, file, label_file, width, height, n_boxes, classes
+    labels: pl.DataFrame  # canonical labels of the chosen label sets, with their split
+    label_text: dict[str, str]  # image_id -> YOLO txt content
+    counts: dict[str, int]
+    class_counts: dict[str, dict[str, int]]
+    conflicts: list[dict] = field(default_factory=list)
+    moved: dict[str, str] = field(default_factory=dict)
+
+
+class GoldDatasetError(ValueError):
+    pass
+
+
+def _label_sets(labels: pl.DataFrame) -> tuple[dict[str, tuple], list[dict]]:
+    """image_id -> chosen label set; conflicts where one image carries different label sets."""
+    chosen: dict[str, tuple] = {}
+    sources: dict[str, str] = {}
+    conflicts: list[dict] = []
+    rows = labels.sort(["image_id", "batch", "source_file"]).select(
+        "image_id", "batch", "source_file", "class_id", "x_center", "y_center", "width", "height"
+    )
+    groups: dict[tuple[str, str, str], list[tuple]] = {}
+    for image_id, batch, source, cid, x, y, w, h in rows.iter_rows():
+        box = (int(cid), round(x, _ROUND), round(y, _ROUND), round(w, _ROUND), round(h, _ROUND))
+        groups.setdefault((image_id, batch, source), []).append(box)
+    for (image_id, batch, source), boxes in sorted(groups.items()):
+        key = tuple(sorted(set(boxes)))
+        if image_id not in chosen:
+            chosen[image_id], sources[image_id] = key, f"{batch}/{source}"
+        elif not sets_agree(chosen[image_id], key):
+            conflicts.append(
+                {
+                    "image_id": image_id,
+                    "kept": sources[image_id],
+                    "other": f"{batch}/{source}",
+                    "kept_boxes": len(chosen[image_id]),
+                    "other_boxes": len(key),
+                }
+            )
+    return chosen, conflicts
+
+
+def sets_agree(a: tuple, b: tuple) -> bool:
+    """Same number of boxes and a one-to-one same-class match at IoU >= AGREE_IOU (greedy)."""
+    if len(a) != len(b):
+        return False
+    unmatched = list(b)
+    for box in a:
+        best = max((m for m in unmatched if m[0] == box[0]), key=lambda m: iou_cxcywh(box[1:5], m[1:5]), default=None)
+        if best is None or iou_cxcywh(box[1:5], best[1:5]) < AGREE_IOU:
+            return False
+        unmatched.remove(best)
+    return True
+
+
+def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str], *, seed: int = 0) -> GoldPlan:
+    """Choose labels per unique labelled image, split them and hash the result."""
+    images = (
+        features.filter(pl.col("labelled"))
+        .sort(["batch", "image_id"])
+        .unique(subset=["image_id"], keep="first", maintain_order=True)
+        .select("image_id", "width", "height")
+    )
+    if images.is_empty():
+        raise GoldDatasetError("no labelled images in processed/: ingest a labelled batch first")
+    labels = labels.filter(pl.col("image_id").is_in(images["image_id"].implode()))
+    chosen, conflicts = _label_sets(labels)
+
+    image_classes = {
+        image_id: [classes[b[0]] for b in chosen.get(image_id, ())] for image_id in images["image_id"].to_list()
+    }
+    split = assign_splits(image_classes, seed=seed)
+
+    manifest_rows, label_rows, label_text = [], [], {}
+    for image_id, width, height in images.iter_rows():
+        s = split.assignment[image_id]
+        boxes = chosen.get(image_id, ())
+        label_text[image_id] = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in boxes)
+        manifest_rows.append(
+            {
+                "image_id": image_id,
+                "split": s,
+                "file": f"images/{s}/{image_id}.jpg",
+                "label_file": f"labels/{s}/{image_id}.txt",
+                "width": width,
+                "height": height,
+                "n_boxes": len(boxes),
+                "classes": ",".join(sorted({classes[b[0]] for b in boxes})),
+            }
+        )
+        for c, x, y, w, h in boxes:
+            label_rows.append(
+                {
+                    "image_id": image_id,
+                    "split": s,
+                    "class_id": c,
+                    "class_name": classes[c],
+                    "x_center": x,
+                    "y_center": y,
+                    "width": w,
+                    "height": h,
+                }
+            )
+    manifest = pl.DataFrame(manifest_rows, orient="row").sort(["split", "image_id"])
+    label_schema = {
+        "image_id": pl.Utf8,
+        "split": pl.Utf8,
+        "class_id": pl.Int32,
+        "class_name": pl.Utf8,
+        "x_center": pl.Float64,
+        "y_center": pl.Float64,
+        "width": pl.Float64,
+        "height": pl.Float64,
+    }
+    gold_labels = pl.DataFrame(label_rows, schema=label_schema, orient="row").sort(
+        ["image_id", "class_id", "x_center", "y_center"]
+    )
+    hash_rows = [(r["image_id"], r["split"], label_text[r["image_id"]]) for r in manifest_rows]
+    counts = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
+    class_counts = {
+        s: {c: int(((gold_labels["split"] == s) & (gold_labels["class_name"] == c)).sum()) for c in classes}
+        for s in SPLITS
+    }
+    return GoldPlan(
+        dataset_hash=dataset_hash(hash_rows, classes),
+        manifest=manifest,
+        labels=gold_labels,
+        label_text=label_text,
+        counts=counts,
+        class_counts=class_counts,
+        conflicts=conflicts,
+        moved=split.moved,
+    )
