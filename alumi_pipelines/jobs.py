@@ -5,7 +5,7 @@ Selections name asset groups (see each stage module), so this module imports no 
 
 from dagster import AssetSelection, define_asset_job
 
-from alumi_pipelines.partitions import landing_batches, plant_days
+from alumi_pipelines.partitions import landing_batches, plant_days, prediction_days
 from alumi_pipelines.settings import training_run_tags
 
 TRAINING_TAG = "alumi/training"
@@ -64,11 +64,21 @@ retraining_job = define_asset_job(
 
 end_to_end_job = define_asset_job(
     "end_to_end_job",
-    selection=VISION - AssetSelection.groups("drift"),
+    selection=VISION - AssetSelection.groups("drift", "predictions"),
     partitions_def=landing_batches,
     tags=TRAINING_TAGS,
     description="Everything on the vision branch for the given landing batches: ingestion, corrections, gold, "
     "training with the promotion gate, export and the edge release.",
+)
+
+prediction_job = define_asset_job(
+    "prediction_job",
+    selection=AssetSelection.groups("predictions"),
+    partitions_def=prediction_days,
+    tags=NO_RETRY_ON_FAILURE,
+    description="One UTC day of edge prediction logs (predictions/<device>/<day>/) → one table per day in "
+    "processed/predictions/, and the prediction_drift check of the champion's confidences and class mix against "
+    "its first days in service; a failed check writes reports/prediction_drift/latest.json for drift_sensor.",
 )
 
 # -- plant branch ----------------------------------------------------------------------------------
@@ -98,6 +108,7 @@ JOBS = [
     export_job,
     retraining_job,
     end_to_end_job,
+    prediction_job,
     plant_risk_job,
     plant_retraining_job,
 ]

@@ -11,3 +11,9 @@ landing_batches = DynamicPartitionsDefinition(name="landing_batches")
 # "yesterday" or a range without registering anything. Only finished days exist as partitions.
 PLANT_START_DATE = "2024-01-01"  # first day a partition exists for; older historian days need an earlier date
 plant_days = DailyPartitionsDefinition(start_date=PLANT_START_DATE, timezone="UTC")
+
+# Edge predictions: one UTC calendar day per partition, every device's hourly prediction logs of that day
+# (predictions/<device>/<day>/). Only finished days exist as partitions; a device that syncs late is picked up
+# by materialising its day again.
+PREDICTION_START_DATE = "2026-01-01"  # first day a partition exists for; older logs need an earlier date
+prediction_days = DailyPartitionsDefinition(start_date=PREDICTION_START_DATE, timezone="UTC")

@@ -7,6 +7,12 @@ ultralytics PyTorch predict; INT8 ≥ 1.5× faster than FP32; 0 errors under 16 
 runs FP32 and INT8 (one server per model; a CPU device serves the INT8 model by default, MODEL_ROLE=auto);
 HTTP against session.run alone is printed too, and a load run against each server.
 
+Capture (issue 14) is on in every server, as deployed, except one more INT8 server with ALUMI_EDGE_CAPTURE=false
+and otherwise the same settings: its HTTP p50 is measured in the same interleaved run, and the ratio capture on /
+off is printed (target ≤ 1.05: the request path only hands the frame to the capture writer's queue). The writer
+works after the answer is sent, so a sequential run bills little of it to anyone; the load runs (capture on and
+off, INT8) show what it costs when the server is kept busy.
+
 The model is a YOLO checkpoint given with --weights (e.g. the champion's best.pt); without one, an untrained
 yolo11n with 5 classes is built from its yaml (same network, so the same latency; it detects nothing at
 conf 0.25, which makes post-processing cheaper than with a trained model). Everything runs offline and
@@ -33,6 +39,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CLASSES = ("scratch", "dent", "pit", "crack", "stain")
+
+
+NO_CAPTURE = "INT8 no capture"
+
+
+def capture_counts(server: EdgeServer, root: Path) -> dict:
+    """What a running server's capture store holds (its database read-only) and the frames it dropped (/metrics)."""
+    import re
+    import sqlite3
+
+    import httpx
+
+    db = sqlite3.connect(f"file:{root / 'capture.sqlite3'}?mode=ro", uri=True)
+    try:
+        query = "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(kept), 0) FROM frames"
+        frames, size, kept = db.execute(query).fetchone()
+    finally:
+        db.close()
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    dropped = re.search(r"^alumi_edge_capture_dropped_frames ([0-9.e+]+)$", metrics, re.MULTILINE)
+    logged = sum(1 for log in (root / "predictions").glob("*.jsonl") for _ in log.open())
+    return {
+        "frames": frames,
+        "bytes": size,
+        "kept": kept,
+        "dropped": int(float(dropped.group(1))) if dropped else -1,
+        "logged": logged,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,8 +125,9 @@ def free_port() -> int:
 class EdgeServer:
     """``alumi-edge serve`` on 127.0.0.1 in a child process (JWT HS256 on, as deployed)."""
 
-    def __init__(self, model: Path, home: Path, workers: int, threads: int):
+    def __init__(self, model: Path, home: Path, workers: int, threads: int, capture: bool = True):
         self.port = free_port()
+        self.capture = capture
         self.secret = "bench-" + "s" * 40
         env = {
             **os.environ,
@@ -104,6 +139,7 @@ class EdgeServer:
             "ALUMI_EDGE_RUNTIME": "onnxruntime",
             "ALUMI_EDGE_DEVICE": "cpu",
             "ALUMI_EDGE_INTRA_OP_THREADS": str(threads),
+            "ALUMI_EDGE_CAPTURE": "true" if capture else "false",
         }
         self.proc = subprocess.Popen(
             [
@@ -348,10 +384,17 @@ def main() -> int:
             name: EdgeServer(path, tmp / f"edge_home_{name}", args.workers, args.threads)
             for name, path in models.items()
         }
+        servers[NO_CAPTURE] = EdgeServer(
+            models["INT8"], tmp / "edge_home_INT8_no_capture", args.workers, args.threads, capture=False
+        )
         try:
             for server in servers.values():
                 server.wait_ready()
-            with HttpDetect(servers["FP32"]) as http32, HttpDetect(servers["INT8"]) as http8:
+            with (
+                HttpDetect(servers["FP32"]) as http32,
+                HttpDetect(servers["INT8"]) as http8,
+                HttpDetect(servers[NO_CAPTURE]) as http8_off,
+            ):
                 calls = {
                     "ORT session.run FP32": (runs["FP32"], tensors["FP32"]),
                     "ORT session.run INT8": (runs["INT8"], tensors["INT8"]),
@@ -359,6 +402,7 @@ def main() -> int:
                     "ORT decode+pre+run+post INT8": (bare_detect(runs["INT8"], infos["INT8"], args.conf), bodies),
                     "HTTP POST /v1/detect FP32": (http32, bodies),
                     "HTTP POST /v1/detect INT8": (http8, bodies),
+                    "HTTP POST /v1/detect INT8 no capture": (http8_off, bodies),
                     "ultralytics PyTorch predict": (
                         lambda f: torch_model.predict(
                             f, imgsz=args.imgsz, conf=args.conf, device="cpu", verbose=False, save=False
@@ -368,7 +412,11 @@ def main() -> int:
                 }
                 rows = list(interleaved(calls, args.runs).items())
                 detections = round(statistics.mean(http32.boxes)) if http32.boxes else 0
-            loads = {name: load_run(servers[name], bodies, args.clients, args.seconds) for name in ("INT8", "FP32")}
+            loads = {
+                name: load_run(servers[name], bodies, args.clients, args.seconds)
+                for name in ("INT8", NO_CAPTURE, "FP32")
+            }
+            captured = capture_counts(servers["INT8"], tmp / "edge_home_INT8" / "capture")
         finally:
             for server in servers.values():
                 server.stop()
@@ -382,7 +430,8 @@ def main() -> int:
         f"{args.runs} interleaved runs each, weights: {args.weights or 'untrained yolo11n'}, "
         f"{detections} detections/image "
         f"at conf {args.conf}, DFL rewritten: {exported.dfl_rewritten}, INT8 input {quantized.input_format}, "
-        f"{quantized.shared_concat_scales} Concats on one scale, {len(quantized.float_nodes)} nodes kept in float\n"
+        f"{quantized.shared_concat_scales} Concats on one scale, {len(quantized.float_nodes)} nodes kept in float; "
+        f"capture on (the default) in every server but 'INT8 no capture'\n"
     )
     print(f"| {'path':<36} | {'p50 ms':>8} | {'p99 ms':>8} | {'p50 / ORT FP32 run':>18} |")
     print(f"| {'-' * 36} | {'-' * 8}: | {'-' * 8}: | {'-' * 18}: |")
@@ -417,6 +466,16 @@ def main() -> int:
             loads["INT8"]["throughput"] / max(loads["FP32"]["throughput"], 1e-9),
             "–",
         ),
+        (
+            "HTTP INT8 capture on / off",
+            p50["HTTP POST /v1/detect INT8"] / p50["HTTP POST /v1/detect INT8 no capture"],
+            "≤ 1.05",
+        ),
+        (
+            "INT8 load throughput, capture on / off",
+            loads["INT8"]["throughput"] / max(loads[NO_CAPTURE]["throughput"], 1e-9),
+            "–",
+        ),
     ]
     print(f"\n| {'ratio (p50)':<42} | {'value':>6} | {'target':>6} |")
     print(f"| {'-' * 42} | {'-' * 6}: | {'-' * 6}: |")
@@ -433,6 +492,11 @@ def main() -> int:
             f"| {name} | {load['requests']} | {load['throughput']:.1f} | {load['p50']:.1f} | {load['p99']:.1f} | "
             f"{load['errors']}{' (' + ', '.join(load['error_kinds']) + ')' if load['errors'] else ''} |"
         )
+    print(
+        f"\ncapture, INT8 server at the end: {captured['logged']} prediction-log lines, {captured['frames']} frames "
+        f"stored ({captured['bytes'] / 1e6:.1f} MB, the recent window), {captured['kept']} kept, "
+        f"{captured['dropped']} dropped (writer queue full)"
+    )
     return 0 if all(load["errors"] == 0 for load in loads.values()) else 1
 
 

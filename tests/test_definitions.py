@@ -42,6 +42,7 @@ def test_definitions_contain_the_documented_names():
         "export_job",
         "retraining_job",
         "end_to_end_job",
+        "prediction_job",
         "plant_risk_job",
         "plant_retraining_job",
     }
@@ -53,6 +54,7 @@ def test_definitions_contain_the_documented_names():
         "processed_labels",
         "gold_dataset",
         "edge_release",
+        "edge_predictions",
         "plant_sensor_raw",
         "plant_sensor_features",
         "plant_feature_drift",
@@ -68,6 +70,7 @@ def test_definitions_contain_the_documented_names():
         "training",
         "export",
         "release",
+        "predictions",
         "plant_raw",
         "plant_features",
         "plant_risk",

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "alumi_pipelines"
 KEYS_MODULE = PACKAGE / "resources" / "lake_keys.py"
-ZONE_KEY = re.compile(r"^(landing|raw|quarantine|processed|corrections|gold|models|releases|reports)/")
+ZONE_KEY = re.compile(r"^(landing|raw|quarantine|processed|corrections|gold|models|releases|reports|predictions)/")
 
 
 def _where(path: Path) -> str:

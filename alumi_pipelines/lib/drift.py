@@ -249,3 +249,122 @@ def prediction_drift(
         num_threshold=None,
         cat_threshold=None,
     )
+
+
+# -- edge prediction logs ------------------------------------------------------------------------------
+# An edge device logs what its detector answered: one row per box (time, request_id, model_version,
+# image_sha256, class_name, confidence, ...); a request without a box is one row with null class_name and
+# confidence. The day table below is what prediction drift compares.
+PREDICTION_LOG_COLUMNS = ("time", "request_id", "model_version", "image_sha256", "class_name", "confidence")
+PREDICTION_TABLE_SCHEMA = {
+    "device": pl.Utf8,
+    "source_file": pl.Utf8,
+    "time": pl.Datetime("us", "UTC"),
+    "request_id": pl.Utf8,
+    "model_version": pl.Utf8,
+    "image_sha256": pl.Utf8,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "class_name": pl.Utf8,
+    "confidence": pl.Float64,
+}
+PREDICTION_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+class PredictionLogError(ValueError):
+    """A prediction log that cannot be read as one (a required column missing, a time column of another type)."""
+
+
+def empty_prediction_table() -> pl.DataFrame:
+    return pl.DataFrame(schema=PREDICTION_TABLE_SCHEMA)
+
+
+def _utc_times(column: pl.Series) -> pl.Series:
+    """Times as UTC datetimes: timestamps (naive ones taken as UTC) or ISO-8601 strings; unreadable → null."""
+    import datetime as dt
+
+    if isinstance(column.dtype, pl.Datetime):
+        times = column.dt.cast_time_unit("us")
+        if column.dtype.time_zone is None:
+            return times.dt.replace_time_zone("UTC")
+        return times.dt.convert_time_zone("UTC")
+    if column.dtype != pl.Utf8:
+        raise PredictionLogError(f"column 'time' must hold timestamps or ISO-8601 strings, not {column.dtype}")
+
+    def parse(text: str | None) -> dt.datetime | None:
+        try:
+            moment = dt.datetime.fromisoformat(text.strip())  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            return None
+        return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+    parsed = {text: parse(text) for text in column.unique().to_list()}
+    return pl.Series(column.name, [parsed[t] for t in column.to_list()], dtype=pl.Datetime("us", "UTC"))
+
+
+def prediction_log_rows(log, *, device: str, source_file: str) -> tuple[pl.DataFrame, int]:
+    """One prediction log in the day table's schema (``PREDICTION_TABLE_SCHEMA``), and how many rows it dropped.
+
+    Columns other than ``PREDICTION_LOG_COLUMNS`` and ``width``/``height`` are dropped. Dropped rows: a time
+    that is not a timestamp, no request_id, and a box (class_name set) whose confidence is missing or outside
+    0..1. A row without class_name is a request without a box; its confidence is cleared.
+    """
+    log = _to_polars(log)
+    missing = [c for c in PREDICTION_LOG_COLUMNS if c not in log.columns]
+    if missing:
+        raise PredictionLogError(f"missing column(s) {', '.join(missing)} (has {', '.join(log.columns)})")
+    n = log.height
+    table = log.select(
+        pl.lit(device, pl.Utf8).alias("device"),
+        pl.lit(source_file, pl.Utf8).alias("source_file"),
+        _utc_times(log["time"]).alias("time"),
+        *(pl.col(c).cast(pl.Utf8) for c in ("request_id", "model_version", "image_sha256")),
+        *(
+            (pl.col(c).cast(pl.Int64, strict=False) if c in log.columns else pl.lit(None, pl.Int64)).alias(c)
+            for c in ("width", "height")
+        ),
+        pl.col("class_name").cast(pl.Utf8).str.strip_chars(),
+        pl.col("confidence").cast(pl.Float64, strict=False),
+    ).with_columns(
+        pl.when(pl.col("class_name") == "").then(None).otherwise(pl.col("class_name")).alias("class_name"),
+    )
+    box = pl.col("class_name").is_not_null()
+    table = table.with_columns(pl.when(box).then(pl.col("confidence")).otherwise(None).alias("confidence")).filter(
+        pl.col("time").is_not_null(),
+        pl.col("request_id").is_not_null() & (pl.col("request_id") != ""),
+        ~box | pl.col("confidence").is_between(0.0, 1.0),
+    )
+    return table.select(list(PREDICTION_TABLE_SCHEMA)).cast(PREDICTION_TABLE_SCHEMA), n - table.height
+
+
+def prediction_boxes(table: pl.DataFrame, model_version: str | None = None) -> pl.DataFrame:
+    """The boxes of a day table (rows with a class), of one model version when given: prediction_drift's input."""
+    boxes = table.filter(pl.col("class_name").is_not_null())
+    if model_version is not None:
+        boxes = boxes.filter(pl.col("model_version") == str(model_version))
+    return boxes.select("device", "request_id", "class_name", "confidence")
+
+
+def prediction_summary(table: pl.DataFrame, day: str | None = None) -> dict:
+    """Counts of a day table: requests, boxes, devices, model versions, classes, confidence quantiles."""
+    requests = table.select("device", "request_id").unique()
+    boxes = table.filter(pl.col("class_name").is_not_null())
+    with_box = boxes.select("device", "request_id").unique().height
+    per_version = table.select("model_version", "device", "request_id").unique().group_by("model_version").len()
+    quantiles = {
+        f"p{round(100 * q):02d}": (float(boxes["confidence"].quantile(q, "linear")) if boxes.height else None)
+        for q in PREDICTION_QUANTILES
+    }
+    outside = 0
+    if day is not None and table.height:
+        outside = int((table["time"].dt.date().cast(pl.Utf8) != day).sum())
+    return {
+        "requests": requests.height,
+        "requests_without_boxes": requests.height - with_box,
+        "boxes": boxes.height,
+        "devices": sorted(table["device"].unique().to_list()),
+        "model_versions": {str(v): int(n) for v, n in sorted(per_version.iter_rows(), key=lambda r: str(r[0]))},
+        "class_counts": {str(c): int(n) for c, n in sorted(boxes.group_by("class_name").len().iter_rows())},
+        "confidence": quantiles,
+        "rows_outside_day": outside,
+    }

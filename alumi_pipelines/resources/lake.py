@@ -24,7 +24,18 @@ from pydantic import Field, PrivateAttr
 
 from alumi_pipelines.lib.files import TMP_PREFIX, write_atomic
 
-ZONES = ("landing", "raw", "quarantine", "processed", "corrections", "gold", "models", "releases", "reports")
+ZONES = (
+    "landing",
+    "raw",
+    "quarantine",
+    "processed",
+    "corrections",
+    "gold",
+    "models",
+    "releases",
+    "reports",
+    "predictions",
+)
 
 
 class LakeKeyError(ValueError):

@@ -22,6 +22,12 @@ Plant branch (casting and rolling sensor data; one folder per production day, ``
     gold/plant/dataset.parquet, split.json, unmatched.parquet
     models/risk/versions/<version>/risk_model.json, models/risk/evaluations/, models/risk/champion/
     reports/plant_drift/<id>.html|json, reports/plant_drift/latest.json
+
+Edge predictions (what the deployed detector answered; one folder per device and UTC day)::
+
+    predictions/<device>/<day>/<YYYY-MM-DDTHH>.parquet   hourly prediction logs uploaded by `alumi-edge sync`
+    processed/predictions/<day>.parquet              every device's predictions of the day, one row per box
+    reports/prediction_drift/<id>.html|json, reports/prediction_drift/latest.json
 """
 
 from __future__ import annotations
@@ -287,3 +293,45 @@ def risk_plot_key(version: str, name: str) -> str:
 
 def plant_drift_report_key(report_id: str, ext: str) -> str:
     return f"reports/plant_drift/{report_id}.{ext}"
+
+
+# -- edge predictions ------------------------------------------------------------------------------
+PREDICTIONS = "predictions"
+PROCESSED_PREDICTIONS = "processed/predictions"
+PREDICTION_DRIFT_LATEST = "reports/prediction_drift/latest.json"
+
+
+def check_prediction_day(day: str) -> str:
+    """The day key, or ValueError naming the rule (YYYY-MM-DD, a real date)."""
+    if not isinstance(day, str) or not DAY_PATTERN.match(day):
+        raise ValueError(f"prediction day {day!r}: must be YYYY-MM-DD")
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError as exc:
+        raise ValueError(f"prediction day {day!r}: not a date ({exc})") from None
+    return day
+
+
+def predictions_device_prefix(device: str) -> str:
+    """Every day folder of one device's prediction logs."""
+    return f"{PREDICTIONS}/{device}"
+
+
+def predictions_day_prefix(device: str, day: str) -> str:
+    """One device's hourly prediction logs of one day: list this prefix."""
+    return f"{predictions_device_prefix(device)}/{check_prediction_day(day)}"
+
+
+def predictions_hour_key(device: str, day: str, hour: int) -> str:
+    """``predictions/<device>/<day>/<day>T<HH>.parquet``, as the edge's sync writes it."""
+    if not isinstance(hour, int) or not 0 <= hour <= 23:
+        raise ValueError(f"hour {hour!r}: must be an integer 0..23")
+    return f"{predictions_day_prefix(device, day)}/{day}T{hour:02d}.parquet"
+
+
+def processed_predictions_key(day: str) -> str:
+    return f"{PROCESSED_PREDICTIONS}/{check_prediction_day(day)}.parquet"
+
+
+def prediction_drift_report_key(report_id: str, ext: str) -> str:
+    return f"reports/prediction_drift/{report_id}.{ext}"

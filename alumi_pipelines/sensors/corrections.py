@@ -20,7 +20,7 @@ def corrections_since(lake: Lake, champion: dict | None) -> int:
         return 0
     if not champion or champion.get("trained_at") is None:
         return table.height
-    trained = dt.datetime.fromtimestamp(float(champion["trained_at"]) / 1000, dt.UTC)
+    trained = dt.datetime.fromtimestamp(float(champion["trained_at"]), dt.UTC)  # epoch seconds
     stamps = [dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in table["timestamp"].to_list()]
     return sum(t > trained for t in stamps)
 

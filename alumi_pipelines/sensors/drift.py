@@ -17,20 +17,26 @@ from alumi_pipelines.jobs import drift_job, plant_retraining_job, retraining_job
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 
-# drift report (written by the drift assets) → the job that retrains what drifted
-WATCHED = {lake_keys.DRIFT_LATEST: retraining_job.name, lake_keys.PLANT_DRIFT_LATEST: plant_retraining_job.name}
+# drift report (written by the drift assets and checks) → the job that retrains what drifted
+WATCHED = {
+    lake_keys.DRIFT_LATEST: retraining_job.name,  # image features against the champion's training set
+    lake_keys.PREDICTION_DRIFT_LATEST: retraining_job.name,  # edge predictions against the champion's first days
+    lake_keys.PLANT_DRIFT_LATEST: plant_retraining_job.name,
+}
 
 
 @sensor(
     jobs=[retraining_job, plant_retraining_job],
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Reads the latest drift reports (reports/drift/latest.json, reports/plant_drift/latest.json); "
-    "a failed drift check requests one retraining run per report (the cursor keeps the handled report ids).",
+    description="Reads the latest drift reports (reports/drift/latest.json, reports/prediction_drift/latest.json, "
+    "reports/plant_drift/latest.json); a new failed report requests one run of the job that retrains what drifted "
+    "(failed reports of one tick that name the same job share a run; the cursor keeps the handled report ids).",
 )
 def drift_sensor(context: SensorEvaluationContext, lake: Lake):
     handled: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    requests, notes = [], []
+    failed: dict[str, list[str]] = {}  # job → failed report ids, in WATCHED order
+    notes = []
     for key, job_name in WATCHED.items():
         if not lake.exists(key):
             continue
@@ -41,13 +47,15 @@ def drift_sensor(context: SensorEvaluationContext, lake: Lake):
         if latest["passed"]:
             notes.append(f"{key}: report {latest['report_id']} passed (share {latest['drift_share']:.2f})")
             continue
-        requests.append(
-            RunRequest(
-                run_key=f"drift:{latest['report_id']}",
-                job_name=job_name,
-                tags={"alumi/trigger": "drift_sensor", "alumi/drift_report": latest["report_id"]},
-            )
+        failed.setdefault(job_name, []).append(latest["report_id"])
+    requests = [
+        RunRequest(
+            run_key=f"drift:{'+'.join(ids)}",
+            job_name=job_name,
+            tags={"alumi/trigger": "drift_sensor", "alumi/drift_report": ",".join(ids)},
         )
+        for job_name, ids in failed.items()
+    ]
     if not requests:
         return SensorResult(
             skip_reason=SkipReason("; ".join(notes) or "no new failed drift report"),

@@ -1,7 +1,8 @@
 """``alumi-edge`` command line: pull, serve, sync, rollback, info.
 
 Exit codes: 0 success; 1 operational failure (source or target unreachable, nothing installed);
-2 a release was refused (bad checksum, bad signature, failing self-test); 3 feedback left queued.
+2 a release was refused (bad checksum, bad signature, failing self-test); 3 sync stopped early (feedback, frames
+or prediction logs left queued; ``sync`` prints one JSON summary line either way).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from alumi_edge import __version__
@@ -76,29 +78,74 @@ def cmd_serve(args) -> int:
     return 0
 
 
+@contextmanager
+def _sync_lock(home: Path):
+    """One sync per device home at a time (a second one waits): two would upload the same batches twice."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "sync.lock", "a+b") as fh:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def cmd_sync(args) -> int:
     from alumi_edge.feedback import FeedbackQueue
-    from alumi_edge.sync import open_target, sync_feedback
+    from alumi_edge.sync import DEFAULT_LINE, CaptureSyncResult, open_target, sync_feedback
 
     settings = _settings(home=args.home)
     target_uri = args.target or os.environ.get("ALUMI_EDGE_SYNC_TARGET")
     if not target_uri:
         raise SystemExit("alumi-edge sync: --target (or ALUMI_EDGE_SYNC_TARGET) is required")
-    queue = FeedbackQueue(settings.feedback_path, settings.device_id)
-    try:
-        result = sync_feedback(
-            queue,
-            open_target(target_uri),
-            batch_size=args.batch_size,
-            attempts=args.attempts,
-            backoff_s=args.backoff,
-            log=_stderr,
+    target = open_target(target_uri)
+    retry = {"attempts": args.attempts, "backoff_s": args.backoff, "log": _stderr}
+    capture = CaptureSyncResult()
+    with _sync_lock(settings.home):
+        queue = FeedbackQueue(settings.feedback_path, settings.device_id)
+        try:
+            result = sync_feedback(queue, target, batch_size=args.batch_size, **retry)
+        finally:
+            queue.close()
+        capture_db = settings.capture_dir / "capture.sqlite3"
+        if capture_db.is_file():  # after a failed feedback upload: only count what stays queued
+            from alumi_edge.capture import CaptureStore
+            from alumi_edge.sync import sync_capture
+
+            # the server may be writing frames into the same store right now: leave its files alone
+            store = CaptureStore(
+                capture_db.parent,
+                max_bytes=settings.capture_max_bytes,
+                recent_frames=settings.capture_recent_frames,
+                remove_orphans=False,
+            )
+            try:
+                capture = sync_capture(
+                    store,
+                    target,
+                    settings.device_id,
+                    line_id=args.line or os.environ.get("ALUMI_EDGE_LINE_ID") or DEFAULT_LINE,
+                    frames=result.ok and not args.no_frames,
+                    predictions=result.ok and not args.no_predictions,
+                    batch_size=args.frame_batch_size,
+                    **retry,
+                )
+            finally:
+                store.close()
+    error = result.error or capture.error
+    print(json.dumps({**result.to_dict(), **capture.to_dict(), "error": error}))
+    for skipped in capture.skipped:
+        _stderr(f"frame {skipped['id']} not uploaded: {skipped['reason']}")
+    if error:
+        _stderr(
+            f"sync stopped, {result.pending} records, {capture.pending_frames} frames and {capture.pending_logs} "
+            f"prediction logs stay queued: {error}"
         )
-    finally:
-        queue.close()
-    print(json.dumps(result.to_dict()))
-    if not result.ok:
-        _stderr(f"sync stopped, {result.pending} records stay queued: {result.error}")
         return 3
     return 0
 
@@ -174,9 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="serve this ONNX file instead of the pulled release")
     p.set_defaults(func=cmd_serve)
 
-    p = with_home(sub.add_parser("sync", help="push queued feedback to the lake's corrections/incoming/"))
+    p = with_home(
+        sub.add_parser(
+            "sync",
+            help="push queued feedback (corrections/incoming/), kept frames (landing/) and closed prediction logs "
+            "(predictions/) to the lake",
+        )
+    )
     p.add_argument("--target", help="lake root: folder, file:// URI or https:// URL (with SAS query)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=500, help="feedback records per file")
+    p.add_argument("--frame-batch-size", type=int, default=200, help="frames per landing batch")
+    p.add_argument("--line", help="line id written with the frames (default ALUMI_EDGE_LINE_ID or 'edge')")
+    p.add_argument("--no-frames", action="store_true", help="do not upload kept frames")
+    p.add_argument("--no-predictions", action="store_true", help="do not upload prediction logs")
     p.add_argument("--attempts", type=int, default=4, help="tries per file before giving up for this run")
     p.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each try)")
     p.set_defaults(func=cmd_sync)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,10 +20,11 @@ from alumi_edge import __version__
 from alumi_edge.allocator import keep_large_buffers
 from alumi_edge.auth import TokenVerifier
 from alumi_edge.body_limit import BodyLimitMiddleware
+from alumi_edge.capture import CaptureRules, CaptureStore
 from alumi_edge.errors import install_error_handlers
 from alumi_edge.feedback import FeedbackQueue
 from alumi_edge.metrics import EdgeMetrics
-from alumi_edge.routers import admin, detect, feedback, health, model, risk
+from alumi_edge.routers import admin, detect, feedback, frames, health, model, operator, risk
 from alumi_edge.serving import ModelHolder
 from alumi_edge.settings import EdgeSettings
 
@@ -35,7 +37,25 @@ ROUTERS: tuple[APIRouter, ...] = (
     feedback.router,
     admin.router,
     risk.router,
+    frames.router,
+    operator.router,
 )
+
+
+def open_capture(settings: EdgeSettings) -> CaptureStore:
+    """The capture store of the device home, bounded and sampling as the settings say."""
+    return CaptureStore(
+        settings.capture_dir,
+        max_bytes=settings.capture_max_bytes,
+        recent_frames=settings.capture_recent_frames,
+        rules=CaptureRules(
+            uncertain_low=settings.capture_uncertain_low,
+            uncertain_high=settings.capture_uncertain_high,
+            rare_classes=settings.capture_rare_class_names,
+            random_fraction=settings.capture_random_fraction,
+            per_hour_cap=settings.capture_per_hour_cap,
+        ),
+    )
 
 
 def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -57,6 +77,13 @@ def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[API
 
         state.run_blocking = run_blocking
         state.queue = FeedbackQueue(settings.feedback_path, settings.device_id)
+        state.capture = None
+        if settings.capture:
+            try:
+                state.capture = await run_blocking(open_capture, settings)
+                state.metrics.watch_capture(state.capture)
+            except (OSError, sqlite3.Error) as exc:  # detection must go on without capture (a full or read-only disk)
+                log.warning("capture is off: the store under %s could not be opened: %s", settings.capture_dir, exc)
         state.holder = ModelHolder(settings)
         await run_blocking(state.holder.try_initial_load)
         if state.holder.loaded is not None:
@@ -65,12 +92,15 @@ def create_app(settings: EdgeSettings | None = None, extra_routers: Sequence[API
             yield
         finally:
             state.executor.shutdown(wait=True)
+            if state.capture is not None:
+                state.capture.close()  # writes the frames still queued
             state.queue.close()
 
     app = FastAPI(
         title="alumi-edge",
         version=__version__,
-        description="Defect detection on the edge: detect, feedback, health, metrics, model reload.",
+        description="Defect detection on the edge: detect, feedback, capture and operator page, health, metrics, "
+        "model reload.",
         lifespan=lifespan,
     )
     app.state.settings = settings

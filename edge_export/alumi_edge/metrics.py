@@ -8,7 +8,8 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25
 
 
 class EdgeMetrics:
-    """Latency histograms, detections per class, rejected requests, model version info, feedback queue depth."""
+    """Latency histograms, detections per class, rejected requests, model version info, feedback queue depth,
+    frames the capture store dropped."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -37,6 +38,15 @@ class EdgeMetrics:
         self.feedback_pending = Gauge(
             "alumi_edge_feedback_pending", "Feedback records waiting for sync", registry=self.registry
         )
+        self.capture_dropped = Gauge(
+            "alumi_edge_capture_dropped_frames",
+            "Frames the capture store dropped since start (writer queue full or write failed)",
+            registry=self.registry,
+        )
+
+    def watch_capture(self, store) -> None:
+        """Expose the frames the capture store dropped (read when /metrics is rendered, no database access)."""
+        self.capture_dropped.set_function(lambda: store.dropped)
 
     def set_model(self, version: str, runtime: str) -> None:
         """Expose only the current model in the info gauge."""

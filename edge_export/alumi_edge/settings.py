@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_HS256_SECRET_BYTES = 32
@@ -47,14 +47,59 @@ class EdgeSettings(BaseSettings):
     admin_scope: str = Field("admin", description="scope/role a token needs for /admin")
     device_id: str = Field(default_factory=socket.gethostname, description="names this device in synced feedback")
     feedback_db: Path | None = Field(None, description="feedback queue (default <home>/feedback.sqlite3)")
+    capture: bool = Field(
+        True,
+        description="keep recent frames (operator page), an hourly prediction log and frames sampled for "
+        "learning under <home>/capture",
+    )
+    capture_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="frames on disk at most; the oldest go first, a kept frame only once it is synced",
+    )
+    capture_recent_frames: int = Field(200, ge=0, description="latest frames kept for the operator page")
+    capture_uncertain_low: float = Field(
+        0.25, ge=0.0, le=1.0, description="keep a frame whose highest confidence is at least this ..."
+    )
+    capture_uncertain_high: float = Field(0.5, ge=0.0, le=1.0, description="... and below this (uncertain)")
+    capture_rare_classes: str = Field(
+        "", description="comma-separated class names; a frame with any of them is kept (e.g. 'crack,pit')"
+    )
+    capture_random_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of the other frames kept at random (0 = none)"
+    )
+    capture_per_hour_cap: int = Field(
+        60, ge=0, description="frames kept by the sampling rules per hour at most (flagged frames not counted)"
+    )
     host: str = Field("127.0.0.1", description="serve: bind address")
     port: int = Field(8080, ge=0, le=65535, description="serve: port")
     log_level: str = Field("info", description="serve: uvicorn log level")
 
+    @field_validator("capture_rare_classes", mode="before")
+    @classmethod
+    def _join_classes(cls, value):
+        """A list or tuple of class names is accepted too (the environment gives a comma-separated string)."""
+        if isinstance(value, list | tuple | set):
+            return ",".join(str(v) for v in value)
+        return value
+
     @model_validator(mode="after")
     def _expand(self) -> EdgeSettings:
         self.home = self.home.expanduser()
+        if self.capture_uncertain_low > self.capture_uncertain_high:
+            raise ValueError(
+                "ALUMI_EDGE_CAPTURE_UNCERTAIN_LOW must not exceed ALUMI_EDGE_CAPTURE_UNCERTAIN_HIGH "
+                f"({self.capture_uncertain_low} > {self.capture_uncertain_high})"
+            )
         return self
+
+    @property
+    def capture_dir(self) -> Path:
+        return self.home / "capture"
+
+    @property
+    def capture_rare_class_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.capture_rare_classes.split(",") if name.strip())
 
     @property
     def feedback_path(self) -> Path:

@@ -81,6 +81,7 @@ def test_asset_groups_launch_ingestion_and_read_metadata(tmp_path, browser):
             "export",
             "release",
             "drift",
+            "predictions",
             "plant_raw",
             "plant_features",
             "plant_risk",

@@ -239,3 +239,66 @@ def edge_settings(home: Path, **overrides):
     )
     values.update(overrides)
     return EdgeSettings(**values)
+
+
+# -- capture store (alumi_edge.capture) -------------------------------------------------------------
+
+CAPTURE_HOURS = ("2024-05-01T10", "2024-05-01T11", "2024-05-01T12")  # past hours: their prediction logs are closed
+CAPTURE_TIMING = {
+    "decode": 0.5,
+    "preprocess": 0.25,
+    "inference": 2.0,
+    "postprocess": 0.125,
+    "total": 2.5,
+    "request": 3.0,
+}
+
+
+def capture_frame(index: int, created_at: str):
+    """A frame with its own PNG bytes. Every 5th has no box, every 4th (of the rest) a confident one (neither is
+    kept by the default rules); the others an uncertain box (confidence 0.4: kept). Every 7th with a box has a
+    second, less confident one."""
+    import hashlib
+
+    from alumi_edge.capture import Frame
+
+    image = color_image(48, 32, squares=(("red", index % 16, 4, 16),))
+    image[0, 0] = (index % 256, index // 256 % 256, 7)  # unique bytes, unique sha256
+    data = encode(image)
+    if index % 5 == 4:
+        boxes = []
+    else:
+        confidence = 0.9 if index % 4 == 3 else 0.4
+        x = float(index % 16)
+        boxes = [
+            {"class_id": 0, "class_name": "red", "confidence": confidence, "x1": x, "y1": 4.0, "x2": x + 16, "y2": 20.0}
+        ]
+        if index % 7 == 5:
+            boxes.append(
+                {"class_id": 2, "class_name": "blue", "confidence": 0.3, "x1": 30.0, "y1": 8.0, "x2": 46.0, "y2": 30.0}
+            )
+    prediction = {
+        "boxes": boxes,
+        "image": {"width": 48, "height": 32, "sha256": hashlib.sha256(data).hexdigest()},
+        "timing_ms": dict(CAPTURE_TIMING),
+    }
+    frame_id = hashlib.md5(f"frame-{index}".encode()).hexdigest()  # 32 hex digits, like a detection id
+    return Frame(frame_id, data, "1.0.0", prediction, created_at=created_at)
+
+
+def capture_is_kept(index: int) -> bool:
+    return index % 5 != 4 and index % 4 != 3
+
+
+def filled_capture_store(root: Path, count: int, hours=CAPTURE_HOURS):
+    """A CaptureStore at ``root`` (the writer, as the server holds it) with ``count`` frames spread over ``hours``."""
+    from alumi_edge.capture import CaptureRules, CaptureStore
+
+    store = CaptureStore(root, rules=CaptureRules(per_hour_cap=100_000), queue_size=count + 1, seed=0)
+    for index in range(count):
+        hour = hours[index * len(hours) // count]
+        created_at = f"{hour}:{index // 60 % 60:02d}:{index % 60:02d}.{index % 1000:03d}Z"
+        assert store.submit(capture_frame(index, created_at))
+    store.flush()
+    assert store.dropped == 0
+    return store

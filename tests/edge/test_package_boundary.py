@@ -23,6 +23,7 @@ ALLOWED_THIRD_PARTY = {
     "jwt": "pyjwt",
     "httpx": "httpx",
     "prometheus_client": "prometheus-client",
+    "pyarrow": "pyarrow",
     "tensorrt": "tensorrt",
     "pycuda": "pycuda",
     "xgboost": "xgboost",

@@ -35,8 +35,8 @@ def test_first_no_change_and_new_data_ticks(lake):
     cursor = tick.cursor
     assert isinstance(_tick(lake, cursor), SkipReason)
 
-    # champion trained at 2026-11-01T00:00Z (MLflow times are epoch milliseconds)
-    lake.write_json(lake_keys.CHAMPION_RECORD, {"version": "4", "trained_at": 1793491200000})
+    # champion trained at 2026-11-01T00:00Z (the champion record holds epoch seconds, as MlflowRegistry reports them)
+    lake.write_json(lake_keys.CHAMPION_RECORD, {"version": "4", "trained_at": 1793491200.0})
     _validated(lake, ["2026-10-30T10:00:00+00:00", "2026-11-02T10:00:00+00:00", "2026-11-02T11:00:00+00:00"])
     assert isinstance(_tick(lake, cursor), SkipReason)  # only 2 are newer than the champion
     _validated(lake, ["2026-10-30T10:00:00+00:00"] + [f"2026-11-02T1{i}:00:00+00:00" for i in range(3)])

@@ -1,16 +1,23 @@
-"""POST /v1/detect: an image in (multipart ``file`` or the raw body), boxes in original pixels out."""
+"""POST /v1/detect: an image in (multipart ``file`` or the raw body), boxes in original pixels out.
+
+Every answer carries an ``id`` (the detection id, 32 hex digits). With capture on, the frame and its prediction
+are handed to the capture store under that id (a queue put, the writing happens on the store's thread), so an
+operator can flag it later with ``POST /v1/feedback {"detection_id": ...}``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import time
+import uuid
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from alumi_edge.auth import require_token
+from alumi_edge.capture import Frame
 from alumi_edge.errors import ApiError
 from alumi_edge.imaging import CorruptImage, ImageTooLarge, UnsupportedImageType, decode_image
 from alumi_edge.serving import LoadedModel
@@ -87,14 +94,19 @@ async def detect(
         metrics.stage_latency.labels(stage=stage).observe(result.timing_ms[stage] / 1000.0)
     for box in result.boxes:
         metrics.detections.labels(class_name=box.class_name).inc()
+    body = {
+        "id": uuid.uuid4().hex,
+        "model_version": loaded.version,
+        "runtime": loaded.runtime.name,
+        "boxes": [box.to_dict() for box in result.boxes],
+        "timing_ms": {"decode": decode_ms, **result.timing_ms, "request": round(total_s * 1000.0, 3)},
+        "image": {"width": result.width, "height": result.height, "sha256": hashlib.sha256(data).hexdigest()},
+    }
+    store = getattr(state, "capture", None)
+    if store is not None:  # a put_nowait: a full queue drops the frame (counted), never delays the answer
+        prediction = {"boxes": body["boxes"], "image": body["image"], "timing_ms": body["timing_ms"]}
+        store.submit(Frame(body["id"], data, loaded.version, prediction))
     # Every value is already a JSON type (str, int, float, lists and dicts of them): answering with a
-    # JSONResponse skips FastAPI's generic per-value encoder.
-    return JSONResponse(
-        {
-            "model_version": loaded.version,
-            "runtime": loaded.runtime.name,
-            "boxes": [box.to_dict() for box in result.boxes],
-            "timing_ms": {"decode": decode_ms, **result.timing_ms, "request": round(total_s * 1000.0, 3)},
-            "image": {"width": result.width, "height": result.height, "sha256": hashlib.sha256(data).hexdigest()},
-        }
-    )
+    # JSONResponse skips FastAPI's generic per-value encoder. Nothing changes ``body`` after this point, so the
+    # capture writer may read the same lists.
+    return JSONResponse(body)

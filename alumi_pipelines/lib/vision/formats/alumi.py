@@ -1,4 +1,15 @@
-"""Native "alumi" sidecars: ``<line_id>/<camera_id>/<stem>.png`` + ``<stem>.json`` with normalised boxes."""
+"""Native "alumi" sidecars: ``<line_id>/<camera_id>/<stem>.png`` + ``<stem>.json`` with normalised boxes.
+
+A sidecar names its image and carries ``line_id``, ``camera_id``, ``captured_at``, ``width``, ``height`` and
+``boxes`` (``class_name``, ``x_center``, ``y_center``, ``width``, ``height`` as fractions of the image).
+
+``"labelled": false`` (the frames an edge device keeps and uploads) says the sidecar labels nothing: the
+image enters as unlabelled, like an image without a sidecar, so it is neither a defect-free negative nor
+trained on until a correction labels it; its ``boxes`` are ignored. Without the field a sidecar is labelled,
+and an empty ``boxes`` list then claims the image is defect-free. Fields this parser does not read (an edge
+device's ``predictions``, ``model_version``, ``device``, ``capture_reasons``, ``detection_id``) are accepted
+and ignored: the model's own predictions never become labels.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +51,10 @@ def _alumi_sidecar(batch: Batch, path: str, doc: object) -> tuple[Record | None,
         return None, (
             f"fields 'width' and 'height' must be positive integers, got {doc.get('width')!r}x{doc.get('height')!r}"
         )
-    if not isinstance(doc.get("boxes"), list):
+    labelled = doc.get("labelled", True)
+    if not isinstance(labelled, bool):
+        return None, f"field 'labelled' must be true or false, got {labelled!r}"
+    if labelled and not isinstance(doc.get("boxes"), list):
         return None, "field 'boxes' must be a list"
     try:
         captured = datetime.fromisoformat(doc["captured_at"].replace("Z", "+00:00"))
@@ -59,18 +73,24 @@ def _alumi_sidecar(batch: Batch, path: str, doc: object) -> tuple[Record | None,
     if note:
         batch.notes.append(note)
     boxes: list[SourceBox] = []
-    for number, entry in enumerate(doc["boxes"], 1):
-        box, problem = _alumi_box(entry, f"box {number}")
-        if problem:
-            batch.reject(path, problem)
-        else:
-            boxes.append(box)
+    if not labelled:
+        ignored = doc.get("boxes")
+        if ignored:
+            count = f"{len(ignored)} boxes" if isinstance(ignored, list) else "field 'boxes'"
+            batch.notes.append(f"{path}: labelled is false; its {count} ignored, {image} kept unlabelled")
+    else:
+        for number, entry in enumerate(doc["boxes"], 1):
+            box, problem = _alumi_box(entry, f"box {number}")
+            if problem:
+                batch.reject(path, problem)
+            else:
+                boxes.append(box)
     extra = {
         "line_id": doc["line_id"],
         "camera_id": doc["camera_id"],
         "captured_at": captured.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
-    return Record(path, image, boxes, path, width, height, extra=extra), None
+    return Record(path, image, boxes, path, width, height, extra=extra, labelled=labelled), None
 
 
 def _alumi_box(entry: object, origin: str) -> tuple[SourceBox | None, str | None]:

@@ -30,7 +30,7 @@ class SourceBox:
 class AnnotatedImage:
     image_path: str  # POSIX path of the image relative to the batch root
     annotation_path: str  # the annotation file the boxes came from ("" if none)
-    labelled: bool  # False when no annotation exists for the image (not a background claim)
+    labelled: bool  # False: nothing labels it (no annotation, or `labelled: false`); not a background claim
     boxes: list[SourceBox]
     declared_width: int | None = None
     declared_height: int | None = None

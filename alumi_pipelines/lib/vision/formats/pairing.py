@@ -60,6 +60,7 @@ class Record:
     declared_height: int | None = None
     declared_channels: int | None = None
     extra: dict = field(default_factory=dict)
+    labelled: bool = True  # False: the record describes the image (capture metadata) but labels nothing
 
 
 class Batch:
@@ -236,8 +237,8 @@ class Batch:
                     AnnotatedImage(
                         path,
                         r.annotation_path,
-                        True,
-                        r.boxes,
+                        r.labelled,
+                        r.boxes if r.labelled else [],
                         r.declared_width,
                         r.declared_height,
                         r.declared_channels,
