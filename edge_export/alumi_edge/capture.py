@@ -18,6 +18,7 @@ anything is uploaded, so a retry after an outage or a crash re-sends the same fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import random
@@ -25,7 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,6 +166,17 @@ class CaptureStore:
         self._writer = threading.Thread(target=self._drain, name="alumi-edge-capture", daemon=True)
         self._writer.start()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One explicit transaction on the autocommit connection (the caller holds the lock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     # -- request path ------------------------------------------------------------------------------
     def submit(self, frame: Frame) -> bool:
         """Hand a frame to the writer thread; False (and counted in ``dropped``) when the queue is full."""
@@ -212,8 +224,7 @@ class CaptureStore:
             reasons = self.rules.reasons(boxes, self._random.random())
             if reasons and self._sampled_this_hour(hour) >= self.rules.per_hour_cap:
                 reasons = []
-            self._db.execute("BEGIN IMMEDIATE")  # one commit (one fsync) per frame: row, hour count, evictions
-            try:
+            with self._transaction():  # one commit (one fsync) per frame: row, hour count, evictions
                 self._db.execute(
                     "INSERT OR IGNORE INTO frames (id, sha256, ext, bytes, created_at, model_version, width, height,"
                     " prediction, reasons, kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -238,10 +249,6 @@ class CaptureStore:
                         (hour,),
                     )
                 doomed = self._evict_rows()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         self._unlink(doomed)
 
     def _append_log(self, frame: Frame, image: dict, boxes: list[dict]) -> None:
@@ -400,13 +407,8 @@ class CaptureStore:
                 first = self._row(ids[0])["created_at"]
                 stamp = first.replace("-", "").replace(":", "").replace(".", "")[:15]
                 name = f"edge-{device}-{stamp}-{ids[0][:8]}"
-                self._db.execute("BEGIN IMMEDIATE")  # autocommit connection: one transaction for the membership
-                try:
+                with self._transaction():  # the batch's membership is fixed in one transaction
                     self._db.executemany("UPDATE frames SET batch = ? WHERE id = ?", [(name, i) for i in ids])
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
                 return FrameBatch(name, tuple(ids))
             name = open_batch[0]
             ids = [
@@ -415,15 +417,9 @@ class CaptureStore:
             return FrameBatch(name, tuple(ids))
 
     def mark_batch_synced(self, name: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("UPDATE frames SET synced_at = ? WHERE batch = ?", (now_iso(), name))
-                doomed = self._evict_rows()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE frames SET synced_at = ? WHERE batch = ?", (now_iso(), name))
+            doomed = self._evict_rows()
         self._unlink(doomed)
 
     def closed_prediction_logs(self, now: datetime | None = None) -> list[Path]:
