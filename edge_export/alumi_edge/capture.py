@@ -427,7 +427,13 @@ class CaptureStore:
         current = (now or datetime.now(UTC)).isoformat()[:13]
         with self._lock:
             done = {r[0] for r in self._db.execute("SELECT name FROM prediction_logs")}
-        return [p for p in sorted(self.logs_dir.glob("*.jsonl")) if p.stem < current and p.name not in done]
+        pending = []
+        for path in sorted(self.logs_dir.glob("*.jsonl")):
+            if path.name in done:  # synced, but the process died before it could delete the file
+                path.unlink(missing_ok=True)
+            elif path.stem < current:
+                pending.append(path)
+        return pending
 
     def mark_log_synced(self, path: Path) -> None:
         with self._lock:

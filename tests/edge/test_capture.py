@@ -415,3 +415,21 @@ def test_the_operator_files_are_package_data():
     shipped = {p for pattern in patterns["alumi_edge"] for p in (EDGE_SRC / "alumi_edge").glob(pattern)}
     assert {"operator.html", "operator.js", "operator.css"} <= {p.name for p in static.iterdir()}
     assert set(static.iterdir()) <= shipped
+
+
+def test_a_synced_prediction_log_left_behind_by_a_crash_is_removed_not_resent(tmp_path):
+    from datetime import UTC, datetime
+
+    from alumi_edge.capture import CaptureStore
+
+    store = CaptureStore(tmp_path / "capture")
+    try:
+        old = store.logs_dir / "2026-11-01T08.jsonl"
+        old.write_text('{"request_id": "a"}\n')
+        now = datetime(2026, 11, 2, tzinfo=UTC)
+        assert store.closed_prediction_logs(now) == [old]
+        store.mark_log_synced(old)
+        old.write_text('{"request_id": "a"}\n')  # as if killed between recording the sync and deleting the file
+        assert store.closed_prediction_logs(now) == [] and not old.exists()
+    finally:
+        store.close()
