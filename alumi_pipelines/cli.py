@@ -1,4 +1,5 @@
-"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi promote`, `alumi rollback`."""
+"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi export-labels`, `alumi promote`,
+`alumi rollback`."""
 
 from __future__ import annotations
 
@@ -159,6 +160,33 @@ def cmd_batches(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_export_labels(args, settings: Settings) -> int:
+    from alumi_pipelines.assets.gold import export_gold_labels
+    from alumi_pipelines.lib.vision.label_export import LabelExportError, check_image_mode
+
+    try:
+        copy_images = check_image_mode(args.images) == "copy"
+        result = export_gold_labels(
+            _lake(settings),
+            args.out,
+            args.format,
+            dataset_hash=args.dataset,
+            splits=args.split,
+            copy_images=copy_images,
+            force=args.force,
+        )
+    except LabelExportError as exc:
+        print(f"alumi export-labels: {exc}", file=sys.stderr)
+        return 2
+    splits = ", ".join(f"{s} {n}" for s, n in result["splits"].items())
+    print(
+        f"{result['format']}: {result['images']} images ({splits}), {result['boxes']} boxes, "
+        f"{len(result['classes'])} classes of gold dataset {result['dataset_hash']}, "
+        f"{result['images_copied']} images copied -> {result['out']}"
+    )
+    return 0
+
+
 def cmd_plant_demo_data(args, settings: Settings) -> int:
     from alumi_pipelines.assets.plant.sensor_raw import write_plant_demo
 
@@ -228,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batches", help="list complete landing batches and register them as partitions")
     p.add_argument("--tags", action="store_true", help="print `dagster job execute --tags` JSON covering all batches")
     p.set_defaults(fn=cmd_batches)
+
+    p = sub.add_parser(
+        "export-labels", help="write the gold labels for a labelling tool (COCO, YOLO or Label Studio) into a folder"
+    )
+    # --format, --split and --images are checked by the command (not argparse choices): bad input is one line, exit 2
+    p.add_argument("--format", required=True, metavar="{coco,yolo,labelstudio}", help="the labelling tool's format")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty; see --force)")
+    p.add_argument("--dataset", metavar="HASH", help="a gold dataset's content hash (default: the current one)")
+    p.add_argument(
+        "--split", nargs="+", action="extend", metavar="SPLIT", help="train | val | test (default: every split)"
+    )
+    p.add_argument("--images", default="copy", metavar="{copy,none}", help="copy the images too (default: copy)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    p.set_defaults(fn=cmd_export_labels)
 
     p = sub.add_parser("plant-demo-data", help="write simulated casting/rolling historian exports into landing/plant/")
     p.add_argument("--days", type=int, default=6)

@@ -180,7 +180,7 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
             "names": dict(enumerate(settings.classes)),
         }
         lake.write_bytes(lake_keys.gold_data_yaml_key(prefix), yaml.safe_dump(data_yaml, sort_keys=False).encode())
-        lake.write_table(lake_keys.gold_file_key(prefix, "labels.parquet"), plan.labels)
+        lake.write_table(lake_keys.gold_labels_key(prefix), plan.labels)
         lake.write_table(manifest_key, plan.manifest)  # written last: its presence means complete
     lake.write_json(lake_keys.GOLD_POINTER, {**info.pointer(), "updated_at": dt.datetime.now(dt.UTC).isoformat()})
     return info
@@ -232,3 +232,142 @@ def stage_gold(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(lake.read_bytes(lake_keys.gold_file_key(prefix, rel)))
     return root
+
+
+# -- gold → a labelling tool's folder (local) ------------------------------------------------------
+def export_gold_labels(
+    lake: Lake,
+    out_dir: str | Path,
+    fmt: str,
+    dataset_hash: str | None = None,
+    splits: list[str] | tuple[str, ...] | None = None,
+    copy_images: bool = True,
+    force: bool = False,
+) -> dict:
+    """Write the current gold dataset (or version ``dataset_hash``) as COCO, YOLO or Label Studio files.
+
+    The folder is built under a temporary name and renamed into place, so ``out_dir`` never holds a half
+    export. ``force`` replaces an earlier export (a folder holding ``alumi_export.json``), nothing else.
+    Images are read through the lake (local or Azure). Bad input raises ``LabelExportError`` naming the fix.
+    Returns the summary also written to ``alumi_export.json`` (plus ``out``).
+    """
+    import json
+
+    import yaml
+
+    from alumi_pipelines.lib.files import atomic_dir
+    from alumi_pipelines.lib.vision import label_export as lx
+
+    fmt = lx.check_format(fmt)
+    chosen = lx.check_splits(splits)
+    out = Path(out_dir).expanduser().absolute()
+    _check_export_target(out, force)
+    prefix, dataset_hash = _export_source(lake, dataset_hash)
+
+    data_yaml_bytes = lake.read_bytes(lake_keys.gold_data_yaml_key(prefix))
+    data_yaml = yaml.safe_load(data_yaml_bytes) or {}
+    classes = lx.class_names(data_yaml)
+    images = lx.export_images(lake.read_table(lake_keys.gold_manifest_key(prefix)), chosen)
+    labels_key = lake_keys.gold_labels_key(prefix)
+    if not lake.exists(labels_key):
+        raise lx.LabelExportError(
+            f"gold dataset {dataset_hash} has no label table ({lake.uri(labels_key)}): rebuild it (materialise "
+            "gold_dataset)"
+        )
+    labels = lx.export_labels(lake.read_table(labels_key), images, classes)
+
+    record = {
+        "tool": "alumi export-labels",
+        "format": fmt,
+        "dataset_hash": dataset_hash,
+        "classes": classes,
+        "splits": {s: int((images["split"] == s).sum()) for s in chosen},
+        "images": images.height,
+        "boxes": labels.height,
+        "images_copied": images.height if copy_images else 0,
+    }
+    with atomic_dir(out, replace=force) as tmp:
+        if fmt == "coco":
+            doc = lx.coco_document(images, labels, classes, dataset_hash)
+            _write_text(tmp / lx.COCO_FILE, json.dumps(doc, indent=2))
+        elif fmt == "labelstudio":
+            _write_text(
+                tmp / lx.LABEL_STUDIO_TASKS, json.dumps(lx.labelstudio_tasks(images, labels, classes), indent=2)
+            )
+            _write_text(tmp / lx.LABEL_STUDIO_CONFIG, lx.labelstudio_config(classes))
+        else:
+            if tuple(chosen) == SPLITS:
+                (tmp / lx.DATA_YAML).write_bytes(data_yaml_bytes)
+            else:
+                doc = lx.yolo_data_yaml(data_yaml, chosen)
+                _write_text(tmp / lx.DATA_YAML, yaml.safe_dump(doc, sort_keys=False))
+            _copy_gold_files(lake, prefix, images["label_file"].to_list(), tmp)
+        if copy_images:
+            _copy_gold_files(lake, prefix, images["file"].to_list(), tmp)
+        _write_text(tmp / lx.EXPORT_RECORD, json.dumps(record, indent=2))
+    return {**record, "out": str(out)}
+
+
+def _check_export_target(out: Path, force: bool) -> None:
+    from alumi_pipelines.lib.vision.label_export import EXPORT_RECORD, LabelExportError
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise LabelExportError(f"--out {out} exists and is not a folder: give a new or empty folder")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise LabelExportError(f"--out {out} is not empty: give a new or empty folder, or --force to replace it")
+    if not (out / EXPORT_RECORD).is_file():
+        raise LabelExportError(
+            f"--out {out} is not empty and is not an earlier export (no {EXPORT_RECORD}): --force only replaces an "
+            "export; give a new or empty folder"
+        )
+
+
+def _export_source(lake: Lake, dataset_hash: str | None) -> tuple[str, str]:
+    """(gold prefix, dataset hash) of the dataset to export: ``dataset_hash``'s folder, else the current one."""
+    from alumi_pipelines.lib.vision.label_export import LabelExportError, check_dataset_hash
+
+    if dataset_hash is None:
+        if not lake.exists(lake_keys.GOLD_POINTER):
+            raise LabelExportError(
+                f"no gold dataset yet ({lake.uri(lake_keys.GOLD_POINTER)} does not exist): materialise gold_dataset "
+                "first (dagster asset materialize -m alumi_pipelines.definitions --select gold_dataset)"
+            )
+        pointer = read_gold_pointer(lake)
+        return pointer["prefix"], pointer["dataset_hash"]
+    dataset_hash = check_dataset_hash(dataset_hash)
+    prefix = lake_keys.gold_prefix(dataset_hash)
+    if not lake.exists(lake_keys.gold_manifest_key(prefix)):
+        known = [
+            h
+            for h in lake.list_dirs(lake_keys.GOLD_DATASETS)
+            if lake.exists(lake_keys.gold_manifest_key(lake_keys.gold_prefix(h)))
+        ]
+        listed = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "none"
+        raise LabelExportError(
+            f"unknown dataset hash {dataset_hash}: no complete gold dataset of that hash in the lake (known: "
+            f"{listed}); give one of those, or omit --dataset for the current one"
+        )
+    return prefix, dataset_hash
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def _copy_gold_files(lake: Lake, prefix: str, rels: list[str], root: Path, threads: int = 8) -> None:
+    """Copy files of a gold folder (paths relative to it) under ``root``, read through the lake."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def copy(rel: str) -> None:
+        data = lake.read_bytes(lake_keys.gold_file_key(prefix, rel))  # refuses '..' and absolute paths
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(copy, rels))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -52,3 +55,38 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) ->
         if os.path.exists(tmp):
             os.unlink(tmp)
     return full
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``path``; when the block ends, rename it into place.
+
+    Readers see no folder, the old one or the whole new one: if the block raises (or the process dies),
+    ``path`` is untouched and the temporary folder is removed (or left under a ``.tmp-`` name). An existing
+    ``path`` must be an empty folder unless ``replace``; the old folder is moved aside, then deleted.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if target.exists() or target.is_symlink():
+            if not target.is_dir() or target.is_symlink():
+                raise FileExistsError(f"{target} exists and is not a folder")
+            if not replace and any(target.iterdir()):
+                raise FileExistsError(f"{target} is not empty")
+            old = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-old-{target.name}"
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)  # put the old folder back
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -108,10 +108,11 @@ def corrections_incoming_key(name: str) -> str:
 
 # -- gold ------------------------------------------------------------------------------------------
 GOLD_POINTER = "gold/current.json"
+GOLD_DATASETS = "gold/datasets"  # one folder per dataset version, named by its content hash
 
 
 def gold_prefix(dataset_hash: str) -> str:
-    return f"gold/datasets/{dataset_hash}"
+    return f"{GOLD_DATASETS}/{dataset_hash}"
 
 
 def gold_file_key(prefix: str, rel: str) -> str:
@@ -121,6 +122,11 @@ def gold_file_key(prefix: str, rel: str) -> str:
 
 def gold_manifest_key(prefix: str) -> str:
     return gold_file_key(prefix, "manifest.parquet")  # written last: its presence means complete
+
+
+def gold_labels_key(prefix: str) -> str:
+    """The dataset's canonical label table: one row per box, normalised coordinates, with its split."""
+    return gold_file_key(prefix, "labels.parquet")
 
 
 def gold_data_yaml_key(prefix: str) -> str:

@@ -1,7 +1,8 @@
 """A tiny synthetic gold dataset (textured plates with bright/dark defects) written through the Lake.
 
 Follows the gold contract: ``gold/datasets/<hash>/`` with YOLO images/labels per split, ``data.yaml``,
-``manifest.parquet``, and the ``gold/current.json`` pointer. Benchmarks reuse it for their data.
+``labels.parquet`` (the canonical label table), ``manifest.parquet``, and the ``gold/current.json`` pointer.
+Benchmarks reuse it for their data.
 """
 
 from __future__ import annotations
@@ -86,22 +87,37 @@ def write_tiny_gold(
         digest.update(png + label.encode() + split.encode())
     dataset_hash = digest.hexdigest()[:16]
     prefix = f"gold/datasets/{dataset_hash}"
-    rows = []
+    rows, label_rows = [], []
     class_counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
     for (png, label), split in zip(images, splits):
         image_id = hashlib.sha256(png).hexdigest()
         lake.write_bytes(f"{prefix}/images/{split}/{image_id}.png", png)
         lake.write_bytes(f"{prefix}/labels/{split}/{image_id}.txt", label.encode())
         for line in label.splitlines():
-            class_counts[split][classes[int(line.split()[0])]] += 1
+            class_id, x, y, w, h = line.split()
+            class_counts[split][classes[int(class_id)]] += 1
+            label_rows.append(
+                {
+                    "image_id": image_id,
+                    "split": split,
+                    "class_id": int(class_id),
+                    "class_name": classes[int(class_id)],
+                    "x_center": float(x),
+                    "y_center": float(y),
+                    "width": float(w),
+                    "height": float(h),
+                }
+            )
         rows.append(
             {
                 "image_id": image_id,
                 "split": split,
                 "file": f"images/{split}/{image_id}.png",
+                "label_file": f"labels/{split}/{image_id}.txt",
                 "width": size,
                 "height": size,
                 "n_boxes": len(label.splitlines()),
+                "classes": ",".join(sorted({classes[int(line.split()[0])] for line in label.splitlines()})),
             }
         )
     data_yaml = {
@@ -112,6 +128,9 @@ def write_tiny_gold(
         "names": dict(enumerate(classes)),
     }
     lake.write_bytes(f"{prefix}/data.yaml", yaml.safe_dump(data_yaml, sort_keys=False).encode())
+    label_schema = {"image_id": pl.Utf8, "split": pl.Utf8, "class_id": pl.Int32, "class_name": pl.Utf8}
+    label_schema.update({c: pl.Float64 for c in ("x_center", "y_center", "width", "height")})
+    lake.write_table(f"{prefix}/labels.parquet", pl.DataFrame(label_rows, schema=label_schema, orient="row"))
     lake.write_table(f"{prefix}/manifest.parquet", pl.DataFrame(rows))
     pointer = {
         "dataset_hash": dataset_hash,
