@@ -23,6 +23,7 @@ from pydantic import Field
 
 from alumi_pipelines.assets.gold import read_gold_pointer
 from alumi_pipelines.assets.processed import read_processed
+from alumi_pipelines.assets.reports import publish_report
 from alumi_pipelines.assets.training.champion import champion_record
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
@@ -134,15 +135,5 @@ def drift_inputs(lake: Lake, recent_batches: int):
 
 def write_drift_report(lake: Lake, report_id: str, html: bytes, summary: dict) -> dict:
     """reports/drift/<id>.html + .json, then latest.json (what the drift sensor reads)."""
-    html_key = lake.write_bytes(lake_keys.drift_report_key(report_id, "html"), html)
-    json_key = lake.write_json(lake_keys.drift_report_key(report_id, "json"), summary)
-    latest = {
-        "report_id": report_id,
-        "passed": summary["passed"],
-        "drift_share": summary["drift_share"],
-        "html": html_key,
-        "json": json_key,
-        "batches": summary.get("batches", []),
-    }
-    lake.write_json(lake_keys.DRIFT_LATEST, latest)
-    return latest
+    latest = {"passed": summary["passed"], "drift_share": summary["drift_share"], "batches": summary.get("batches", [])}
+    return publish_report(lake, lake_keys.drift_report_key, lake_keys.DRIFT_LATEST, report_id, html, summary, latest)

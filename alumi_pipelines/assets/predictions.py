@@ -37,6 +37,7 @@ from dagster import (
 from pydantic import Field
 
 from alumi_pipelines.assets.metadata import counts_md, histogram_md, md_table
+from alumi_pipelines.assets.reports import publish_report
 from alumi_pipelines.assets.training.champion import champion_record
 from alumi_pipelines.partitions import prediction_days
 from alumi_pipelines.resources import lake_keys
@@ -323,19 +324,14 @@ def write_prediction_drift_report(lake: Lake, report_id: str, html: bytes, summa
     latest.json names the report of the newest day checked: checking an older day again writes its report
     but leaves latest.json on the newer day.
     """
-    html_key = lake.write_bytes(lake_keys.prediction_drift_report_key(report_id, "html"), html)
-    json_key = lake.write_json(lake_keys.prediction_drift_report_key(report_id, "json"), summary)
-    latest = {
-        "report_id": report_id,
-        "passed": summary["passed"],
-        "drift_share": summary["drift_share"],
-        "html": html_key,
-        "json": json_key,
-        "day": summary["day"],
-        "model_version": summary["model_version"],
-    }
-    latest_key = lake_keys.PREDICTION_DRIFT_LATEST
-    current = lake.read_json(latest_key) if lake.exists(latest_key) else {}
-    if str(current.get("day", "")) <= summary["day"]:
-        lake.write_json(latest_key, latest)
-    return latest
+    latest = {k: summary[k] for k in ("passed", "drift_share", "day", "model_version")}
+    return publish_report(
+        lake,
+        lake_keys.prediction_drift_report_key,
+        lake_keys.PREDICTION_DRIFT_LATEST,
+        report_id,
+        html,
+        summary,
+        latest,
+        newest_by="day",
+    )

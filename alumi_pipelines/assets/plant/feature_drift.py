@@ -24,6 +24,7 @@ from pydantic import Field
 
 from alumi_pipelines.assets.plant.risk_champion import champion_days
 from alumi_pipelines.assets.plant.sensor_features import plant_sensor_features, read_plant_features
+from alumi_pipelines.assets.reports import publish_report
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 
@@ -138,18 +139,20 @@ def plant_feature_drift(context: AssetExecutionContext, config: PlantDriftConfig
 # -- processed → reports (zone I/O) ----------------------------------------------------------------
 def write_drift_report(lake: Lake, result, *, report_id: str, extra: Mapping[str, Any]) -> dict:
     """Write the evidently report (HTML + JSON) and reports/plant_drift/latest.json; returns latest."""
-    html_key = lake.write_bytes(lake_keys.plant_drift_report_key(report_id, "html"), result.html)
-    json_key = lake.write_bytes(lake_keys.plant_drift_report_key(report_id, "json"), result.json)
     latest = {
-        "report_id": report_id,
         "passed": bool(result.passed),
         "drift_share": float(result.drift_share),
         "threshold_share": float(result.threshold_share),
         "drifted_columns": list(result.drifted_columns),
-        "html": html_key,
-        "json": json_key,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         **extra,
     }
-    lake.write_json(lake_keys.PLANT_DRIFT_LATEST, latest)
-    return latest
+    return publish_report(
+        lake,
+        lake_keys.plant_drift_report_key,
+        lake_keys.PLANT_DRIFT_LATEST,
+        report_id,
+        result.html,
+        result.json,
+        latest,
+    )
