@@ -64,7 +64,7 @@ retraining_job = define_asset_job(
 
 end_to_end_job = define_asset_job(
     "end_to_end_job",
-    selection=VISION - AssetSelection.groups("drift", "predictions"),
+    selection=VISION - AssetSelection.groups("drift", "predictions", "review"),
     partitions_def=landing_batches,
     tags=TRAINING_TAGS,
     description="Everything on the vision branch for the given landing batches: ingestion, corrections, gold, "
@@ -79,6 +79,14 @@ prediction_job = define_asset_job(
     description="One UTC day of edge prediction logs (predictions/<device>/<day>/) → one table per day in "
     "processed/predictions/, and the prediction_drift check of the champion's confidences and class mix against "
     "its first days in service; a failed check writes reports/prediction_drift/latest.json for drift_sensor.",
+)
+
+review_job = define_asset_job(
+    "review_job",
+    selection=AssetSelection.groups("review"),
+    tags=NO_RETRY_ON_FAILURE,
+    description="The review queue (edge frames kept for review, champion/label disagreements, drift outliers) → "
+    "Label Studio tasks with the champion's boxes as pre-annotations. review_sensor brings the reviews back.",
 )
 
 # -- plant branch ----------------------------------------------------------------------------------
@@ -109,6 +117,7 @@ JOBS = [
     retraining_job,
     end_to_end_job,
     prediction_job,
+    review_job,
     plant_risk_job,
     plant_retraining_job,
 ]

@@ -51,6 +51,15 @@ class Settings:
     release_key: str = field(
         metadata={"env": "ALUMI_RELEASE_KEY", "doc": "Ed25519 private key (PEM) that signs releases; empty: dev key"}
     )
+    label_studio_url: str = field(
+        metadata={"env": "ALUMI_LABEL_STUDIO_URL", "doc": "Label Studio server QA reviews in; empty: none"}
+    )
+    label_studio_files_root: str = field(
+        metadata={
+            "env": "ALUMI_LABEL_STUDIO_FILES_ROOT",
+            "doc": "the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (local lake); empty: the lake folder",
+        }
+    )
     k8s_training_config: str = field(
         metadata={"env": "ALUMI_K8S_TRAINING_CONFIG", "doc": "JSON dagster-k8s/config for training runs"}
     )
@@ -74,6 +83,8 @@ class Settings:
             drift_share=_number("ALUMI_DRIFT_SHARE", "0.5", float),
             retrain_corrections=_number("ALUMI_RETRAIN_CORRECTIONS", "20", int),
             release_key=_env("ALUMI_RELEASE_KEY", "").strip(),
+            label_studio_url=_env("ALUMI_LABEL_STUDIO_URL", "").strip(),
+            label_studio_files_root=_env("ALUMI_LABEL_STUDIO_FILES_ROOT", "").strip(),
             k8s_training_config=_k8s_config(_env("ALUMI_K8S_TRAINING_CONFIG", "")),
         )
 
@@ -132,6 +143,16 @@ def parse_classes(value: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"ALUMI_CLASSES={value!r} repeats a class name")
     return tuple(names)
+
+
+LABEL_STUDIO_API_KEY = "ALUMI_LABEL_STUDIO_API_KEY"
+
+
+def label_studio_api_key():
+    """ALUMI_LABEL_STUDIO_API_KEY as a Dagster ``EnvVar`` (resolved in the run, never shown in the UI), or ''."""
+    from dagster import EnvVar
+
+    return EnvVar(LABEL_STUDIO_API_KEY) if _env(LABEL_STUDIO_API_KEY, "").strip() else ""
 
 
 def training_run_tags(training_tag: str, base: dict[str, str]) -> dict[str, str]:

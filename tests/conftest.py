@@ -1,9 +1,11 @@
-"""Shared fixtures: an isolated ALUMI_HOME, a lake in a temp folder, and a guard against the network."""
+"""Shared fixtures: an isolated ALUMI_HOME, a lake in a temp folder, a guard against the network, and headless
+Chromium for the browser tests (Debian's package, driven by Playwright; no browser download)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -92,3 +94,28 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     yield attempts
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium not installed (Debian package `chromium`; scripts/install-services installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()

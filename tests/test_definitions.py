@@ -43,6 +43,7 @@ def test_definitions_contain_the_documented_names():
         "retraining_job",
         "end_to_end_job",
         "prediction_job",
+        "review_job",
         "plant_risk_job",
         "plant_retraining_job",
     }
@@ -55,6 +56,8 @@ def test_definitions_contain_the_documented_names():
         "gold_dataset",
         "edge_release",
         "edge_predictions",
+        "review_queue",
+        "label_studio_tasks",
         "plant_sensor_raw",
         "plant_sensor_features",
         "plant_feature_drift",
@@ -71,12 +74,18 @@ def test_definitions_contain_the_documented_names():
         "export",
         "release",
         "predictions",
+        "review",
         "plant_raw",
         "plant_features",
         "plant_risk",
         "plant_drift",
     }
-    assert {s.name for s in repo.sensor_defs} == {"landing_sensor", "corrections_sensor", "drift_sensor"}
+    assert {s.name for s in repo.sensor_defs} == {
+        "landing_sensor",
+        "corrections_sensor",
+        "drift_sensor",
+        "review_sensor",
+    }
     assert {s.name for s in repo.schedule_defs} == {"weekly_drift_schedule"}
 
 

@@ -1,4 +1,4 @@
-"""All I/O lives here: the lake, MLflow, the release registry."""
+"""All I/O lives here: the lake, MLflow, the release registry, Label Studio."""
 
 from __future__ import annotations
 
@@ -7,14 +7,21 @@ from alumi_pipelines.settings import Settings
 
 def build_resources(settings: Settings | None = None) -> dict:
     """The resources of the code location, from settings (env vars)."""
+    from alumi_pipelines.resources.label_studio import LabelStudio
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
     from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+    from alumi_pipelines.settings import label_studio_api_key
 
     settings = settings or Settings.from_env()
     return {
         "lake": lake_for(settings.lake_uri),
         "pipeline_settings": PipelineSettings.from_settings(settings),
         "mlflow": MlflowRegistry.from_settings(settings),
+        "label_studio": LabelStudio(
+            url=settings.label_studio_url,
+            api_key=label_studio_api_key(),
+            files_root=settings.label_studio_files_root,
+        ),
     }
 
 

@@ -208,6 +208,53 @@ class AzureLake(Lake):
             settings["default_credential_kwargs"] = dict(self.credential.kwargs)
         return settings
 
+    def share_url(self, key: str, hours: int) -> str | None:
+        """A read-only blob SAS URL of ``key`` valid for ``hours``: signed with the account key (connection string
+        or key credential), or with a user delegation key (DefaultAzureCredential). A lake reached through a
+        SAS token cannot sign one: its own token would be shared instead, so that is refused."""
+        from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+
+        location = parse_abfs_uri(self.base_uri)
+        settings = self._client_settings(location)
+        blob = self.path(key).split("/", 1)[1]
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        expiry = start + dt.timedelta(hours=hours, minutes=5)
+        signing: dict[str, Any] = {}
+        if settings.get("connection_string"):
+            parts = parse_connection_string(settings["connection_string"])
+            account = parts.get("AccountName")
+            endpoint = (
+                parts.get("BlobEndpoint")
+                or f"https://{account}.blob.{parts.get('EndpointSuffix') or 'core.windows.net'}"
+            )
+            signing["account_key"] = parts.get("AccountKey")
+        else:
+            account, endpoint = settings["account_name"], settings["endpoint"]
+            signing["account_key"] = settings.get("account_key")
+        if not signing["account_key"]:
+            if "default_credential_kwargs" not in settings:
+                raise AzureLakeError(
+                    f"lake {self.base_uri}: cannot sign a read link for {key} with {self.credential.credential_type} "
+                    f"credentials; use an account key ({ENV_ACCOUNT_KEY}) or DefaultAzureCredential"
+                )
+            from azure.identity import DefaultAzureCredential
+
+            service = BlobServiceClient(
+                endpoint, credential=DefaultAzureCredential(**settings["default_credential_kwargs"])
+            )
+            with self._azure_errors("sign a read link for", key):
+                signing = {"user_delegation_key": service.get_user_delegation_key(start, expiry)}
+        token = generate_blob_sas(
+            account_name=account,
+            container_name=location.container,
+            blob_name=blob,
+            permission=BlobSasPermissions(read=True),
+            start=start,
+            expiry=expiry,
+            **signing,
+        )
+        return f"{endpoint.rstrip('/')}/{location.container}/{urllib.parse.quote(blob)}?{token}"
+
     def _client_kwargs(self) -> dict:
         retries = max(0, self.max_retries)
         policy = _doubling_retry(

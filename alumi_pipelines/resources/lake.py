@@ -125,6 +125,11 @@ class Lake(ConfigurableResource):
         """The key as a local path when the lake is local, else None (stage it instead)."""
         return Path(self.path(key)) if self.is_local else None
 
+    def share_url(self, key: str, hours: int) -> str | None:
+        """An https URL that reads ``key`` for ``hours`` with no other credential; None for a lake on local disk
+        (a local tool reads the file itself)."""
+        return None
+
     # -- reading ------------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         location = self._locate()

@@ -11,6 +11,8 @@ Vision branch::
     models/evaluations/, models/onnx/<version>/, models/tensorrt/<version>/, models/champion.json
     releases/<version>/..., releases/channels/<channel>.json
     reports/drift/<id>.html|json, reports/drift/latest.json
+    review/queue.parquet, review/sent.parquet        the review queue and every image sent to Label Studio
+    review/predictions/<model>-c<conf>-n<max>.parquet  the champion's boxes on lake images (scored once per version)
 
 Plant branch (casting and rolling sensor data; one folder per production day, ``YYYY-MM-DD``)::
 
@@ -82,8 +84,11 @@ def quarantine_file_key(batch: str, path: str) -> str:
 PROCESSED_FEATURES = "processed/features"
 
 
+PROCESSED_IMAGES = "processed/images"
+
+
 def processed_image_key(image_id: str) -> str:
-    return f"processed/images/{image_id[:2]}/{image_id}.jpg"
+    return f"{PROCESSED_IMAGES}/{image_id[:2]}/{image_id}.jpg"
 
 
 def processed_features_key(batch: str) -> str:
@@ -104,6 +109,23 @@ CORRECTIONS_REJECTIONS = "quarantine/corrections/rejections.parquet"
 
 def corrections_incoming_key(name: str) -> str:
     return f"{CORRECTIONS_INCOMING}/{name}"
+
+
+def labelstudio_incoming_name(project_id: int, until: str) -> str:
+    """The file a Label Studio pull writes: its project and the newest task update it holds (compact UTC)."""
+    stamp = re.sub(r"[^0-9]", "", until)[:20] or "0"
+    return corrections_incoming_key(f"label-studio-p{int(project_id)}-{stamp}.json")
+
+
+# -- review ----------------------------------------------------------------------------------------
+REVIEW_QUEUE = "review/queue.parquet"  # the newest queue: image, reason, score, detail, pre-annotation
+REVIEW_SENT = "review/sent.parquet"  # every image imported into Label Studio: project, task id, reason, time
+REVIEW_PREDICTIONS = "review/predictions"
+
+
+def review_predictions_key(scoring: str) -> str:
+    """The champion's boxes on lake images for one scoring (model version, confidence, boxes per image)."""
+    return f"{REVIEW_PREDICTIONS}/{scoring}.parquet"
 
 
 # -- gold ------------------------------------------------------------------------------------------

@@ -26,6 +26,14 @@ from the image (``author``/``annotator``, ``timestamp``/``date_modified``) or fr
 rejected otherwise (by validation). The correction id is ``<file name>#<COCO image id>`` unless the image
 carries ``correction_id``.
 
+``*.json`` holding a list — reviewed tasks pulled from Label Studio (``review_sensor``), in Label Studio's own
+JSON export layout: ``id``, ``project``, ``data`` (``image_id``: the sha256; ``image``, ``width``, ``height``) and
+``annotations`` (``id``, ``completed_by`` (e-mail or user id), ``updated_at``, ``was_cancelled``, ``result``).
+Each annotation is a full relabel of the image, at the level of QA: its rectangles (percent of the frame the
+reviewer saw) become the image's boxes; a skipped task or the "no defect" verdict means no boxes. The id is
+``label-studio:<project>:<task>:<annotation>@<updated_at>``, so an annotation edited later is a new, newer
+correction that supersedes the earlier one, and the same version pulled twice is one correction.
+
 ``*.csv`` — a QA table with columns correction_id, image_id, action (add | remove | replace), class_name,
 x1, y1, x2, y2 (pixels of the original image), author, timestamp, tool.
 
@@ -261,6 +269,8 @@ def _parse_coco(name: str, text: str, names: Mapping[str, str]) -> tuple[list[Co
     except json.JSONDecodeError as exc:
         reason = f"malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         return [], [reject(name, exc.lineno, None, reason)]
+    if isinstance(doc, list):
+        return _parse_labelstudio(name, doc, names)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         return [], [reject(name, None, None, "not a COCO file: expected an object with an 'images' list")]
     info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
@@ -342,3 +352,55 @@ def _coco_record(name, record_id, img, anns, categories, info, tool, names) -> C
         timestamp=str(timestamp).strip(),
         source_file=name,
     )
+
+
+# -- Label Studio reviewed tasks ----------------------------------------------------------------------
+
+
+def _parse_labelstudio(name: str, tasks: list, names: Mapping[str, str]) -> tuple[list[Correction], list[dict]]:
+    from alumi_pipelines.lib.vision.labelstudio import ORIGIN, ReviewDocumentError, reviewed_boxes
+
+    records, rejects = [], []
+    for position, task in enumerate(tasks):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            rejects.append(reject(name, None, f"task {position}", "Label Studio task is not an object with 'data'"))
+            continue
+        data, task_id = task["data"], task.get("id", position)
+        ref = data.get("image_id") if isinstance(data.get("image_id"), str) else None
+        image_id = ref.strip().lower() if ref and _SHA256.match(ref.strip().lower()) else None
+        if image_id is None and isinstance(data.get("image"), str):
+            stem = PurePosixPath(data["image"].split("?d=")[-1]).stem.lower()
+            image_id = stem if _SHA256.match(stem) else _lookup_name(data["image"], names)
+        for annotation in task.get("annotations") or []:
+            if not isinstance(annotation, dict):
+                rejects.append(reject(name, None, f"task {task_id}", "annotation is not an object"))
+                continue
+            updated = str(annotation.get("updated_at") or annotation.get("created_at") or "").strip()
+            record_id = f"{ORIGIN}:{task.get('project', '')}:{task_id}:{annotation.get('id')}@{updated}"
+            try:
+                boxes, frame = reviewed_boxes(annotation, data)
+            except ReviewDocumentError as exc:
+                rejects.append(reject(name, None, record_id, f"Label Studio task {task_id}: {exc}"))
+                continue
+            author = annotation.get("completed_by")
+            if isinstance(author, dict):
+                author = author.get("email") or author.get("id")
+            records.append(
+                Correction(
+                    correction_id=record_id,
+                    kind="relabel",
+                    action="relabel",
+                    level="qa",
+                    origin=ORIGIN,
+                    image_id=image_id,
+                    image_ref=data.get("image") if isinstance(data.get("image"), str) else None,
+                    class_name=None,
+                    box=None,
+                    boxes=boxes,
+                    frame=frame,
+                    author="" if author is None else str(author).strip(),
+                    timestamp=updated,
+                    source_file=name,
+                )
+            )
+    return records, rejects
