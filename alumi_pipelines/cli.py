@@ -1,5 +1,14 @@
 """The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi export-labels`, `alumi promote`,
-`alumi rollback`."""
+`alumi rollback`, `alumi plant-demo-data`, `alumi plant-days`.
+
+Expected failures are one line on stderr, ``alumi <command>: <what went wrong>: <the fix>``, and an exit code:
+
+    0  done
+    1  nothing to do (no complete landing batch, no landed plant day)
+    2  usage or bad input: an unknown option, a bad ALUMI_* value, a path that is not a dataset, a bad lake key
+    3  not found: no such model version, no champion to roll back from
+    4  a service refused or could not be reached: the Azure lake, the MLflow server
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,16 @@ from alumi_pipelines.assets.raw import list_landing_batches, write_landing_file,
 from alumi_pipelines.assets.training.champion import sync_champion_record
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.settings import Settings
+
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_SERVICE = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    """An expected failure of a command: its message names the cause and the fix."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
 
 
 def _lake(settings: Settings):
@@ -107,7 +126,7 @@ def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] 
             write_landing_file(lake, batch, path.relative_to(source).as_posix(), path.read_bytes())
             copied += 1
     else:
-        raise SystemExit(f"alumi import: {source} is neither a folder nor a .zip archive")
+        raise CliError(f"{source} is neither a folder nor a .zip archive: give a dataset folder or a .zip file")
     if rejected:
         write_quarantine(lake, batch, rejected, lambda p: b"")
     marker = {
@@ -234,21 +253,34 @@ def cmd_rollback(args, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alumi", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="alumi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"alumi {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo-data", help="write synthetic aluminium images into landing/ (one batch per day)")
     p.add_argument("--images", type=int, default=40, help="images per day")
-    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--days", type=int, default=1, help="how many days, one batch each (default: 1)")
     p.add_argument("--start", help="first day (YYYY-MM-DD); default: so the last day is today")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same images")
     p.add_argument("--size", type=int, default=640, help="image side in pixels")
-    p.add_argument("--condition", choices=("nominal", "dark", "blurred"), default="nominal")
+    p.add_argument(
+        "--condition",
+        choices=("nominal", "dark", "blurred"),
+        default="nominal",
+        help="lighting/focus of the camera (dark and blurred drift from nominal)",
+    )
     p.set_defaults(fn=cmd_demo_data)
 
     p = sub.add_parser("import", help="copy an existing labelled dataset (folder or .zip) into landing/")
-    p.add_argument("path")
-    p.add_argument("--format", required=True, choices=("yolo", "voc", "coco", "labelme", "alumi"))
+    p.add_argument("path", help="the dataset: a folder or a .zip archive")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("yolo", "voc", "coco", "labelme", "alumi"),
+        help="how its labels are written",
+    )
     p.add_argument("--batch", help="batch id (default: import-<name>-<time>)")
     p.add_argument("--classes", help="the dataset's class names: 'a,b,c' or a classes.txt (YOLO ids index it)")
     p.set_defaults(fn=cmd_import)
@@ -272,10 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export_labels)
 
     p = sub.add_parser("plant-demo-data", help="write simulated casting/rolling historian exports into landing/plant/")
-    p.add_argument("--days", type=int, default=6)
+    p.add_argument("--days", type=int, default=6, help="production days (default: 6)")
     p.add_argument("--parts", type=int, default=90, help="parts (coils) per day")
     p.add_argument("--start", help="first day (YYYY-MM-DD); default: so the last day ended yesterday")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
     p.set_defaults(fn=cmd_plant_demo_data)
 
     p = sub.add_parser("plant-days", help="print `dagster job execute --tags` JSON covering every landed plant day")
@@ -293,9 +325,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alumi-pipelines")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _exit_code(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, message) of an expected failure; None for a bug, which keeps its traceback."""
+    from alumi_pipelines.resources.lake import LakeKeyError
+    from alumi_pipelines.resources.mlflow_registry import RegistryError
+
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, RegistryError):
+        return EXIT_NOT_FOUND, f"{exc}: list the versions in the MLflow UI (Models) or check --model / ALUMI_MODEL_NAME"
+    if isinstance(exc, LakeKeyError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_NOT_FOUND, str(exc)
+    if type(exc).__name__ in ("AzureLakeError",):
+        return EXIT_SERVICE, str(exc)
+    if type(exc).__name__ == "MlflowException":
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return EXIT_SERVICE, f"MLflow: {text}: check ALUMI_MLFLOW_URI"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args, Settings.from_env())
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"alumi {args.command}: {exc}; fix or unset the variable (README: Configuration)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.fn(args, settings)
+    except Exception as exc:
+        known = _exit_code(exc)
+        if known is None:
+            raise
+        code, message = known
+        print(f"alumi {args.command}: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
