@@ -140,24 +140,127 @@ def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] 
     return {"batch": batch, "files": copied, "rejected": len(rejected)}
 
 
+def dataset_files(source: Path) -> tuple[list[str], object]:
+    """The relative paths of a dataset folder or .zip archive and a reader of their bytes."""
+    if source.is_file() and zipfile.is_zipfile(source):
+        archive = zipfile.ZipFile(source)
+        members = {_safe_member(i.filename): i for i in archive.infolist() if not i.is_dir()}
+        members.pop(None, None)
+        return sorted(members), lambda rel: archive.read(members[rel])
+    if source.is_dir():
+        files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+        return files, lambda rel: (source / rel).read_bytes()
+    raise CliError(f"{source} is neither a folder nor a .zip archive: give a dataset folder or a .zip file")
+
+
+def dataset_class_names(source: Path, fmt: str, declared: list[str] | None) -> list[str]:
+    """The classes a dataset names, read with its format's parser (annotations only, no image decoded)."""
+    from alumi_pipelines.lib.vision.formats import parse_batch
+    from alumi_pipelines.lib.vision.labels import dataset_classes
+
+    files, read = dataset_files(source)
+    result = parse_batch(fmt, files, read, declared)
+    return dataset_classes(result.class_names, (box.class_name for image in result.images for box in image.boxes))
+
+
+def read_class_map(lake) -> dict | None:
+    return lake.read_json(lake_keys.CLASS_MAP) if lake.exists(lake_keys.CLASS_MAP) else None
+
+
+def write_class_map(lake, classes: list[str], source: str) -> None:
+    record = {"classes": list(classes), "source": source, "updated_at": dt.datetime.now(dt.UTC).isoformat()}
+    lake.write_json(lake_keys.CLASS_MAP, record)
+
+
+def check_import_classes(lake, settings: Settings, names: list[str], batch: str, extend: bool) -> str:
+    """Check the dataset's classes against the class map in force, before anything is copied; write the lake's
+    class map when this is the first import that names classes (or --extend-classes). Returns what was done."""
+    from alumi_pipelines.lib.vision.labels import unknown_classes
+
+    if not names:
+        raise CliError(
+            "the dataset names no classes (YOLO ids without classes.txt or data.yaml): give --classes a,b,c or a "
+            "classes.txt (one name per line, in id order)"
+        )
+    if settings.class_source == "ALUMI_CLASSES":
+        unknown = unknown_classes(settings.classes, names)
+        if unknown:
+            raise CliError(
+                f"the dataset names {', '.join(unknown)}, which ALUMI_CLASSES ({', '.join(settings.classes)}) does "
+                "not have: add them to ALUMI_CLASSES, or unset it to use the lake's class map"
+            )
+        return f"classes: {len(names)} of ALUMI_CLASSES"
+    current = read_class_map(lake)
+    if current is None:
+        write_class_map(lake, names, f"alumi import {batch}")
+        return f"the lake's class map is now {', '.join(names)} (from this dataset)"
+    unknown = unknown_classes(current["classes"], names)
+    if not unknown:
+        return f"classes: all {len(names)} in the lake's class map"
+    if not extend:
+        raise CliError(
+            f"the dataset names {', '.join(unknown)}, which the lake's class map ({', '.join(current['classes'])}) "
+            "does not have: run again with --extend-classes to add them, rename them in the dataset to the lake's "
+            "names (YOLO: --classes with the lake's names), or start a new lake (ALUMI_HOME)"
+        )
+    write_class_map(lake, [*current["classes"], *unknown], f"alumi import {batch} --extend-classes")
+    return f"the lake's class map gained {', '.join(unknown)}"
+
+
 def cmd_import(args, settings: Settings) -> int:
     from alumi_pipelines.settings import parse_classes
 
     source = Path(args.path).expanduser().resolve()
-    classes = list(parse_classes(args.classes)) if args.classes else None
+    try:
+        classes = list(parse_classes(args.classes)) if args.classes else None
+    except ValueError as exc:
+        raise CliError(f"--classes: {str(exc).replace('ALUMI_CLASSES=', '')}") from None
     if classes is None and args.format == "yolo":
         for candidate in ("classes.txt", "obj.names"):
             if (source / candidate).is_file():
                 classes = list(parse_classes(str(source / candidate)))
                 break
     batch = args.batch or f"import-{source.stem.lower().replace(' ', '-')}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
-    result = import_dataset(_lake(settings), source, args.format, batch, classes)
+    lake = _lake(settings)
+    names = dataset_class_names(source, args.format, classes)
+    said = check_import_classes(lake, settings, names, batch, args.extend_classes)
+    result = import_dataset(lake, source, args.format, batch, classes)
     print(
         f"{result['batch']}: copied {result['files']} files into landing "
-        f"({result['rejected']} archive members rejected)"
+        f"({result['rejected']} archive members rejected); {said}"
     )
     register_batches([batch])
     return 0
+
+
+def cmd_classes(args, settings: Settings) -> int:
+    from alumi_pipelines.lib.vision.labels import unknown_classes
+    from alumi_pipelines.settings import parse_classes
+
+    lake = _lake(settings)
+    current = read_class_map(lake)
+    if args.set or args.add:
+        try:
+            given = list(parse_classes(args.set or args.add))
+        except ValueError as exc:
+            raise CliError(str(exc).replace("ALUMI_CLASSES=", "--set/--add ")) from None
+        old = list(current["classes"]) if current else []
+        new = given if args.set else [*old, *unknown_classes(old, given)]
+        if old and new[: len(old)] != old:
+            raise CliError(
+                f"--set {', '.join(new)} would change the ids of the lake's classes ({', '.join(old)}): keep them "
+                "first and in order (append new ones with --add), or start a new lake (ALUMI_HOME)"
+            )
+        write_class_map(lake, new, "alumi classes")
+        current = read_class_map(lake)
+    if current is None:
+        print(f"no class map in the lake yet; in force: {', '.join(settings.classes)} ({settings.class_source})")
+        return EXIT_OK
+    print("\n".join(f"{i}\t{name}" for i, name in enumerate(current["classes"])))
+    print(f"({current['source']}, {current['updated_at']})", file=sys.stderr)
+    if settings.class_source == "ALUMI_CLASSES" and list(settings.classes) != list(current["classes"]):
+        print(f"note: ALUMI_CLASSES overrides it: {', '.join(settings.classes)}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_batches(args, settings: Settings) -> int:
@@ -283,7 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", help="batch id (default: import-<name>-<time>)")
     p.add_argument("--classes", help="the dataset's class names: 'a,b,c' or a classes.txt (YOLO ids index it)")
+    p.add_argument(
+        "--extend-classes",
+        action="store_true",
+        help="add the dataset's classes the lake's class map does not have yet (appended: existing ids stay)",
+    )
     p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("classes", help="show or change the lake's class map (the class names and their ids)")
+    p.add_argument("--set", metavar="A,B,C", help="set the class map (a new lake, or one whose labels it extends)")
+    p.add_argument("--add", metavar="X,Y", help="append classes to the class map (existing ids stay)")
+    p.set_defaults(fn=cmd_classes)
 
     p = sub.add_parser("batches", help="list complete landing batches and register them as partitions")
     p.add_argument("--tags", action="store_true", help="print `dagster job execute --tags` JSON covering all batches")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alumi_pipelines.lib.training.profiles import PROFILES
 
-# The synthetic aluminium defect classes; a user's own dataset sets ALUMI_CLASSES instead.
+# The synthetic aluminium defect classes: the class map of a lake no import has named classes for yet.
 DEFAULT_CLASSES = ("scratch", "dent", "pit", "crack", "stain")
 
 
@@ -34,7 +34,10 @@ class Settings:
     )
     profile: str = field(metadata={"env": "ALUMI_PROFILE", "doc": "ci | cpu | gpu"})
     classes: tuple[str, ...] = field(
-        metadata={"env": "ALUMI_CLASSES", "doc": "comma-separated class names, or a path to a classes.txt"}
+        metadata={
+            "env": "ALUMI_CLASSES",
+            "doc": "override of the lake's class map: comma-separated names, or a path to a classes.txt",
+        }
     )
     image_size: int = field(metadata={"env": "ALUMI_IMAGE_SIZE", "doc": "longest side of processed images"})
     min_image_side: int = field(metadata={"env": "ALUMI_MIN_IMAGE_SIDE", "doc": "smaller images are quarantined"})
@@ -64,16 +67,23 @@ class Settings:
         metadata={"env": "ALUMI_K8S_TRAINING_CONFIG", "doc": "JSON dagster-k8s/config for training runs"}
     )
 
+    class_source: str = field(
+        default="ALUMI_CLASSES",
+        metadata={"env": "", "doc": "where the class names came from: ALUMI_CLASSES, the lake, or the default"},
+    )
+
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(_env("ALUMI_HOME", ".alumi")).expanduser().resolve()
+        classes, class_source = resolve_classes(_env("ALUMI_CLASSES", ""), _env("ALUMI_LAKE_URI", str(home / "lake")))
         return cls(
             home=home,
             lake_uri=_env("ALUMI_LAKE_URI", str(home / "lake")),
             mlflow_uri=_env("ALUMI_MLFLOW_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifacts_uri=_env("ALUMI_MLFLOW_ARTIFACTS", str(home / "mlflow" / "artifacts")),
             profile=_profile(_env("ALUMI_PROFILE", "cpu")),
-            classes=parse_classes(_env("ALUMI_CLASSES", ",".join(DEFAULT_CLASSES))),
+            classes=classes,
+            class_source=class_source,
             image_size=_number("ALUMI_IMAGE_SIZE", "640", int),
             min_image_side=_number("ALUMI_MIN_IMAGE_SIDE", "32", int),
             split_seed=_number("ALUMI_SPLIT_SEED", "0", int),
@@ -91,7 +101,7 @@ class Settings:
     @classmethod
     def documented(cls) -> list[tuple[str, str, str]]:
         """(env var, field, doc) for every setting; the README's configuration table lists them."""
-        return [(f.metadata["env"], f.name, f.metadata["doc"]) for f in fields(cls)]
+        return [(f.metadata["env"], f.name, f.metadata["doc"]) for f in fields(cls) if f.metadata["env"]]
 
 
 def _number(name: str, default: str, kind: type):
@@ -128,6 +138,36 @@ def _profile(value: str) -> str:
     if value not in PROFILES:
         raise ValueError(f"ALUMI_PROFILE={value!r} is not one of {', '.join(PROFILES)}")
     return value
+
+
+def lake_class_map(lake_uri: str) -> tuple[str, ...] | None:
+    """The class map a local lake keeps (``meta/classes.json``, written by ``alumi import`` / ``alumi classes``);
+    None without one, or for an object-store lake (set ALUMI_CLASSES there: definitions load without I/O)."""
+    from alumi_pipelines.resources.lake_keys import CLASS_MAP
+
+    if "://" in lake_uri and not lake_uri.startswith("file://"):
+        return None
+    path = Path(lake_uri.removeprefix("file://")).expanduser() / CLASS_MAP
+    try:
+        names = json.loads(path.read_text())["classes"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a class map ({exc}); fix it with `alumi classes --set a,b,c`") from None
+    ok = isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)
+    if not ok or len(set(names)) != len(names):
+        raise ValueError(f"{path}: 'classes' must be a list of distinct names; fix it with `alumi classes --set a,b,c`")
+    return tuple(names)
+
+
+def resolve_classes(override: str, lake_uri: str) -> tuple[tuple[str, ...], str]:
+    """(class names, where they come from): ALUMI_CLASSES, else the lake's class map, else the demo classes."""
+    if override.strip():
+        return parse_classes(override), "ALUMI_CLASSES"
+    found = lake_class_map(lake_uri)
+    if found:
+        return found, "the lake's class map"
+    return DEFAULT_CLASSES, "the default (synthetic) classes"
 
 
 def parse_classes(value: str) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -66,11 +67,13 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
     description="No image (by content hash) appears in more than one split of the current gold dataset. "
     "Failing means test scores would be inflated by training images.",
 )
-def no_split_leakage(lake: Lake) -> AssetCheckResult:
+def no_split_leakage(context: AssetCheckExecutionContext, lake: Lake) -> AssetCheckResult:
     import polars as pl
 
     manifest = read_gold_manifest(lake)
     leaked = manifest.group_by("image_id").agg(pl.col("split").n_unique().alias("n")).filter(pl.col("n") > 1)
+    if leaked.height:
+        context.log.error(f"blocking check no_split_leakage failed: {leaked.height} images are in more than one split")
     return AssetCheckResult(
         passed=leaked.is_empty(),
         metadata={
@@ -87,10 +90,21 @@ def no_split_leakage(lake: Lake) -> AssetCheckResult:
     description="Train and val are non-empty and every class has training boxes. Failing means a model "
     "trained now could not learn or be evaluated on some class.",
 )
-def splits_cover_classes(lake: Lake) -> AssetCheckResult:
+def splits_cover_classes(context: AssetCheckExecutionContext, lake: Lake) -> AssetCheckResult:
     pointer = read_gold_pointer(lake)
     missing = [c for c in pointer["classes"] if pointer["class_counts"]["train"].get(c, 0) == 0]
     empty = [s for s in ("train", "val") if pointer["counts"].get(s, 0) == 0]
+    if missing or empty:  # said in the run's log too, so `dagster job execute` prints why it stopped
+        context.log.error(
+            "blocking check splits_cover_classes failed: "
+            + (
+                f"no training boxes for {', '.join(missing)} (classes {', '.join(pointer['classes'])}); "
+                if missing
+                else ""
+            )
+            + (f"empty split(s) {', '.join(empty)}; " if empty else "")
+            + "label those classes, or remove them from the class map (`alumi classes`, ALUMI_CLASSES)"
+        )
     return AssetCheckResult(
         passed=not missing and not empty,
         metadata={

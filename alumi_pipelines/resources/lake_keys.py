@@ -2,6 +2,7 @@
 
 Vision branch::
 
+    meta/classes.json                                the lake's class map (first import that names classes)
     landing/<batch>/...                              files as a camera station or `alumi import` dropped them
     raw/images/ab/<sha>.<ext>, raw/manifests|labels/<batch>.parquet
     quarantine/<batch>/rejections.parquet, quarantine/<batch>/files/...
@@ -38,6 +39,9 @@ import datetime as dt
 import re
 
 from alumi_pipelines.lib.vision.formats import BATCH_MARKER
+
+# -- the lake's own records ------------------------------------------------------------------------
+CLASS_MAP = "meta/classes.json"  # the lake's class map: {"classes": [...], "source": ..., "updated_at": ...}
 
 # -- landing ---------------------------------------------------------------------------------------
 LANDING = "landing"

@@ -20,6 +20,7 @@ def test_alumi_import_yolo_folder_then_ingest(cli_env, tmp_path):
     (src / "labels" / "img 2.txt").write_text("7 0.5 0.5 0.2 0.2\n")  # class 7 is not in classes.txt
     out = run([BIN / "alumi", "import", src, "--format", "yolo", "--batch", "import-test"], cli_env)
     assert "copied 7 files" in out.stdout  # 3 images, 3 labels, classes.txt
+    assert "the lake's class map is now Scratch, Dent (from this dataset)" in out.stdout
     tags = run([BIN / "alumi", "batches", "--tags"], cli_env).stdout.strip()
     run(
         [BIN / "dagster", "job", "execute", "-m", "alumi_pipelines.definitions", "-j", "ingestion_job", "--tags", tags],
@@ -27,7 +28,7 @@ def test_alumi_import_yolo_folder_then_ingest(cli_env, tmp_path):
     )
     lake = Path(cli_env["ALUMI_HOME"]) / "lake"
     labels = pl.read_parquet(lake / "processed" / "labels" / "import-test.parquet")
-    assert sorted(labels["class_name"].to_list()) == ["dent", "scratch"]
+    assert sorted(labels["class_name"].to_list()) == ["Dent", "Scratch"]  # the lake's class map: its classes.txt
     reasons = pl.read_parquet(lake / "quarantine" / "import-test" / "rejections.parquet")["reason"].to_list()
     assert any("7" in r for r in reasons)
 

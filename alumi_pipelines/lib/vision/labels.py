@@ -83,5 +83,23 @@ class ClassMap:
         return ClassMap(self.names, {**extra, **self.aliases})
 
 
+def dataset_classes(class_names: Sequence[str] | None, box_names: Iterable[str]) -> list[str]:
+    """The classes a dataset names: its declared list (e.g. a YOLO classes.txt) when it has one, else the
+    distinct class names of its boxes in order of first appearance. Numeric YOLO ids are not names."""
+    if class_names:
+        return list(class_names)
+    seen: dict[str, str] = {}
+    for name in box_names:
+        if name.strip() and not name.strip().isdigit():
+            seen.setdefault(_norm(name), name.strip())
+    return list(seen.values())
+
+
+def unknown_classes(class_map: Sequence[str], names: Iterable[str]) -> list[str]:
+    """The names that do not resolve in the class map (case, spaces, dashes and underscores ignored)."""
+    known = {_norm(n) for n in class_map}
+    return [n for n in names if _norm(n) not in known]
+
+
 def _norm(name: str) -> str:
     return " ".join(name.strip().lower().replace("_", " ").replace("-", " ").split())
