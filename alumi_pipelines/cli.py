@@ -19,7 +19,7 @@ from alumi_pipelines.settings import Settings
 def _lake(settings: Settings):
     from alumi_pipelines.resources import lake_for
 
-    return lake_for(settings.lake_uri, deferred=False)
+    return lake_for(settings.lake_uri, deferred=False, concurrency=settings.lake_concurrency)
 
 
 def register_batches(batch_ids: list[str]) -> list[str]:
