@@ -250,7 +250,7 @@ def stage_gold(
     work: Path,
     splits: tuple[str, ...] = SPLITS,
     only: set[str] | None = None,
-    cache: ContentCache | None = None,
+    cache: "ContentCache | None" = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """A gold dataset version as a local YOLO folder (``data.yaml``, ``images/<split>/``, ``labels/<split>/``).
