@@ -237,9 +237,9 @@ def read_gold_manifest(lake: Lake):
 
 
 def gold_prefix_for(lake: Lake, dataset_hash: str | None) -> str:
-    """The gold folder of ``dataset_hash`` while it is still in the lake, else the current one."""
+    """The gold folder of ``dataset_hash`` while it is complete in the lake (its manifest), else the current one."""
     own = lake_keys.gold_prefix(dataset_hash) if dataset_hash else None
-    if own and lake.exists(lake_keys.gold_data_yaml_key(own)):
+    if own and lake.exists(lake_keys.gold_manifest_key(own)):
         return own
     return read_gold_pointer(lake)["prefix"]
 

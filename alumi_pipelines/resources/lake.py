@@ -280,7 +280,7 @@ class Lake(ConfigurableResource):
         full = location.path(key)
         if not location.local:
             try:
-                location.fs.pipe_file(full, data, overwrite=False)
+                location.fs.pipe_file(full, data, mode="create")  # fsspec: create-if-absent
             except FileExistsError:
                 return False
             return True
