@@ -1,5 +1,5 @@
-"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi export-labels`, `alumi promote`,
-`alumi rollback`."""
+"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi export-labels`, `alumi prune-gold`,
+`alumi promote`, `alumi rollback`."""
 
 from __future__ import annotations
 
@@ -187,6 +187,23 @@ def cmd_export_labels(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_prune_gold(args, settings: Settings) -> int:
+    from alumi_pipelines.assets.gold import prune_gold_versions
+
+    try:
+        result = prune_gold_versions(_lake(settings), args.keep, dry_run=args.dry_run)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"alumi prune-gold: {exc}", file=sys.stderr)
+        return 2
+    verb = "would delete" if args.dry_run else "deleted"
+    kept = ", ".join(f"{h[:12]} ({why})" for h, why in sorted(result["kept"].items(), key=lambda kv: kv[1])) or "none"
+    print(
+        f"{verb} {len(result['deleted'])} gold version(s) ({result['bytes']} bytes): "
+        f"{', '.join(h[:12] for h in result['deleted']) or 'none'}; kept {kept}"
+    )
+    return 0
+
+
 def cmd_plant_demo_data(args, settings: Settings) -> int:
     from alumi_pipelines.assets.plant.sensor_raw import write_plant_demo
 
@@ -270,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default="copy", metavar="{copy,none}", help="copy the images too (default: copy)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(fn=cmd_export_labels)
+
+    p = sub.add_parser(
+        "prune-gold", help="delete old gold dataset versions (keeps the current one, the champion's and --keep newest)"
+    )
+    p.add_argument("--keep", type=int, default=3, help="newest complete versions kept besides current and champion")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.set_defaults(fn=cmd_prune_gold)
 
     p = sub.add_parser("plant-demo-data", help="write simulated casting/rolling historian exports into landing/plant/")
     p.add_argument("--days", type=int, default=6)

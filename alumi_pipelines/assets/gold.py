@@ -387,6 +387,50 @@ def _stage_copies(lake: Lake, prefix: str, work: Path, splits: tuple[str, ...], 
     return root
 
 
+# -- pruning old versions ---------------------------------------------------------------------------
+INCOMPLETE_GRACE_S = 24 * 3600  # a version without its manifest this old is a build that died, not one running
+
+
+def prune_gold_versions(lake: Lake, keep: int, dry_run: bool = False, now: float | None = None) -> dict:
+    """Delete old gold versions: every complete version except the current one, the champion's and the ``keep``
+    newest; a version whose build died (no manifest) once its files are a day old. Each version loses its
+    manifest first (readers then see it as absent), then its other files. Images are never deleted: they live
+    in processed/ (a version written with copies takes its copies with it). Returns what was (or would be)
+    deleted and kept."""
+    import time
+
+    if keep < 0:
+        raise ValueError(f"--keep {keep}: must be 0 or more")
+    now = time.time() if now is None else now
+    versions: dict[str, list] = {}
+    for f in lake.list_files(lake_keys.GOLD_DATASETS):
+        versions.setdefault(f.key[len(lake_keys.GOLD_DATASETS) + 1 :].split("/", 1)[0], []).append(f)
+    protected = {}
+    if lake.exists(lake_keys.GOLD_POINTER):
+        protected[read_gold_pointer(lake)["dataset_hash"]] = "current"
+    if lake.exists(lake_keys.CHAMPION_RECORD):
+        champion = lake.read_json(lake_keys.CHAMPION_RECORD).get("dataset_hash")
+        if champion:
+            protected.setdefault(champion, "champion")
+    complete, incomplete = {}, []
+    for name, files in versions.items():
+        manifest = next((f for f in files if f.key == lake_keys.gold_manifest_key(lake_keys.gold_prefix(name))), None)
+        if manifest is not None:
+            complete[name] = manifest.mtime
+        elif now - max(f.mtime for f in files) > INCOMPLETE_GRACE_S:
+            incomplete.append(name)
+    newest = sorted((n for n in complete if n not in protected), key=lambda n: complete[n], reverse=True)[:keep]
+    kept = {**{n: "recent" for n in newest}, **{n: why for n, why in protected.items() if n in versions}}
+    doomed = sorted(n for n in complete if n not in kept) + sorted(incomplete)
+    freed = sum(f.size for n in doomed for f in versions[n])
+    if not dry_run:
+        for name in doomed:
+            prefix = lake_keys.gold_prefix(name)
+            lake.delete(lake_keys.gold_manifest_key(prefix))  # first: the version is absent from here on
+            lake.delete(prefix)
+    return {"deleted": doomed, "kept": kept, "bytes": freed, "dry_run": dry_run}
+
+
 # -- gold → a labelling tool's folder (local) ------------------------------------------------------
 def export_gold_labels(
     lake: Lake,
