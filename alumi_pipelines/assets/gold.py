@@ -281,10 +281,12 @@ def stage_gold(
         _say(log, f"gold {name}: already staged in {root}")
         return root
 
-    manifest = _cached_table(lake, lake_keys.gold_manifest_key(prefix), root / "manifest.parquet", "gold dataset")
+    manifest = _cached_table(
+        lake, lake_keys.gold_manifest_key(prefix), root / "manifest.parquet", keep_if=gold.is_manifest_version
+    )
     if not gold.is_manifest_version(manifest):
         return _stage_copies(lake, prefix, work, splits, only)
-    labels = _cached_table(lake, lake_keys.gold_labels_key(prefix), root / "labels.parquet", "gold dataset")
+    labels = _cached_table(lake, lake_keys.gold_labels_key(prefix), root / "labels.parquet")
     rows = manifest.filter(pl.col("split").is_in(wanted_splits))
     if only is not None:
         rows = rows.filter(pl.col("file").is_in(sorted(only)))
@@ -345,8 +347,11 @@ def _say(log: Callable[[str], None] | None, text: str) -> None:
         log(text)
 
 
-def _cached_table(lake: Lake, key: str, path: Path, what: str):
-    """An immutable lake table, read once and kept at ``path`` (a version's manifest and labels never change)."""
+def _cached_table(lake: Lake, key: str, path: Path, keep_if: Callable | None = None):
+    """An immutable lake table, read once and kept at ``path`` (a version's manifest and labels never change);
+    not kept when ``keep_if`` says no."""
+    import io
+
     import polars as pl
 
     if path.exists():
@@ -354,9 +359,11 @@ def _cached_table(lake: Lake, key: str, path: Path, what: str):
     try:
         data = lake.read_bytes(key)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{what} {key.rsplit('/', 1)[0]}: no such complete version in the lake") from exc
-    write_if_absent(path, data, fsync=False)
-    return pl.read_parquet(path)
+        raise FileNotFoundError(f"gold dataset {key.rsplit('/', 1)[0]}: no such complete version in the lake") from exc
+    table = pl.read_parquet(io.BytesIO(data))
+    if keep_if is None or keep_if(table):
+        write_if_absent(path, data, fsync=False)
+    return table
 
 
 def _stage_copies(lake: Lake, prefix: str, work: Path, splits: tuple[str, ...], only: set[str] | None) -> Path:
