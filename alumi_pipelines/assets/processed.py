@@ -155,12 +155,17 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     )
 
     may_be_absent = lake.absent_filter(lake_keys.PROCESSED_IMAGES)  # listed once: a known image costs no request
+    # on an object store, the local cache holds the raw images ingested on this machine (named by their sha256,
+    # the image id) and receives the processed ones, which staging for training then finds
+    cache = None if lake.is_local else settings.cache()
 
     def work(i: int):
         # read, normalise and write in the worker: file creation is slow on some disks and releases the GIL
         image_id, fmt = ids[i], formats[i]
         raw_key = lake_keys.raw_image_key(image_id, ".jpg" if fmt == "jpeg" else f".{fmt}")
-        data = lake.read_bytes(raw_key)
+        data = cache.get(image_id) if cache is not None else None
+        if data is None:
+            data = lake.read_bytes(raw_key)
         info = imaging.ImageInfo(widths[i], heights[i], channels[i], fmt)
         processed = imaging.normalise(data, info, settings.image_size, image_id=image_id)
         key = lake_keys.processed_image_key(image_id)
@@ -171,10 +176,15 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
         else:
             new = lake.write_if_absent(key, processed.data)
         digest = image_id if processed.data is data else sha256_hex(processed.data)
+        if cache is not None and digest != image_id:
+            cache.put(digest, processed.data)
+            cache.discard(image_id)  # the raw bytes are in the lake; the cache keeps what training reads
         # not the bytes: a batch can be large
         return processed.width, processed.height, processed.features, new, digest, len(processed.data)
 
     results = list(imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers)))
+    if cache is not None:
+        cache.prune()
     written = sum(r[3] for r in results)
     features = _empty_features()
     if results:

@@ -149,10 +149,13 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
         return data if data is not None else lake.read_bytes(key)
 
     may_be_absent = lake.absent_filter(lake_keys.RAW_IMAGES)  # listed once: a known image costs no request
+    cache = None if lake.is_local else settings.cache()  # processing on this machine then reads no raw image
     with lake.background() as submit:
 
         def store(image_id: str, ext: str, data: bytes) -> None:
             key = lake_keys.raw_image_key(image_id, ext)
+            if cache is not None:
+                cache.put(image_id, data)
             if may_be_absent(key):
                 submit(lake.write_if_absent, key, data)
 

@@ -70,6 +70,28 @@ class ContentCache:
         else:
             os.utime(target)
 
+    # -- bytes a step already holds ----------------------------------------------------------
+    def put(self, sha256: str, data: bytes) -> bool:
+        """Keep ``data`` as object ``sha256`` (checked); returns whether it was new."""
+        if sha256_hex(data) != sha256:
+            raise CacheError(f"bytes of sha256 {sha256_hex(data)} offered as {sha256}")
+        path = self.object_path(sha256)
+        return False if path.exists() else write_if_absent(path, data, fsync=False)
+
+    def get(self, sha256: str) -> bytes | None:
+        """Object ``sha256``'s bytes (marked used), or None when the cache does not hold it."""
+        path = self.object_path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+        return data
+
+    def discard(self, sha256: str) -> None:
+        self.object_path(sha256).unlink(missing_ok=True)
+
     # -- fetching ----------------------------------------------------------------------------
     def fetch(
         self,

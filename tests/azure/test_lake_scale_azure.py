@@ -25,7 +25,13 @@ from alumi_pipelines.settings import DEFAULT_CLASSES
 
 pytestmark = pytest.mark.azure
 
-SETTINGS = PipelineSettings(classes=list(DEFAULT_CLASSES), image_size=160, min_image_side=32, workers=2)
+
+@pytest.fixture
+def settings(tmp_path):
+    """Pipeline settings whose local cache (filled by ingestion, read by processing) is in the test's folder."""
+    return PipelineSettings(
+        classes=list(DEFAULT_CLASSES), image_size=160, workers=2, cache_dir=str(tmp_path / "ingest-cache")
+    )
 
 
 def _through(proxy: CuttingProxy, azure_env: dict, container: str, **options):
@@ -35,7 +41,7 @@ def _through(proxy: CuttingProxy, azure_env: dict, container: str, **options):
     )
 
 
-def _land_and_ingest(lake, batch: str, n: int, seed: int) -> None:
+def _land_and_ingest(lake, settings, batch: str, n: int, seed: int) -> None:
     from alumi_pipelines.lib.vision.synth import write_landing_batch
 
     write_landing_batch(
@@ -46,8 +52,8 @@ def _land_and_ingest(lake, batch: str, n: int, seed: int) -> None:
         seed=seed,
         size=192,
     )
-    ingest_landing_batch(lake, batch, SETTINGS)
-    process_batch(lake, batch, SETTINGS)
+    ingest_landing_batch(lake, batch, settings)
+    process_batch(lake, batch, settings)
 
 
 def _image_puts(proxy: CuttingProxy, container: str) -> int:
@@ -67,23 +73,27 @@ def _staged_files(root) -> dict[str, bytes]:
     return files
 
 
-def test_ingest_gold_and_staging_on_azurite_match_local_disk(azurite, azure_env, container, tmp_path, no_network):
+def test_ingest_gold_and_staging_on_azurite_match_local_disk(
+    azurite, azure_env, container, tmp_path, settings, no_network
+):
     on_disk = Lake(base_uri=str(tmp_path / "lake"))
     with CuttingProxy(azurite.port) as proxy:
         on_azure = _through(proxy, azure_env, container)
-        _land_and_ingest(on_disk, "day-1", 12, seed=1)
+        _land_and_ingest(on_disk, settings, "day-1", 12, seed=1)
         proxy.reset_counts()
-        _land_and_ingest(on_azure, "day-1", 12, seed=1)
+        _land_and_ingest(on_azure, settings, "day-1", 12, seed=1)
         images = len(on_azure.list_files(lake_keys.PROCESSED_IMAGES))
         assert images == 12
         assert _image_puts(proxy, container) == 2 * images  # one raw, one processed: no exists-then-write
+        raw_reads = [p for m, p in proxy.request_lines if m == "GET" and "/lake/raw/images/" in p]
+        assert raw_reads == []  # processing on the machine that ingested read the raw images from its cache
         assert proxy.requests["HEAD"] <= 8  # per step, not per image
         proxy.reset_counts()
-        ingest_landing_batch(on_azure, "day-1", SETTINGS)  # the same batch again: the lake holds every image
-        process_batch(on_azure, "day-1", SETTINGS)
+        ingest_landing_batch(on_azure, "day-1", settings)  # the same batch again: the lake holds every image
+        process_batch(on_azure, "day-1", settings)
         assert _image_puts(proxy, container) == 0
 
-        first = {name: build_gold(lake, SETTINGS) for name, lake in (("disk", on_disk), ("azure", on_azure))}
+        first = {name: build_gold(lake, settings) for name, lake in (("disk", on_disk), ("azure", on_azure))}
         assert first["disk"].dataset_hash == first["azure"].dataset_hash
         prefix = first["azure"].prefix
         for key in (lake_keys.gold_manifest_key(prefix), lake_keys.gold_labels_key(prefix)):
@@ -101,11 +111,11 @@ def test_ingest_gold_and_staging_on_azurite_match_local_disk(azurite, azure_env,
         assert sum(proxy.requests.values()) == 0  # staged once: a later step of the run asks the lake nothing
 
         # one new day: the new version adds a manifest and lists, and staging it fetches only the new images
-        _land_and_ingest(on_disk, "day-2", 6, seed=2)
-        _land_and_ingest(on_azure, "day-2", 6, seed=2)
+        _land_and_ingest(on_disk, settings, "day-2", 6, seed=2)
+        _land_and_ingest(on_azure, settings, "day-2", 6, seed=2)
         proxy.reset_counts()
-        second = build_gold(on_azure, SETTINGS)
-        assert second.dataset_hash == build_gold(on_disk, SETTINGS).dataset_hash != first["azure"].dataset_hash
+        second = build_gold(on_azure, settings)
+        assert second.dataset_hash == build_gold(on_disk, settings).dataset_hash != first["azure"].dataset_hash
         version_files = on_azure.list_files(second.prefix)
         assert len(version_files) == 6 and proxy.requests["PUT"] == 6 + 1  # the version's files + current.json
         image_bytes = sum(f.size for f in on_azure.list_files(lake_keys.PROCESSED_IMAGES))
@@ -115,14 +125,18 @@ def test_ingest_gold_and_staging_on_azurite_match_local_disk(azurite, azure_env,
         new_images = [line for line in proxy.request_lines if "/processed/images/" in line[1]]
         assert len(new_images) == 6  # only the new day's images were fetched
         assert _staged_files(new_root) == _staged_files(stage_gold(on_disk, second.prefix, tmp_path / "w3"))
+        # training on the machine that ingested: processing left every processed image in its cache
+        proxy.reset_counts()
+        stage_gold(on_azure, second.prefix, tmp_path / "w4", cache=settings.cache())
+        assert not [line for line in proxy.request_lines if "/lake/processed/images/" in line[1]]
     assert no_network == []
 
 
 def test_a_staging_fetch_cut_midway_leaves_no_partial_file_and_the_next_run_completes(
-    azurite, azure_env, container, azure_lake, tmp_path
+    azurite, azure_env, container, azure_lake, tmp_path, settings
 ):
-    _land_and_ingest(azure_lake, "day-1", 16, seed=3)
-    info = build_gold(azure_lake, SETTINGS)
+    _land_and_ingest(azure_lake, settings, "day-1", 16, seed=3)
+    info = build_gold(azure_lake, settings)
     cache = ContentCache(tmp_path / "cache", 1 << 30)
     image_bytes = sum(f.size for f in azure_lake.list_files(lake_keys.PROCESSED_IMAGES))
     # the downloads die about half way through the images (one transfer at a time: a cut inside a body)
