@@ -224,3 +224,90 @@ def _close(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+class ProxyProcess:
+    """A ``CuttingProxy`` in a process of its own (the network does not share the client's interpreter): the
+    delay is set and the counts are read over a loopback control socket."""
+
+    def __init__(self, target_port: int):
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, str(target_port)], stdout=subprocess.PIPE, text=True
+        )
+        assert self._process.stdout is not None
+        self.port, self._control = (int(x) for x in self._process.stdout.readline().split())
+
+    def _ask(self, **command) -> dict:
+        import json
+
+        with socket.create_connection(("127.0.0.1", self._control)) as conn:
+            conn.sendall(json.dumps(command).encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                reply += chunk
+        return json.loads(reply)
+
+    @property
+    def delay_s(self) -> float:
+        return self._ask()["delay_s"]
+
+    @delay_s.setter
+    def delay_s(self, value: float) -> None:
+        self._ask(delay_s=value)
+
+    def reset_counts(self) -> None:
+        self._ask(reset=True)
+
+    def counts(self) -> dict:
+        """{"requests": {method: n}, "request_lines": [[method, path], ...], "bytes_up": n, "bytes_down": n}"""
+        return self._ask(counts=True)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def _serve(target_port: int) -> None:
+    import json
+
+    proxy = CuttingProxy(target_port).start()
+    control = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    control.bind(("127.0.0.1", 0))
+    control.listen(4)
+    print(proxy.port, control.getsockname()[1], flush=True)
+    while True:
+        conn, _ = control.accept()
+        with conn:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                line += chunk
+            command = json.loads(line or b"{}")
+            if "delay_s" in command:
+                proxy.delay_s = float(command["delay_s"])
+            if command.get("reset"):
+                proxy.reset_counts()
+            reply: dict = {"delay_s": proxy.delay_s}
+            if command.get("counts"):
+                with proxy._lock:
+                    reply.update(
+                        requests=dict(proxy.requests),
+                        request_lines=list(proxy.request_lines),
+                        bytes_up=proxy.bytes_up,
+                        bytes_down=proxy.bytes_down,
+                    )
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve(int(sys.argv[1]))
