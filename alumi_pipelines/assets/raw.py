@@ -124,7 +124,6 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
     import polars as pl
 
     from alumi_pipelines.lib.vision import ingest
-    from alumi_pipelines.lib.vision.formats import IMAGE_SUFFIXES
     from alumi_pipelines.lib.vision.labels import label_schema
 
     ingest.check_batch_id(batch)
@@ -140,7 +139,9 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
 
     # annotation files are read by the parser one after another: fetch them all at once first
     annotations = lake.read_many(
-        lake_keys.landing_key(batch, p) for p in rel if PurePosixPath(p).suffix.lower() not in IMAGE_SUFFIXES
+        lake_keys.landing_key(batch, p)
+        for p in rel
+        if PurePosixPath(p).suffix.lower() in ingest.ANNOTATION_SUFFIXES and p != ingest.BATCH_MARKER
     )
 
     def read(path: str) -> bytes:
