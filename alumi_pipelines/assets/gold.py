@@ -300,9 +300,10 @@ def stage_gold(
     for image_id, file, label_file, image_key, sha in rows.select(
         "image_id", "file", "label_file", "image_key", "sha256"
     ).iter_rows():
-        # the label first: an image present in the folder always has its label file
-        write_if_absent(root / label_file, texts[image_id].encode(), fsync=False)
-        link_or_copy(lake.local_path(image_key) if local is not None else cache.object_path(sha), root / file)
+        # the label first: an image present in the folder always has its label file ('..' in a path is refused)
+        write_if_absent(root / check_key(label_file), texts[image_id].encode(), fsync=False)
+        source = lake.local_path(image_key) if local is not None else cache.object_path(sha)
+        link_or_copy(source, root / check_key(file))
     for rel in ("data.yaml", *gold.LIST_FILES.values()):
         target = root / rel
         if not target.exists():
