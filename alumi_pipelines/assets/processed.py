@@ -182,7 +182,9 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
         # not the bytes: a batch can be large
         return processed.width, processed.height, processed.features, new, digest, len(processed.data)
 
-    results = list(imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers)))
+    results = list(
+        imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers), chunk=lake.io_chunk())
+    )
     if cache is not None:
         cache.prune()
     written = sum(r[3] for r in results)

@@ -169,6 +169,7 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
             min_side=settings.min_image_side,
             store=store,
             workers=lake.io_workers(settings.workers),
+            chunk=lake.io_chunk(),
         )
     manifest_schema = {
         c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
