@@ -113,6 +113,10 @@ class Measure:
     def total(self) -> int:
         return sum(self.requests.values())
 
+    def image_reads(self) -> int:
+        """GETs of image files (processed images, or a copy-style version's copies)."""
+        return sum(1 for method, path in self.lines if method == "GET" and "/images/" in path.split("?")[0])
+
     def image_writes(self, container_path: str) -> int:
         return sum(
             1
@@ -248,7 +252,7 @@ def main() -> int:
     head = (
         f"{'delay ms':>8} {'days':>4} {'images':>6} {'processed MB':>12} {'raw+proc MB':>11} {'version files':>13} "
         f"{'version KB':>10} {'of processed':>12} {'of raw+proc':>11} {'build req':>9} {'build s':>7} {'local s':>7} "
-        f"{'stage KB down':>13} {'stage s':>7} {'local s':>7}"
+        f"{'stage KB down':>13} {'image GETs':>10} {'stage s':>7} {'local s':>7}"
     )
     print(head + "\n" + "-" * len(head))
     for row in gold_rows:
@@ -258,7 +262,7 @@ def main() -> int:
             f"{a['all_image_bytes'] / 1e6:>11.2f} {a['files']:>13} {a['bytes'] / 1e3:>10.1f} "
             f"{a['bytes'] / a['image_bytes']:>12.2%} {a['bytes'] / a['all_image_bytes']:>11.2%} {a['build'].total:>9} "
             f"{a['build'].seconds:>7.2f} {d['build'].seconds:>7.2f} {a['stage'].down / 1e3:>13.1f} "
-            f"{a['stage'].seconds:>7.2f} {d['stage'].seconds:>7.2f}"
+            f"{a['stage'].image_reads():>10} {a['stage'].seconds:>7.2f} {d['stage'].seconds:>7.2f}"
         )
     return 0
 
