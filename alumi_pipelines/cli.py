@@ -1,5 +1,5 @@
-"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi export-labels`, `alumi promote`,
-`alumi rollback`, `alumi plant-demo-data`, `alumi plant-days`.
+"""The pipeline CLI: `alumi demo-data`, `alumi import`, `alumi batches`, `alumi export-labels`,
+`alumi prune-gold`, `alumi promote`, `alumi rollback`, `alumi classes`, `alumi plant-demo-data`, `alumi plant-days`.
 
 Expected failures are one line on stderr, ``alumi <command>: <what went wrong>: <the fix>``, and an exit code:
 
@@ -38,7 +38,7 @@ class CliError(Exception):
 def _lake(settings: Settings):
     from alumi_pipelines.resources import lake_for
 
-    return lake_for(settings.lake_uri, deferred=False)
+    return lake_for(settings.lake_uri, deferred=False, concurrency=settings.lake_concurrency)
 
 
 def register_batches(batch_ids: list[str]) -> list[str]:
@@ -309,6 +309,23 @@ def cmd_export_labels(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_prune_gold(args, settings: Settings) -> int:
+    from alumi_pipelines.assets.gold import prune_gold_versions
+
+    try:
+        result = prune_gold_versions(_lake(settings), args.keep, dry_run=args.dry_run)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"alumi prune-gold: {exc}", file=sys.stderr)
+        return 2
+    verb = "would delete" if args.dry_run else "deleted"
+    kept = ", ".join(f"{h[:12]} ({why})" for h, why in sorted(result["kept"].items(), key=lambda kv: kv[1])) or "none"
+    print(
+        f"{verb} {len(result['deleted'])} gold version(s) ({result['bytes']} bytes): "
+        f"{', '.join(h[:12] for h in result['deleted']) or 'none'}; kept {kept}"
+    )
+    return 0
+
+
 def cmd_plant_demo_data(args, settings: Settings) -> int:
     from alumi_pipelines.assets.plant.sensor_raw import write_plant_demo
 
@@ -415,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default="copy", metavar="{copy,none}", help="copy the images too (default: copy)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(fn=cmd_export_labels)
+
+    p = sub.add_parser(
+        "prune-gold", help="delete old gold dataset versions (keeps the current one, the champion's and --keep newest)"
+    )
+    p.add_argument("--keep", type=int, default=3, help="newest complete versions kept besides current and champion")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.set_defaults(fn=cmd_prune_gold)
 
     p = sub.add_parser("plant-demo-data", help="write simulated casting/rolling historian exports into landing/plant/")
     p.add_argument("--days", type=int, default=6, help="production days (default: 6)")

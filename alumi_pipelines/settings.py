@@ -63,6 +63,15 @@ class Settings:
             "doc": "the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (local lake); empty: the lake folder",
         }
     )
+    cache_dir: Path = field(
+        metadata={"env": "ALUMI_CACHE_DIR", "doc": "local content-addressed cache of staged gold images"}
+    )
+    cache_max_gb: float = field(
+        metadata={"env": "ALUMI_CACHE_MAX_GB", "doc": "size bound of the cache (least recently used evicted)"}
+    )
+    lake_concurrency: int = field(
+        metadata={"env": "ALUMI_LAKE_CONCURRENCY", "doc": "storage requests in flight when a step moves many objects"}
+    )
     k8s_training_config: str = field(
         metadata={"env": "ALUMI_K8S_TRAINING_CONFIG", "doc": "JSON dagster-k8s/config for training runs"}
     )
@@ -95,6 +104,9 @@ class Settings:
             release_key=_env("ALUMI_RELEASE_KEY", "").strip(),
             label_studio_url=_env("ALUMI_LABEL_STUDIO_URL", "").strip(),
             label_studio_files_root=_env("ALUMI_LABEL_STUDIO_FILES_ROOT", "").strip(),
+            cache_dir=Path(_env("ALUMI_CACHE_DIR", str(home / "cache"))).expanduser().resolve(),
+            cache_max_gb=_number("ALUMI_CACHE_MAX_GB", "50", float),
+            lake_concurrency=_number("ALUMI_LAKE_CONCURRENCY", "16", int),
             k8s_training_config=_k8s_config(_env("ALUMI_K8S_TRAINING_CONFIG", "")),
         )
 

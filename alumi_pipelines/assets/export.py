@@ -24,7 +24,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from alumi_pipelines.assets.gold import gold_prefix_for, stage_gold
+from alumi_pipelines.assets.gold import gold_image_keys, gold_prefix_for, stage_gold
 from alumi_pipelines.assets.records import latest_record
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
@@ -75,10 +75,9 @@ def _champion_weights(mlflow: MlflowRegistry, tmpdir: Path) -> tuple[Path, Versi
 
 
 def gold_image_paths(lake: Lake, prefix: str, splits: tuple[str, ...]) -> dict[str, list[str]]:
-    """Gold-relative paths (``images/<split>/...``) of each split's images, sorted, from one listing."""
+    """Gold-relative paths (``images/<split>/...``) of each split's images, sorted, from the version's manifest."""
     found: dict[str, list[str]] = {split: [] for split in splits}
-    for f in lake.list_files(lake_keys.gold_file_key(prefix, "images")):
-        rel = f.key[len(prefix) + 1 :]
+    for rel in gold_image_keys(lake, prefix):
         parts = rel.split("/")
         if len(parts) > 2 and parts[1] in found and rel.lower().endswith(IMAGE_SUFFIXES):
             found[parts[1]].append(rel)
@@ -195,7 +194,7 @@ def onnx_parity(
         weights = mlflow.download_weights(record["model_version"], work / "champion")
         onnx_path = fetch_file(lake, record["onnx_key"], work / "model.onnx")
         prefix = gold_prefix_for(lake, record["dataset_hash"])
-        root = stage_gold(lake, prefix, work, splits=("test",))
+        root = stage_gold(lake, prefix, work, splits=("test",), cache=pipeline_settings.cache(), log=context.log.info)
         images = yolo_data.read_yolo_split(root, "test", len(record["names"]))
         report = accuracy.parity(
             weights,
@@ -252,9 +251,18 @@ def onnx_int8_model(
     with pipeline_settings.scratch(context.run.run_id, "onnx_int8_model") as work:
         fp32 = fetch_file(lake, record["onnx_key"], work / "model.onnx")
         prefix = gold_prefix_for(lake, record["dataset_hash"])
+        keys = gold_image_keys(lake, prefix)
         images = gold_image_paths(lake, prefix, ("train", "val", "test"))
         chosen = yolo_data.select_calibration_images(images["train"] + images["val"], config.calibration_images)
-        root = stage_gold(lake, prefix, work, splits=("train", "val", "test"), only=set(chosen) | set(images["test"]))
+        root = stage_gold(
+            lake,
+            prefix,
+            work,
+            splits=("train", "val", "test"),
+            only=set(chosen) | set(images["test"]),
+            cache=pipeline_settings.cache(),
+            log=context.log.info,
+        )
         calibration = [root / rel for rel in chosen]
         quant = quantize_int8(
             fp32,
@@ -273,7 +281,7 @@ def onnx_int8_model(
         lat_int8 = latency.session_latency(quant.path, paths, runs=config.latency_runs)
         key = lake.put_file(quant.path, lake_keys.onnx_model_key(version, "model_int8.onnx"))
         int8_sha = file_sha256(quant.path)
-        cal_list = [{"path": lake_keys.gold_file_key(prefix, rel), "sha256": file_sha256(root / rel)} for rel in chosen]
+        cal_list = [{"path": keys[rel], "sha256": file_sha256(root / rel)} for rel in chosen]
     speedup = lat_fp32.median_ms / lat_int8.median_ms if lat_int8.median_ms > 0 else 0.0
     int8 = {
         "model_version": version,

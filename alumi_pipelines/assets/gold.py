@@ -5,8 +5,10 @@
 """
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -21,10 +23,14 @@ from dagster import (
 
 from alumi_pipelines.assets.metadata import histogram_md
 from alumi_pipelines.assets.processed import read_processed
+from alumi_pipelines.lib.files import write_if_absent
 from alumi_pipelines.lib.vision.splits import SPLITS
 from alumi_pipelines.resources import lake_keys
-from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.lake import Lake, check_key
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+
+if TYPE_CHECKING:
+    from alumi_pipelines.resources.cache import ContentCache
 
 
 @asset(
@@ -153,7 +159,6 @@ class GoldInfo:
 def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
     """All processed batches (+ applied corrections) → a split YOLO dataset named by its content hash."""
     import polars as pl
-    import yaml
 
     from alumi_pipelines.lib.vision import gold
     from alumi_pipelines.lib.vision.corrections import corrected_labels
@@ -180,24 +185,59 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
     if lake.exists(manifest_key):
         info.reused = True
     else:
-        for row in plan.manifest.iter_rows(named=True):
-            image = lake.read_bytes(lake_keys.processed_image_key(row["image_id"]))
-            lake.write_bytes(lake_keys.gold_file_key(prefix, row["file"]), image)
-            lake.write_bytes(
-                lake_keys.gold_file_key(prefix, row["label_file"]), plan.label_text[row["image_id"]].encode()
-            )
-        data_yaml = {
-            "path": ".",
-            "train": "images/train",
-            "val": "images/val",
-            "test": "images/test",
-            "names": dict(enumerate(settings.classes)),
-        }
-        lake.write_bytes(lake_keys.gold_data_yaml_key(prefix), yaml.safe_dump(data_yaml, sort_keys=False).encode())
-        lake.write_table(lake_keys.gold_labels_key(prefix), plan.labels)
-        lake.write_table(manifest_key, plan.manifest)  # written last: its presence means complete
+        write_gold_version(lake, prefix, plan, features, list(settings.classes))
     lake.write_json(lake_keys.GOLD_POINTER, {**info.pointer(), "updated_at": dt.datetime.now(dt.UTC).isoformat()})
     return info
+
+
+def write_gold_version(lake: Lake, prefix: str, plan, features, classes: list[str]) -> None:
+    """A version's files: data.yaml, the YOLO list files and the label table, then the manifest (written last:
+    its presence means complete). No image is copied: each manifest row names its processed image
+    (``image_key``) and the sha256 of its bytes, which staging verifies."""
+    import polars as pl
+    import yaml
+
+    from alumi_pipelines.lib.vision import gold
+
+    manifest = plan.manifest.with_columns(
+        pl.col("image_id").map_elements(lake_keys.processed_image_key, return_dtype=pl.Utf8).alias("image_key")
+    )
+    stored = _stored_images(lake, features, manifest)
+    manifest = manifest.join(stored, on="image_id", how="left").sort(["split", "image_id"])
+    files = {lake_keys.gold_data_yaml_key(prefix): yaml.safe_dump(gold.data_yaml_doc(classes), sort_keys=False)}
+    for split, name in gold.LIST_FILES.items():
+        files[lake_keys.gold_file_key(prefix, name)] = gold.list_file_text(manifest, split)
+    lake.map(lambda item: lake.write_bytes(item[0], item[1].encode()), list(files.items()))
+    lake.write_table(lake_keys.gold_labels_key(prefix), plan.labels)
+    lake.write_table(lake_keys.gold_manifest_key(prefix), manifest)  # written last: its presence means complete
+
+
+def _stored_images(lake: Lake, features, manifest):
+    """(image_id, sha256, bytes) of each processed image of ``manifest``: from the processed features tables, or
+    for batches processed before they recorded it, by reading the image once (concurrently)."""
+    import polars as pl
+
+    from alumi_pipelines.lib.files import sha256_hex
+
+    schema = {"image_id": pl.Utf8, "sha256": pl.Utf8, "bytes": pl.Int64}
+    known = pl.DataFrame(schema=schema)
+    if "processed_sha256" in features.columns:
+        known = (
+            features.filter(pl.col("processed_sha256").is_not_null())
+            .select("image_id", pl.col("processed_sha256").alias("sha256"), pl.col("processed_bytes").alias("bytes"))
+            .unique(subset=["image_id"], keep="first", maintain_order=True)
+            .cast(schema)
+        )
+    missing = manifest.filter(~pl.col("image_id").is_in(known["image_id"].implode()))
+    if missing.is_empty():
+        return known
+
+    def digest(row: tuple[str, str]) -> tuple[str, str, int]:
+        data = lake.read_bytes(row[1])
+        return row[0], sha256_hex(data), len(data)
+
+    found = lake.map(digest, list(missing.select("image_id", "image_key").iter_rows()))
+    return pl.concat([known, pl.DataFrame(found, schema=schema, orient="row")])
 
 
 def read_gold_pointer(lake: Lake) -> dict:
@@ -211,21 +251,139 @@ def read_gold_manifest(lake: Lake):
 
 
 def gold_prefix_for(lake: Lake, dataset_hash: str | None) -> str:
-    """The gold folder of ``dataset_hash`` while it is still in the lake, else the current one."""
+    """The gold folder of ``dataset_hash`` while it is complete in the lake (its manifest), else the current one."""
     own = lake_keys.gold_prefix(dataset_hash) if dataset_hash else None
-    if own and lake.exists(lake_keys.gold_data_yaml_key(own)):
+    if own and lake.exists(lake_keys.gold_manifest_key(own)):
         return own
     return read_gold_pointer(lake)["prefix"]
 
 
 def stage_gold(
-    lake: Lake, prefix: str, work: Path, splits: tuple[str, ...] = SPLITS, only: set[str] | None = None
+    lake: Lake,
+    prefix: str,
+    work: Path,
+    splits: tuple[str, ...] = SPLITS,
+    only: set[str] | None = None,
+    cache: "ContentCache | None" = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """A gold dataset as a local YOLO folder: the lake's own folder when the lake is local, else a copy.
+    """A gold dataset version as a local YOLO folder (``data.yaml``, ``images/<split>/``, ``labels/<split>/``).
 
-    The copy holds ``data.yaml`` and the images of ``splits`` (only the gold-relative paths in ``only``, when
-    given) with their label files; the prefix is listed once.
+    A version written as a manifest is staged once per machine into ``cache`` (default: one under ``work``):
+    the folder ``datasets/<hash>`` of hard links to the cache's content-addressed objects (a local lake's own
+    files), label files from the version's label table. Only images missing from the cache are read, through
+    the lake's bounded pool, each checked against its sha256. Later steps and runs that stage the same version
+    find it ready (no lake request). ``only`` (gold-relative image paths) narrows the images staged.
+    Treat the folder as read-only (training mirrors it with links before writing label caches).
+
+    A version written with image copies (before manifests) is read as before: the lake's own folder when the
+    lake is local, else a copy under ``work``.
     """
+    import polars as pl
+
+    from alumi_pipelines.lib.vision import gold
+    from alumi_pipelines.resources.cache import ContentCache, link_or_copy
+
+    cache = cache or ContentCache(work / "cache", max_bytes=1 << 62)
+    name = PurePosixPath(prefix).name
+    root = cache.dataset_dir(name)
+    wanted_splits = [s for s in splits if only is not None or not (root / f".staged-{s}").exists()]
+    if only is not None:
+        wanted_splits = [s for s in wanted_splits if any(not (root / rel).exists() for rel in only if _in(rel, s))]
+    if not wanted_splits:  # staged before, by this run or an earlier one
+        cache.touch(root)
+        _say(log, f"gold {name}: already staged in {root}")
+        return root
+
+    manifest = _cached_table(
+        lake, lake_keys.gold_manifest_key(prefix), root / "manifest.parquet", keep_if=gold.is_manifest_version
+    )
+    if not gold.is_manifest_version(manifest):
+        return _stage_copies(lake, prefix, work, splits, only)
+    labels = _cached_table(lake, lake_keys.gold_labels_key(prefix), root / "labels.parquet")
+    rows = manifest.filter(pl.col("split").is_in(wanted_splits))
+    if only is not None:
+        rows = rows.filter(pl.col("file").is_in(sorted(only)))
+    cache.touch(root)
+
+    local = lake.local_path(prefix)
+    fetched = None
+    if local is None:
+        fetched = cache.fetch(dict(zip(rows["sha256"], rows["image_key"])), lake.read_bytes, lake.map)
+    texts = gold.label_texts(labels, rows["image_id"].to_list())
+    for image_id, file, label_file, image_key, sha in rows.select(
+        "image_id", "file", "label_file", "image_key", "sha256"
+    ).iter_rows():
+        # the label first: an image present in the folder always has its label file ('..' in a path is refused)
+        write_if_absent(root / check_key(label_file), texts[image_id].encode(), fsync=False)
+        source = lake.local_path(image_key) if local is not None else cache.object_path(sha)
+        link_or_copy(source, root / check_key(file))
+    for rel in ("data.yaml", *gold.LIST_FILES.values()):
+        target = root / rel
+        if not target.exists():
+            data = lake.read_bytes(lake_keys.gold_file_key(prefix, rel))
+            if rel == "data.yaml":  # an absolute path: the folder is read from anywhere
+                import yaml
+
+                doc = yaml.safe_load(data) or {}
+                data = yaml.safe_dump({**doc, "path": str(root)}, sort_keys=False).encode()
+            write_if_absent(target, data, fsync=False)
+    if only is None:
+        for split in wanted_splits:
+            (root / f".staged-{split}").touch()
+    evicted = cache.prune(keep={name})
+    if fetched is not None:
+        _say(
+            log,
+            f"gold {name}: staged {rows.height} images of {', '.join(wanted_splits)} in {root}: {fetched.fetched} "
+            f"fetched ({fetched.fetched_bytes} bytes), {fetched.hits} already cached"
+            + (f"; evicted {len(evicted)} cache entries" if evicted else ""),
+        )
+    return root
+
+
+def gold_image_keys(lake: Lake, prefix: str) -> dict[str, str]:
+    """Each image of a version, its gold-relative path (``images/<split>/<id>.jpg``) → the lake key holding its
+    bytes (the processed image for a manifest version, the copy in the version's folder for an older one)."""
+    from alumi_pipelines.lib.vision.gold import is_manifest_version
+
+    manifest = lake.read_table(lake_keys.gold_manifest_key(prefix))
+    if is_manifest_version(manifest):
+        return dict(zip(manifest["file"].to_list(), manifest["image_key"].to_list()))
+    return {rel: lake_keys.gold_file_key(prefix, rel) for rel in manifest["file"].to_list()}
+
+
+def _in(rel: str, split: str) -> bool:
+    return rel.startswith(f"images/{split}/")
+
+
+def _say(log: Callable[[str], None] | None, text: str) -> None:
+    if log is not None:
+        log(text)
+
+
+def _cached_table(lake: Lake, key: str, path: Path, keep_if: Callable | None = None):
+    """An immutable lake table, read once and kept at ``path`` (a version's manifest and labels never change);
+    not kept when ``keep_if`` says no."""
+    import io
+
+    import polars as pl
+
+    if path.exists():
+        return pl.read_parquet(path)
+    try:
+        data = lake.read_bytes(key)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"gold dataset {key.rsplit('/', 1)[0]}: no such complete version in the lake") from exc
+    table = pl.read_parquet(io.BytesIO(data))
+    if keep_if is None or keep_if(table):
+        write_if_absent(path, data, fsync=False)
+    return table
+
+
+def _stage_copies(lake: Lake, prefix: str, work: Path, splits: tuple[str, ...], only: set[str] | None) -> Path:
+    """A version written with image copies: the lake's own folder when local, else its files copied under
+    ``work`` (the prefix listed once, the files fetched concurrently)."""
     local = lake.local_path(prefix)
     if local is not None:
         if not local.is_dir():
@@ -241,11 +399,58 @@ def stage_gold(
         for rel in images:
             label = "labels/" + str(PurePosixPath(rel).relative_to("images").with_suffix(".txt"))
             wanted += [rel, *([label] if label in files else [])]
-    for rel in wanted:
+
+    def copy(rel: str) -> None:
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(lake.read_bytes(lake_keys.gold_file_key(prefix, rel)))
+
+    lake.map(copy, wanted)
     return root
+
+
+# -- pruning old versions ---------------------------------------------------------------------------
+INCOMPLETE_GRACE_S = 24 * 3600  # a version without its manifest this old is a build that died, not one running
+
+
+def prune_gold_versions(lake: Lake, keep: int, dry_run: bool = False, now: float | None = None) -> dict:
+    """Delete old gold versions: every complete version except the current one, the champion's and the ``keep``
+    newest; a version whose build died (no manifest) once its files are a day old. Each version loses its
+    manifest first (readers then see it as absent), then its other files. Images are never deleted: they live
+    in processed/ (a version written with copies takes its copies with it). Returns what was (or would be)
+    deleted and kept."""
+    import time
+
+    if keep < 0:
+        raise ValueError(f"--keep {keep}: must be 0 or more")
+    now = time.time() if now is None else now
+    versions: dict[str, list] = {}
+    for f in lake.list_files(lake_keys.GOLD_DATASETS):
+        versions.setdefault(f.key[len(lake_keys.GOLD_DATASETS) + 1 :].split("/", 1)[0], []).append(f)
+    protected = {}
+    if lake.exists(lake_keys.GOLD_POINTER):
+        protected[read_gold_pointer(lake)["dataset_hash"]] = "current"
+    if lake.exists(lake_keys.CHAMPION_RECORD):
+        champion = lake.read_json(lake_keys.CHAMPION_RECORD).get("dataset_hash")
+        if champion:
+            protected.setdefault(champion, "champion")
+    complete, incomplete = {}, []
+    for name, files in versions.items():
+        manifest = next((f for f in files if f.key == lake_keys.gold_manifest_key(lake_keys.gold_prefix(name))), None)
+        if manifest is not None:
+            complete[name] = manifest.mtime
+        elif now - max(f.mtime for f in files) > INCOMPLETE_GRACE_S:
+            incomplete.append(name)
+    newest = sorted((n for n in complete if n not in protected), key=lambda n: complete[n], reverse=True)[:keep]
+    kept = {**{n: "recent" for n in newest}, **{n: why for n, why in protected.items() if n in versions}}
+    doomed = sorted(n for n in complete if n not in kept) + sorted(incomplete)
+    freed = sum(f.size for n in doomed for f in versions[n])
+    if not dry_run:
+        for name in doomed:
+            prefix = lake_keys.gold_prefix(name)
+            lake.delete(lake_keys.gold_manifest_key(prefix))  # first: the version is absent from here on
+            lake.delete(prefix)
+    return {"deleted": doomed, "kept": kept, "bytes": freed, "dry_run": dry_run}
 
 
 # -- gold → a labelling tool's folder (local) ------------------------------------------------------
@@ -270,6 +475,7 @@ def export_gold_labels(
     import yaml
 
     from alumi_pipelines.lib.files import atomic_dir
+    from alumi_pipelines.lib.vision import gold
     from alumi_pipelines.lib.vision import label_export as lx
 
     fmt = lx.check_format(fmt)
@@ -281,14 +487,23 @@ def export_gold_labels(
     data_yaml_bytes = lake.read_bytes(lake_keys.gold_data_yaml_key(prefix))
     data_yaml = yaml.safe_load(data_yaml_bytes) or {}
     classes = lx.class_names(data_yaml)
-    images = lx.export_images(lake.read_table(lake_keys.gold_manifest_key(prefix)), chosen)
+    manifest = lake.read_table(lake_keys.gold_manifest_key(prefix))
+    images = lx.export_images(manifest, chosen)
     labels_key = lake_keys.gold_labels_key(prefix)
     if not lake.exists(labels_key):
         raise lx.LabelExportError(
             f"gold dataset {dataset_hash} has no label table ({lake.uri(labels_key)}): rebuild it (materialise "
             "gold_dataset)"
         )
-    labels = lx.export_labels(lake.read_table(labels_key), images, classes)
+    label_table = lake.read_table(labels_key)
+    labels = lx.export_labels(label_table, images, classes)
+    # where each file's bytes are: a manifest version names the processed image; label files come from the table
+    sources: dict[str, str | bytes] = {rel: lake_keys.gold_file_key(prefix, rel) for rel in manifest["file"]}
+    sources.update({rel: lake_keys.gold_file_key(prefix, rel) for rel in manifest["label_file"]})
+    if gold.is_manifest_version(manifest):
+        sources.update(zip(manifest["file"].to_list(), manifest["image_key"].to_list()))
+        texts = gold.label_texts(label_table, manifest["image_id"].to_list())
+        sources.update({rel: texts[i].encode() for rel, i in zip(manifest["label_file"], manifest["image_id"])})
 
     record = {
         "tool": "alumi export-labels",
@@ -315,9 +530,9 @@ def export_gold_labels(
             else:
                 doc = lx.yolo_data_yaml(data_yaml, chosen)
                 _write_text(tmp / lx.DATA_YAML, yaml.safe_dump(doc, sort_keys=False))
-            _copy_gold_files(lake, prefix, images["label_file"].to_list(), tmp)
+            _copy_gold_files(lake, sources, images["label_file"].to_list(), tmp)
         if copy_images:
-            _copy_gold_files(lake, prefix, images["file"].to_list(), tmp)
+            _copy_gold_files(lake, sources, images["file"].to_list(), tmp)
         _write_text(tmp / lx.EXPORT_RECORD, json.dumps(record, indent=2))
     return {**record, "out": str(out)}
 
@@ -373,15 +588,15 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
-def _copy_gold_files(lake: Lake, prefix: str, rels: list[str], root: Path, threads: int = 8) -> None:
-    """Copy files of a gold folder (paths relative to it) under ``root``, read through the lake."""
-    from concurrent.futures import ThreadPoolExecutor
+def _copy_gold_files(lake: Lake, sources: dict[str, str | bytes], rels: list[str], root: Path) -> None:
+    """Write files of a gold version (paths relative to it) under ``root``: ``sources`` gives each one's lake key
+    (read through the lake's bounded pool) or its bytes."""
 
     def copy(rel: str) -> None:
-        data = lake.read_bytes(lake_keys.gold_file_key(prefix, rel))  # refuses '..' and absolute paths
-        target = root / rel
+        source = sources[rel]
+        data = source if isinstance(source, bytes) else lake.read_bytes(source)
+        target = root / check_key(rel)  # a manifest path that would leave the folder ('..', absolute) is refused
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(copy, rels))
+    lake.map(copy, rels)

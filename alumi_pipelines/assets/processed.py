@@ -136,6 +136,7 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     """raw images of a batch → normalised JPEGs + a features table; raw labels → processed labels."""
     import polars as pl
 
+    from alumi_pipelines.lib.files import sha256_hex
     from alumi_pipelines.lib.vision import imaging
     from alumi_pipelines.lib.vision.labels import ClassMap
 
@@ -153,23 +154,39 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
         per_image[c].to_list() for c in ("image_id", "format", "width", "height", "channels")
     )
 
+    may_be_absent = lake.absent_filter(lake_keys.PROCESSED_IMAGES)  # listed once: a known image costs no request
+    # on an object store, the local cache holds the raw images ingested on this machine (named by their sha256,
+    # the image id) and receives the processed ones, which staging for training then finds
+    cache = None if lake.is_local else settings.cache()
+
     def work(i: int):
         # read, normalise and write in the worker: file creation is slow on some disks and releases the GIL
         image_id, fmt = ids[i], formats[i]
         raw_key = lake_keys.raw_image_key(image_id, ".jpg" if fmt == "jpeg" else f".{fmt}")
-        data = lake.read_bytes(raw_key)
+        data = cache.get(image_id) if cache is not None else None
+        if data is None:
+            data = lake.read_bytes(raw_key)
         info = imaging.ImageInfo(widths[i], heights[i], channels[i], fmt)
         processed = imaging.normalise(data, info, settings.image_size, image_id=image_id)
         key = lake_keys.processed_image_key(image_id)
-        if processed.data is data:  # already conforming: the processed zone shares the raw object
+        if not may_be_absent(key):
+            new = False
+        elif processed.data is data:  # already conforming: the processed zone shares the raw object
             new = lake.copy(raw_key, key)
         else:
-            new = not lake.exists(key)
-            if new:
-                lake.write_bytes(key, processed.data)
-        return processed.width, processed.height, processed.features, new  # not the bytes: a batch can be large
+            new = lake.write_if_absent(key, processed.data)
+        digest = image_id if processed.data is data else sha256_hex(processed.data)
+        if cache is not None and digest != image_id:
+            cache.put(digest, processed.data)
+            cache.discard(image_id)  # the raw bytes are in the lake; the cache keeps what training reads
+        # not the bytes: a batch can be large
+        return processed.width, processed.height, processed.features, new, digest, len(processed.data)
 
-    results = list(imaging.parallel_map(work, range(len(ids)), settings.workers))
+    results = list(
+        imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers), chunk=lake.io_chunk())
+    )
+    if cache is not None:
+        cache.prune()
     written = sum(r[3] for r in results)
     features = _empty_features()
     if results:
@@ -179,6 +196,8 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
                 pl.lit(batch).alias("batch"),
                 pl.Series("width", [r[0] for r in results], pl.Int64),
                 pl.Series("height", [r[1] for r in results], pl.Int64),
+                pl.Series("processed_sha256", [r[4] for r in results], pl.Utf8),
+                pl.Series("processed_bytes", [r[5] for r in results], pl.Int64),
                 *(pl.Series(c, [r[2][c] for r in results], pl.Float64) for c in imaging.FEATURE_COLUMNS),
             )
             .select(features.columns)
@@ -213,6 +232,8 @@ def _empty_features():
     schema.update({"labelled": pl.Boolean, "copies": pl.UInt32})
     schema.update({c: pl.Utf8 for c in ("line_id", "camera_id", "captured_at")})
     schema.update({c: pl.Float64 for c in FEATURE_COLUMNS})
+    # the stored processed image: its sha256 (verified when staged) and size
+    schema.update({"processed_sha256": pl.Utf8, "processed_bytes": pl.Int64})
     return pl.DataFrame(schema=schema)
 
 
@@ -227,7 +248,6 @@ def read_processed(lake: Lake, batches: list[str] | None = None):
             if f.key.endswith(".parquet")
         ]
     features = lake.read_tables([lake_keys.processed_features_key(b) for b in batches])
-    labels = lake.read_tables(
-        [lake_keys.processed_labels_key(b) for b in batches if lake.exists(lake_keys.processed_labels_key(b))]
-    )
+    present = {f.key for f in lake.list_files(lake_keys.PROCESSED_LABELS)}  # one listing, not one check per batch
+    labels = lake.read_tables([k for k in (lake_keys.processed_labels_key(b) for b in batches) if k in present])
     return (features if features is not None else _empty_features()), (labels if labels is not None else empty_labels())

@@ -5,6 +5,7 @@
 """
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from dagster import (
     AssetExecutionContext,
@@ -136,21 +137,40 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
         raise ingest.BatchError(f"{marker_key}: missing; the batch is not complete yet")
     marker = ingest.read_marker(marker_key, lake.read_bytes(marker_key))
 
-    def store(image_id: str, ext: str, data: bytes) -> None:
-        key = lake_keys.raw_image_key(image_id, ext)
-        if not lake.exists(key):
-            lake.write_bytes(key, data)
-
-    result = ingest.ingest_batch(
-        batch,
-        marker,
-        rel,
-        lambda p: lake.read_bytes(lake_keys.landing_key(batch, p)),
-        settings.class_map(marker.get("classes")),
-        min_side=settings.min_image_side,
-        store=store,
-        workers=settings.workers,
+    # annotation files are read by the parser one after another: fetch them all at once first
+    annotations = lake.read_many(
+        lake_keys.landing_key(batch, p)
+        for p in rel
+        if PurePosixPath(p).suffix.lower() in ingest.ANNOTATION_SUFFIXES and p != ingest.BATCH_MARKER
     )
+
+    def read(path: str) -> bytes:
+        key = lake_keys.landing_key(batch, path)
+        data = annotations.get(key)
+        return data if data is not None else lake.read_bytes(key)
+
+    may_be_absent = lake.absent_filter(lake_keys.RAW_IMAGES)  # listed once: a known image costs no request
+    cache = None if lake.is_local else settings.cache()  # processing on this machine then reads no raw image
+    with lake.background() as submit:
+
+        def store(image_id: str, ext: str, data: bytes) -> None:
+            key = lake_keys.raw_image_key(image_id, ext)
+            if cache is not None:
+                cache.put(image_id, data)
+            if may_be_absent(key):
+                submit(lake.write_if_absent, key, data)
+
+        result = ingest.ingest_batch(
+            batch,
+            marker,
+            rel,
+            read,
+            settings.class_map(marker.get("classes")),
+            min_side=settings.min_image_side,
+            store=store,
+            workers=lake.io_workers(settings.workers),
+            chunk=lake.io_chunk(),
+        )
     manifest_schema = {
         c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
         for c in ingest.MANIFEST_COLUMNS
@@ -166,7 +186,7 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
     lake.write_table(
         lake_keys.raw_labels_key(batch), labels.sort(["image_id", "source_file", "class_id", "x_center", "y_center"])
     )
-    write_quarantine(lake, batch, result.rejections, lambda p: lake.read_bytes(lake_keys.landing_key(batch, p)))
+    write_quarantine(lake, batch, result.rejections, read)
     return result
 
 

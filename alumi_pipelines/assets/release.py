@@ -82,7 +82,9 @@ def edge_release(
             except release.ReleaseError as exc:
                 raise Failure(str(exc)) from exc
             prefix = gold_prefix_for(lake, record["dataset_hash"])
-            root = stage_gold(lake, prefix, work, splits=("test",))
+            root = stage_gold(
+                lake, prefix, work, splits=("test",), cache=pipeline_settings.cache(), log=context.log.info
+            )
             test = [t.path for t in yolo_data.read_yolo_split(root, "test", len(record["names"]))]
             sample, found = predict.pick_sample_image(model, test, conf=config.sample_conf)
             expected = release.expected_detections(

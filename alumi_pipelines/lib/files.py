@@ -30,6 +30,27 @@ def file_sha256(path: str | Path) -> str:
 TMP_PREFIX = ".tmp-"  # temporary files of unfinished writes; readers and listings skip them
 
 
+def _write_temp(full: str, data: bytes, fsync: bool) -> str:
+    """``data`` written to a fresh temporary name beside ``full`` (its folder created if needed)."""
+    parent = os.path.dirname(full) or "."
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
+    try:
+        fh = open(tmp, "wb")
+    except FileNotFoundError:  # first write into this folder
+        os.makedirs(parent, exist_ok=True)
+        fh = open(tmp, "wb")
+    try:
+        with fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> str:
     """Write ``data`` to ``path`` under a temporary name in the same folder, then rename it into place.
 
@@ -37,24 +58,39 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) ->
     The temporary name is unique per call, so threads may write the same path at once. Returns the path.
     """
     full = os.fspath(path)
-    parent = os.path.dirname(full) or "."
-    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(full)}")
+    tmp = _write_temp(full, data, fsync)
     try:
-        try:
-            fh = open(tmp, "wb")
-        except FileNotFoundError:  # first write into this folder
-            os.makedirs(parent, exist_ok=True)
-            fh = open(tmp, "wb")
-        with fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
         os.replace(tmp, full)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return full
+
+
+def write_if_absent(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> bool:
+    """Create ``path`` with ``data`` unless it exists; returns whether it wrote.
+
+    The whole file is written under a temporary name, then hard-linked to ``path`` (a link never replaces
+    a file, so two writers cannot both win and a reader never sees a partial file); a filesystem without
+    hard links falls back to exists-then-rename.
+    """
+    full = os.fspath(path)
+    if os.path.exists(full):
+        return False
+    tmp = _write_temp(full, data, fsync)
+    try:
+        os.link(tmp, full)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this filesystem
+        if os.path.exists(full):
+            return False
+        os.replace(tmp, full)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ def build_resources(settings: Settings | None = None) -> dict:
 
     settings = settings or Settings.from_env()
     return {
-        "lake": lake_for(settings.lake_uri),
+        "lake": lake_for(settings.lake_uri, concurrency=settings.lake_concurrency),
         "pipeline_settings": PipelineSettings.from_settings(settings),
         "mlflow": MlflowRegistry.from_settings(settings),
         "label_studio": LabelStudio(
@@ -28,12 +28,13 @@ def build_resources(settings: Settings | None = None) -> dict:
 AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
 
 
-def lake_for(uri: str, *, deferred: bool = True):
-    """The Lake of a base URI: a local folder, or Azure Data Lake / Blob (credentials from ALUMI_AZURE_*)."""
+def lake_for(uri: str, *, deferred: bool = True, concurrency: int = 16):
+    """The Lake of a base URI: a local folder, or Azure Data Lake / Blob (credentials from ALUMI_AZURE_*);
+    ``concurrency`` bounds the requests in flight when a step moves many objects."""
     if uri.startswith(AZURE_SCHEMES):
         from alumi_pipelines.resources.azure import azure_lake  # dagster_azure is imported only when used
 
-        return azure_lake(uri, deferred=deferred)
+        return azure_lake(uri, deferred=deferred, concurrency=concurrency)
     from alumi_pipelines.resources.lake import Lake
 
-    return Lake(base_uri=uri)
+    return Lake(base_uri=uri, concurrency=concurrency)

@@ -11,7 +11,7 @@ values. ``ALUMI_AZURE_ACCOUNT_URL`` points at another blob endpoint (Azurite's
 SDK retries (the SDK's defaults wait about a minute before reporting a dead endpoint), one clear error for
 refused credentials, a missing container or an unreachable endpoint, a container check before the first
 operation, server-side MD5 verification of every upload, listings never answered from a cache, and
-several transfers in flight when a step stages a folder (``get_dir``) or publishes one (``put_dir``).
+create-if-absent writes and copies as one conditional request (``If-None-Match: *``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +149,6 @@ class AzureLake(Lake):
     retry_backoff_s: float = Field(default=0.5, description="first retry delay, doubled at each retry (±20 %)")
     connect_timeout_s: int = Field(default=10, description="seconds to open a connection")
     read_timeout_s: int = Field(default=120, description="seconds without a byte before a request fails")
-    transfer_concurrency: int = Field(default=16, description="files in flight at once in get_dir / put_dir")
 
     _container_checked: bool = PrivateAttr(default=False)
 
@@ -387,38 +385,62 @@ class AzureLake(Lake):
 
     def write_bytes(self, key: str, data: bytes) -> str:
         """One PUT (or staged blocks committed by one request above 64 MB): readers see all or nothing."""
+        self._put(key, data, overwrite=True)
+        return key
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        """One conditional PUT (``If-None-Match: *``): the service refuses it when the blob exists."""
+        try:
+            self._put(key, data, overwrite=False)
+        except FileExistsError:
+            return False
+        return True
+
+    def _put(self, key: str, data: bytes, overwrite: bool) -> None:
         fs, _ = self._filesystem()
         full = self.path(key)
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         with self._azure_errors("writing", key):
-            fs.pipe_file(full, bytes(data), validate_content=True, content_settings={"content_type": content_type})
-        return key
+            fs.pipe_file(
+                full,
+                bytes(data),
+                overwrite=overwrite,
+                validate_content=True,
+                content_settings={"content_type": content_type},
+            )
+
+    def copy(self, src: str, dst: str) -> bool:
+        """A server-side copy unless ``dst`` exists, as one conditional request; returns whether it copied."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError
+        from fsspec.asyn import sync
+
+        fs, _ = self._filesystem()
+        container, blob, _ = fs.split_path(self.path(dst))
+        _, source_blob, _ = fs.split_path(self.path(src))
+
+        async def copy() -> bool:
+            source = fs.service_client.get_blob_client(container, source_blob)
+            target = fs.service_client.get_blob_client(container, blob)
+            try:
+                await target.start_copy_from_url(source.url, match_condition=MatchConditions.IfMissing)
+            except ResourceExistsError:
+                return False
+            return True
+
+        with self._azure_errors("copying to", dst):
+            return sync(fs.loop, copy)
 
     def delete(self, key: str) -> None:
         with self._azure_errors("deleting", key):
             super().delete(key)
-
-    def get_dir(self, prefix: str, dest: str | Path) -> Path:
-        """Stage every file under a prefix into a local folder, several downloads in flight at once."""
-        dest = Path(dest)
-        start = len(check_key(prefix)) + 1
-
-        def fetch(file: LakeFile) -> None:
-            target = dest / file.key[start:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read_bytes(file.key))
-
-        with ThreadPoolExecutor(max_workers=max(1, self.transfer_concurrency)) as pool:
-            list(pool.map(fetch, self.list_files(prefix)))
-        return dest
 
     def put_dir(self, local_dir: str | Path, prefix: str) -> list[str]:
         """Publish every file of a local folder under a prefix (each file atomically), several at once."""
         local_dir = Path(local_dir)
         paths = sorted(p for p in local_dir.rglob("*") if p.is_file())
         keys = [f"{check_key(prefix)}/{p.relative_to(local_dir).as_posix()}" for p in paths]
-        with ThreadPoolExecutor(max_workers=max(1, self.transfer_concurrency)) as pool:
-            list(pool.map(lambda pair: self.write_bytes(pair[1], pair[0].read_bytes()), zip(paths, keys)))
+        self.map(lambda pair: self.write_bytes(pair[1], pair[0].read_bytes()), list(zip(paths, keys)))
         return keys
 
 

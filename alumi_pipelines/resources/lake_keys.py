@@ -61,10 +61,11 @@ def batch_marker_key(batch: str) -> str:
 
 # -- raw -------------------------------------------------------------------------------------------
 RAW_MANIFESTS = "raw/manifests"
+RAW_IMAGES = "raw/images"
 
 
 def raw_image_key(image_id: str, ext: str) -> str:
-    return f"raw/images/{image_id[:2]}/{image_id}{ext}"
+    return f"{RAW_IMAGES}/{image_id[:2]}/{image_id}{ext}"
 
 
 def raw_manifest_key(batch: str) -> str:
@@ -86,6 +87,7 @@ def quarantine_file_key(batch: str, path: str) -> str:
 
 # -- processed -------------------------------------------------------------------------------------
 PROCESSED_FEATURES = "processed/features"
+PROCESSED_LABELS = "processed/labels"
 
 
 PROCESSED_IMAGES = "processed/images"
@@ -100,7 +102,7 @@ def processed_features_key(batch: str) -> str:
 
 
 def processed_labels_key(batch: str) -> str:
-    return f"processed/labels/{batch}.parquet"
+    return f"{PROCESSED_LABELS}/{batch}.parquet"
 
 
 # -- corrections -----------------------------------------------------------------------------------

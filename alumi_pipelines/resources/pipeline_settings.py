@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from alumi_pipelines.lib.vision.labels import ClassMap
 from alumi_pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from alumi_pipelines.resources.cache import ContentCache
 
 
 class PipelineSettings(ConfigurableResource):
@@ -37,6 +40,8 @@ class PipelineSettings(ConfigurableResource):
     release_key: str = Field(
         default="", description="path of the Ed25519 private key (PEM) that signs releases; empty: development key"
     )
+    cache_dir: str = Field(default="", description="ALUMI_CACHE_DIR: staged gold images; empty: <home>/cache")
+    cache_max_gb: float = Field(default=50.0, description="size bound of the cache, least recently used evicted")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineSettings:
@@ -52,6 +57,8 @@ class PipelineSettings(ConfigurableResource):
             drift_share=settings.drift_share,
             retrain_corrections=settings.retrain_corrections,
             release_key=settings.release_key,
+            cache_dir=str(settings.cache_dir),
+            cache_max_gb=settings.cache_max_gb,
         )
 
     def class_map(self, source_names: list[str] | None = None) -> ClassMap:
@@ -67,6 +74,13 @@ class PipelineSettings(ConfigurableResource):
     def ultralytics_dir(self) -> Path:
         """ultralytics' config folder (fonts, settings): inside ALUMI_HOME, never the user's home."""
         return self.home_path / "ultralytics"
+
+    def cache(self) -> ContentCache:
+        """The local content-addressed cache that gold staging fills (ALUMI_CACHE_DIR, ALUMI_CACHE_MAX_GB)."""
+        from alumi_pipelines.resources.cache import ContentCache
+
+        root = Path(self.cache_dir).expanduser() if self.cache_dir else self.home_path / "cache"
+        return ContentCache(root, int(self.cache_max_gb * 1e9))
 
     def scratch(self, run_id: str, name: str) -> AbstractContextManager[Path]:
         """A scratch folder for one step of one run, removed when the step succeeds."""

@@ -5,9 +5,12 @@ import json
 import cv2
 import numpy as np
 import polars as pl
+import yaml
 from dagster import DagsterInstance, materialize
 
 from alumi_pipelines.assets import gold, processed, raw
+from alumi_pipelines.lib import training
+from alumi_pipelines.lib.files import sha256_hex
 from alumi_pipelines.partitions import landing_batches
 from alumi_pipelines.resources import lake_keys
 
@@ -125,7 +128,7 @@ def test_rerun_gives_identical_content_and_new_day_leaves_old_untouched(lake, se
     assert lake.exists("processed/features/day-2.parquet")
 
 
-def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch):
+def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch, tmp_path):
     instance = DagsterInstance.ephemeral()
     write_batch("day-1", n=30, seed=5)
     write_batch("day-2", n=30, seed=6)
@@ -146,12 +149,37 @@ def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch):
     manifest = lake.read_table(f"{pointer['prefix']}/manifest.parquet")
     assert manifest.height == 60 and manifest["image_id"].n_unique() == 60
     assert sum(pointer["counts"].values()) == 60 and pointer["conflicts"] == 1
+    # a manifest, labels, data.yaml and list files: no image copied into the version's folder
+    assert sorted(f.key.rsplit("/", 1)[1] for f in lake.list_files(pointer["prefix"])) == [
+        "data.yaml",
+        "labels.parquet",
+        "manifest.parquet",
+        "test.txt",
+        "train.txt",
+        "val.txt",
+    ]
+    for row in manifest.iter_rows(named=True):  # each row names its processed image and that image's sha256
+        assert row["image_key"] == lake_keys.processed_image_key(row["image_id"])
+        data = lake.read_bytes(row["image_key"])
+        assert sha256_hex(data) == row["sha256"] and len(data) == row["bytes"]
+    data_yaml = yaml.safe_load(lake.read_bytes(f"{pointer['prefix']}/data.yaml"))
+    assert data_yaml["test"] == "test.txt" and data_yaml["names"][0] == "scratch"
+    listed = lake.read_bytes(f"{pointer['prefix']}/test.txt").decode().splitlines()
+    assert listed == sorted(f"./{f}" for f in manifest.filter(pl.col("split") == "test")["file"])
+
+    # staged for training: a YOLO folder of links to the lake's images, label files from the label table
+    cache = settings.model_copy(update={"cache_dir": str(tmp_path / "cache")}).cache()
+    root = gold.stage_gold(lake, pointer["prefix"], tmp_path / "work", cache=cache)
+    plan_labels = lake.read_table(f"{pointer['prefix']}/labels.parquet")
     for row in manifest.iter_rows(named=True):
-        assert lake.exists(f"{pointer['prefix']}/{row['file']}")
-        txt = lake.read_bytes(f"{pointer['prefix']}/{row['label_file']}").decode()
-        assert len(txt.splitlines()) == row["n_boxes"]
-    data_yaml = lake.read_bytes(f"{pointer['prefix']}/data.yaml").decode()
-    assert "images/test" in data_yaml and "scratch" in data_yaml
+        assert (root / row["file"]).read_bytes() == lake.read_bytes(row["image_key"])
+        assert (root / row["file"]).stat().st_ino == lake.local_path(row["image_key"]).stat().st_ino  # no copy
+        txt = (root / row["label_file"]).read_text()
+        assert (
+            len(txt.splitlines()) == row["n_boxes"] == plan_labels.filter(pl.col("image_id") == row["image_id"]).height
+        )
+    assert (root / "test.txt").read_text().splitlines() == listed
+    assert training.check_yolo_dataset(root).images == pointer["counts"]
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["no_split_leakage"] and checks["splits_cover_classes"]
     assert checks["identical_images_label_conflicts"] is False  # warns about the conflicting copy

@@ -1,9 +1,16 @@
-"""A loopback TCP proxy that can cut a connection after N bytes from the client, like a network failing mid-upload."""
+"""A loopback TCP proxy that can cut a connection after N bytes from the client, like a network failing mid-upload,
+add a round-trip delay, like a network between a plant and a cloud region, and count the HTTP requests it carries."""
 
 from __future__ import annotations
 
+import collections
+import heapq
+import re
 import socket
 import threading
+import time
+
+_REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE|PATCH) (/[^ \r\n]*) HTTP/1\.[01]\r\n")
 
 
 class CuttingProxy:
@@ -16,9 +23,23 @@ class CuttingProxy:
     proxy is killed: later connects are refused until ``start()`` is called again on the same port).
     """
 
-    def __init__(self, target_port: int, cut_after: int | None = None, then: str = "forward", direction: str = "up"):
+    def __init__(
+        self,
+        target_port: int,
+        cut_after: int | None = None,
+        then: str = "forward",
+        direction: str = "up",
+        delay_s: float = 0.0,
+    ):
+        """``delay_s``: round-trip time added to every exchange (half on the way up, half on the way down; data
+        is held, not throttled: a long transfer pays it once, like a real link's latency)."""
         assert then in ("forward", "die") and direction in ("up", "down")
         self.direction = direction
+        self.delay_s = delay_s
+        self.requests: collections.Counter[str] = collections.Counter()  # HTTP method -> requests seen
+        self.request_lines: list[tuple[str, str]] = []  # (method, path) of each request seen
+        self.bytes_up = 0
+        self.bytes_down = 0
         self.target_port = target_port
         self.cut_after = cut_after
         self.then = then
@@ -93,12 +114,46 @@ class CuttingProxy:
                     pass
                 self._cut(pair, moved + keep)
                 return
+            if source is pair.client:
+                self._count_requests(pair, data)
+            with self._lock:
+                if source is pair.client:
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
             try:
-                target.sendall(data)
+                if self.delay_s > 0:
+                    pair.delayed(target, data, time.monotonic() + self.delay_s / 2)
+                else:
+                    target.sendall(data)
             except OSError:
                 break
             moved += len(data)
-        pair.close()
+        if self.delay_s > 0:
+            pair.delayed(target, None, time.monotonic() + self.delay_s / 2)  # close once the data is delivered
+        else:
+            pair.close()
+
+    def _count_requests(self, pair: _Pair, data: bytes) -> None:
+        """Request lines in the client's stream (a tail of the previous chunk covers a line split in two)."""
+        window = pair.tail + data
+        start = len(pair.tail)
+        found = [
+            (m.group(1).decode(), m.group(2).decode(errors="replace"))
+            for m in _REQUEST_LINE.finditer(window)
+            if m.end() > start and (m.start() == start or window[max(0, m.start() - 2) : m.start()] == b"\r\n")
+        ]
+        pair.tail = window[-512:]
+        if found:
+            with self._lock:
+                self.requests.update(method for method, _ in found)
+                self.request_lines.extend(found)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.request_lines.clear()
+            self.bytes_up = self.bytes_down = 0
 
     def _cut(self, pair: _Pair, forwarded: int) -> None:
         with self._lock:
@@ -119,6 +174,36 @@ class CuttingProxy:
 class _Pair:
     def __init__(self, client: socket.socket, upstream: socket.socket):
         self.client, self.upstream = client, upstream
+        self.tail = b""
+        self._queue: list[tuple[float, int, socket.socket, bytes | None]] = []
+        self._ready = threading.Condition()
+        self._order = 0
+        self._sender: threading.Thread | None = None
+
+    def delayed(self, target: socket.socket, data: bytes | None, due: float) -> None:
+        """Send ``data`` to ``target`` at ``due`` (in order); ``None`` closes the pair then."""
+        with self._ready:
+            self._order += 1
+            heapq.heappush(self._queue, (due, self._order, target, data))
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_when_due, daemon=True)
+                self._sender.start()
+            self._ready.notify()
+
+    def _send_when_due(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue or self._queue[0][0] > time.monotonic():
+                    self._ready.wait(max(0.0, self._queue[0][0] - time.monotonic()) if self._queue else None)
+                _, _, target, data = heapq.heappop(self._queue)
+            if data is None:
+                self.close()
+                return
+            try:
+                target.sendall(data)
+            except OSError:
+                self.close()
+                return
 
     def close(self, reset: bool = False) -> None:
         for sock in (self.client, self.upstream):
@@ -139,3 +224,90 @@ def _close(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+class ProxyProcess:
+    """A ``CuttingProxy`` in a process of its own (the network does not share the client's interpreter): the
+    delay is set and the counts are read over a loopback control socket."""
+
+    def __init__(self, target_port: int):
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, str(target_port)], stdout=subprocess.PIPE, text=True
+        )
+        assert self._process.stdout is not None
+        self.port, self._control = (int(x) for x in self._process.stdout.readline().split())
+
+    def _ask(self, **command) -> dict:
+        import json
+
+        with socket.create_connection(("127.0.0.1", self._control)) as conn:
+            conn.sendall(json.dumps(command).encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                reply += chunk
+        return json.loads(reply)
+
+    @property
+    def delay_s(self) -> float:
+        return self._ask()["delay_s"]
+
+    @delay_s.setter
+    def delay_s(self, value: float) -> None:
+        self._ask(delay_s=value)
+
+    def reset_counts(self) -> None:
+        self._ask(reset=True)
+
+    def counts(self) -> dict:
+        """{"requests": {method: n}, "request_lines": [[method, path], ...], "bytes_up": n, "bytes_down": n}"""
+        return self._ask(counts=True)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def _serve(target_port: int) -> None:
+    import json
+
+    proxy = CuttingProxy(target_port).start()
+    control = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    control.bind(("127.0.0.1", 0))
+    control.listen(4)
+    print(proxy.port, control.getsockname()[1], flush=True)
+    while True:
+        conn, _ = control.accept()
+        with conn:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                line += chunk
+            command = json.loads(line or b"{}")
+            if "delay_s" in command:
+                proxy.delay_s = float(command["delay_s"])
+            if command.get("reset"):
+                proxy.reset_counts()
+            reply: dict = {"delay_s": proxy.delay_s}
+            if command.get("counts"):
+                with proxy._lock:
+                    reply.update(
+                        requests=dict(proxy.requests),
+                        request_lines=list(proxy.request_lines),
+                        bytes_up=proxy.bytes_up,
+                        bytes_down=proxy.bytes_down,
+                    )
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve(int(sys.argv[1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from alumi_pipelines.lib.export.accuracy import map50, match_detections
@@ -231,9 +232,12 @@ def test_gold_images_and_staging_copy_only_the_asked_images_and_their_labels_fro
 
     lake = Lake(base_uri=f"memory://export-stage-{tmp_path.name}")
     prefix = lake_keys.gold_prefix("abc")
-    for split, name in (("train", "a"), ("train", "b"), ("test", "c")):
+    rows = []
+    for split, name in (("train", "a"), ("train", "b"), ("test", "c")):  # a version written with image copies
         lake.write_bytes(f"{prefix}/images/{split}/{name}.png", name.encode())
         lake.write_bytes(f"{prefix}/labels/{split}/{name}.txt", f"0 0.5 0.5 0.1 0.1 # {name}\n".encode())
+        rows.append({"image_id": name, "split": split, "file": f"images/{split}/{name}.png"})
+    lake.write_table(lake_keys.gold_manifest_key(prefix), pl.DataFrame(rows))
     assert gold_image_paths(lake, prefix, ("train", "val", "test")) == {
         "train": ["images/train/a.png", "images/train/b.png"],
         "val": [],

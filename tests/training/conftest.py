@@ -22,6 +22,12 @@ def tiny_gold(lake):
     return write_tiny_gold(lake)
 
 
+@pytest.fixture
+def tiny_gold_manifest(lake):
+    """The same 24-image dataset written as gold_dataset writes versions: a manifest naming processed images."""
+    return write_tiny_gold(lake, layout="manifest")
+
+
 @pytest.fixture(scope="session")
 def _empty_mlflow_db(tmp_path_factory) -> Path:
     """An MLflow SQLite database with its schema created once (migrations take seconds)."""

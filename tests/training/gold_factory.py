@@ -74,8 +74,16 @@ def write_tiny_gold(
     classes: tuple[str, ...] = TINY_CLASSES,
     split_sizes: tuple[int, int, int] | None = None,
     seed: int = 0,
+    layout: str = "copies",
 ) -> dict:
-    """Write a synthetic gold dataset and its pointer into the lake; returns the pointer."""
+    """Write a synthetic gold dataset and its pointer into the lake; returns the pointer.
+
+    ``layout="copies"``: images and label files copied into the version's folder (versions written before
+    manifests); ``"manifest"``: images in processed/ and a manifest naming them with their sha256, as
+    ``gold_dataset`` writes versions now."""
+    from alumi_pipelines.lib.vision import gold
+    from alumi_pipelines.resources import lake_keys
+
     n_test = max(len(classes), n_images // 6)
     n_val = max(len(classes), n_images // 6)
     split_sizes = split_sizes or (n_images - n_val - n_test, n_val, n_test)
@@ -91,8 +99,11 @@ def write_tiny_gold(
     class_counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
     for (png, label), split in zip(images, splits):
         image_id = hashlib.sha256(png).hexdigest()
-        lake.write_bytes(f"{prefix}/images/{split}/{image_id}.png", png)
-        lake.write_bytes(f"{prefix}/labels/{split}/{image_id}.txt", label.encode())
+        if layout == "copies":
+            lake.write_bytes(f"{prefix}/images/{split}/{image_id}.png", png)
+            lake.write_bytes(f"{prefix}/labels/{split}/{image_id}.txt", label.encode())
+        else:
+            lake.write_bytes(lake_keys.processed_image_key(image_id), png)
         for line in label.splitlines():
             class_id, x, y, w, h = line.split()
             class_counts[split][classes[int(class_id)]] += 1
@@ -118,6 +129,11 @@ def write_tiny_gold(
                 "height": size,
                 "n_boxes": len(label.splitlines()),
                 "classes": ",".join(sorted({classes[int(line.split()[0])] for line in label.splitlines()})),
+                **(
+                    {"image_key": lake_keys.processed_image_key(image_id), "sha256": image_id, "bytes": len(png)}
+                    if layout == "manifest"
+                    else {}
+                ),
             }
         )
     data_yaml = {
@@ -127,6 +143,10 @@ def write_tiny_gold(
         "test": "images/test",
         "names": dict(enumerate(classes)),
     }
+    if layout == "manifest":
+        data_yaml = gold.data_yaml_doc(list(classes))
+        for split, name in gold.LIST_FILES.items():
+            lake.write_bytes(f"{prefix}/{name}", gold.list_file_text(pl.DataFrame(rows), split).encode())
     lake.write_bytes(f"{prefix}/data.yaml", yaml.safe_dump(data_yaml, sort_keys=False).encode())
     label_schema = {"image_id": pl.Utf8, "split": pl.Utf8, "class_id": pl.Int32, "class_name": pl.Utf8}
     label_schema.update({c: pl.Float64 for c in ("x_center", "y_center", "width", "height")})

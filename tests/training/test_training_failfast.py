@@ -42,7 +42,10 @@ def test_linked_dataset_points_at_itself_and_leaves_the_source_alone(gold_root, 
     assert data["path"] == str((tmp_path / "ds").resolve())
     assert data["names"] == {0: "scratch", 1: "dent", 2: "pit"}
     linked = sorted((tmp_path / "ds" / "images" / "train").iterdir())
-    assert len(linked) == 16 and all(p.is_symlink() for p in linked)
+    # hard links to the source's files: no copy, and a source folder removed later (a cache evicting it) leaves
+    # the linked dataset whole
+    assert len(linked) == 16 and all(p.samefile(gold_root / "images" / "train" / p.name) for p in linked)
+    assert all(not p.is_symlink() and p.stat().st_nlink >= 2 for p in linked)
     assert yaml.safe_load((gold_root / "data.yaml").read_text())["path"] == "."
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +46,10 @@ def _copy_as_new_version(registry, version: str, tmp_path: Path) -> str:
     return registry.register_weights(run, tags={**source.tags, "mlflow_run_id": run.run_id})
 
 
-def test_train_evaluate_gate_promote_refuse_and_rollback(lake, tiny_gold, registry, ci_profile, tmp_path, no_network):
+def test_train_evaluate_gate_promote_refuse_and_rollback(
+    lake, tiny_gold_manifest, registry, ci_profile, tmp_path, no_network
+):
+    tiny_gold = tiny_gold_manifest
     instance = DagsterInstance.ephemeral()
     everything = [detector_model, detector_evaluation, promotion_gate, champion_model]
     result = _run(everything, lake, registry, instance, {"ops": {"detector_model": {"config": {"profile": "ci"}}}})
@@ -66,6 +70,13 @@ def test_train_evaluate_gate_promote_refuse_and_rollback(lake, tiny_gold, regist
     assert run.data.params["epochs"] == "2" and run.data.params["imgsz"] == "64"
     assert run.data.params["dataset_hash"] == tiny_gold["dataset_hash"] and run.data.params["train_images"] == "16"
     assert run.data.tags["dagster_run_id"] == result.run_id
+    # the gold version as the run's dataset input: its hash and its manifest's URI
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == f"gold-{tiny_gold['dataset_hash'][:12]}"
+    assert dataset_input.dataset.digest == tiny_gold["dataset_hash"][:36]
+    assert json.loads(dataset_input.dataset.source) == {"uri": lake.uri(f"{tiny_gold['prefix']}/manifest.parquet")}
+    assert json.loads(dataset_input.dataset.profile)["train_images"] == 16
+    assert [(t.key, t.value) for t in dataset_input.tags] == [("mlflow.data.context", "training")]
     assert [s for s, _ in registry.metric_history(v1.run_id, "train/box_loss")] == [1, 2]
     assert [s for s, _ in registry.metric_history(v1.run_id, "val/mAP50-95")] == [1, 2]
     assert "test/mAP50-95" in run.data.metrics

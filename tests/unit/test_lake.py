@@ -104,3 +104,67 @@ def test_unsafe_keys_are_refused_by_every_method(lake):
     ):
         with pytest.raises(LakeKeyError):
             call()
+
+
+def test_write_if_absent_creates_once_and_never_replaces(lake, tmp_path):
+    assert lake.write_if_absent("raw/images/ab/x.jpg", b"one") is True
+    assert lake.write_if_absent("raw/images/ab/x.jpg", b"two") is False
+    assert lake.read_bytes("raw/images/ab/x.jpg") == b"one"
+    assert [f.key for f in lake.list_files("raw")] == ["raw/images/ab/x.jpg"]
+    assert os.listdir(tmp_path / "lake" / "raw" / "images" / "ab") == ["x.jpg"]  # no temporary file left
+    remote = Lake(base_uri=f"memory://lake-{tmp_path.name}")  # an fsspec object store
+    assert remote.write_if_absent("raw/a.bin", b"one") is True
+    assert remote.write_if_absent("raw/a.bin", b"two") is False
+    assert remote.read_bytes("raw/a.bin") == b"one"
+
+
+def test_racing_create_if_absent_writers_leave_one_whole_object(lake):
+    import threading
+
+    payloads = [bytes([i]) * 200_000 for i in range(8)]
+    wins, start = [], threading.Barrier(len(payloads))
+
+    def race(data):
+        start.wait()
+        if lake.write_if_absent("processed/images/ab/y.jpg", data):
+            wins.append(data)
+
+    threads = [threading.Thread(target=race, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and lake.read_bytes("processed/images/ab/y.jpg") == wins[0]
+
+
+def test_many_objects_go_through_a_bounded_pool(tmp_path):
+    import threading
+    import time
+
+    lake = Lake(base_uri=str(tmp_path / "lake"), concurrency=3)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return i * 2
+
+    assert lake.map(slow, range(12)) == [i * 2 for i in range(12)]
+    assert peak[0] == 3
+    with pytest.raises(RuntimeError, match="write 5 failed"):
+        with lake.background() as submit:
+            for i in range(10):
+                submit(
+                    lambda i=i: (
+                        lake.write_bytes(f"t/{i}", b"x")
+                        if i != 5
+                        else (_ for _ in ()).throw(RuntimeError(f"write {i} failed"))
+                    )
+                )
+    assert len(lake.list_files("t")) == 9  # every other write finished before the error was raised
+    assert lake.read_many(["t/1", "t/2"]) == {"t/1": b"x", "t/2": b"x"}
+    assert Lake(base_uri=str(tmp_path / "lake")).absent_filter("t")("t/1") is True  # locally: no listing

@@ -80,15 +80,30 @@ def resolve_base_weights(uri: str | None, registry: MlflowRegistry, work: Path) 
     return training.check_base_weights(uri)
 
 
-def _stage_gold(lake: Lake, work: Path) -> tuple[dict, training.DatasetSummary]:
-    """The current gold dataset as a local YOLO folder under ``work``, checked before any training."""
+def _stage_gold(lake: Lake, work: Path, settings: PipelineSettings, log) -> tuple[dict, training.DatasetSummary]:
+    """The current gold dataset as a local YOLO folder (staged in the cache), mirrored under ``work`` and checked
+    before any training."""
     pointer = read_gold_pointer(lake)
     try:
-        local = stage_gold(lake, pointer["prefix"], work)
+        local = stage_gold(lake, pointer["prefix"], work, cache=settings.cache(), log=log)
     except FileNotFoundError as exc:
         raise training.DatasetError(f"{exc} (named by {lake_keys.GOLD_POINTER})") from exc
     training.link_yolo_dataset(local, work / "dataset")
     return pointer, training.check_yolo_dataset(work / "dataset")
+
+
+def _dataset_input(lake: Lake, pointer: dict, summary: training.DatasetSummary) -> dict[str, Any]:
+    """The gold version as an MLflow dataset input: its hash, the URI of its manifest, its counts."""
+    return {
+        "name": f"gold-{pointer['dataset_hash'][:12]}",
+        "digest": pointer["dataset_hash"],
+        "source_uri": lake.uri(lake_keys.gold_manifest_key(pointer["prefix"])),
+        "profile": {
+            "dataset_hash": pointer["dataset_hash"],
+            "classes": summary.classes,
+            **{f"{s}_images": n for s, n in summary.images.items()},
+        },
+    }
 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
@@ -172,7 +187,7 @@ def detector_model(
     config_dir = pipeline_settings.ultralytics_dir
     with pipeline_settings.scratch(context.run_id, "detector_model") as work:
         base_weights = resolve_base_weights(args["base_weights"], mlflow, work)
-        pointer, summary = _stage_gold(lake, work)
+        pointer, summary = _stage_gold(lake, work, pipeline_settings, context.log.info)
         context.log.info(
             f"gold {pointer['dataset_hash']}: images {summary.images}, train boxes {summary.boxes['train']}"
         )
@@ -191,8 +206,10 @@ def detector_model(
             "profile": profile,
             "code_version": code["code_version"],
         }
+        dataset_input = _dataset_input(lake, pointer, summary)
         with mlflow.run(f"detector-{context.run_id[:8]}", tags=tags) as parent:
             parent.log_params(dataset_params)
+            parent.log_input(**dataset_input)
             if len(trials) == 1:
                 outcome = _train_trial(context, parent, trials[0], summary, work, base_weights, config_dir, "train")
                 best_run, best_args, trial_rows = parent, trials[0], []
@@ -205,6 +222,7 @@ def detector_model(
                         f"trial-{i + 1}", tags={**tags, "alumi.trial": str(i + 1)}, parent_run_id=parent.run_id
                     ) as child:
                         child.log_params(dataset_params)
+                        child.log_input(**dataset_input)
                         outcomes.append(
                             _train_trial(
                                 context, child, trial, summary, work, base_weights, config_dir, f"trial-{i + 1}"

@@ -179,7 +179,7 @@ def detector_evaluation(
     defaults = training.profile_defaults(pipeline_settings.profile)
     with pipeline_settings.scratch(context.run_id, "detector_evaluation") as work:
         pointer = read_gold_pointer(lake)
-        local = stage_gold(lake, pointer["prefix"], work)
+        local = stage_gold(lake, pointer["prefix"], work, cache=pipeline_settings.cache(), log=context.log.info)
         data_yaml = training.link_yolo_dataset(local, work / "dataset")
         summary = training.check_yolo_dataset(work / "dataset")
         config_dir = pipeline_settings.ultralytics_dir

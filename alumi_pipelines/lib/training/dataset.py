@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def check_yolo_dataset(root: Path) -> DatasetSummary:
 
 
 def link_yolo_dataset(source: Path, dest: Path) -> Path:
-    """Mirror a YOLO folder into ``dest`` (file symlinks, copies where links fail) with an absolute data.yaml.
+    """Mirror a YOLO folder into ``dest`` (hard links, else symlinks, else copies) with an absolute data.yaml.
 
     Training writes label caches next to the labels; linking per file keeps those writes in ``dest``
     and the source (e.g. the lake's gold folder) untouched. Returns the new data.yaml.
@@ -132,9 +133,12 @@ def link_yolo_dataset(source: Path, dest: Path) -> Path:
                 if target.exists() or target.is_symlink():
                     target.unlink()
                 try:
-                    target.symlink_to(path)
+                    os.link(path, target)  # a hard link: the file outlives the source folder (a cache evicting it)
                 except OSError:
-                    shutil.copyfile(path, target)
+                    try:
+                        target.symlink_to(path)
+                    except OSError:
+                        shutil.copyfile(path, target)
     data = (
         yaml.safe_load((source / "data.yaml").read_text(encoding="utf-8")) if (source / "data.yaml").is_file() else {}
     )

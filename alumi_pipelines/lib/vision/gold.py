@@ -93,7 +93,7 @@ def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str
     for image_id, width, height in images.iter_rows():
         s = split.assignment[image_id]
         boxes = chosen.get(image_id, ())
-        label_text[image_id] = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in boxes)
+        label_text[image_id] = yolo_label_text(boxes)
         manifest_rows.append(
             {
                 "image_id": image_id,
@@ -149,3 +149,38 @@ def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str
         conflicts=conflicts,
         moved=split.moved,
     )
+
+
+# -- a version as a manifest: list files and label files, no image copies --------------------------------
+LIST_FILES = {split: f"{split}.txt" for split in SPLITS}  # YOLO list files, beside data.yaml
+
+
+def yolo_label_text(boxes) -> str:
+    """A YOLO label file: one ``class x y w h`` line per box (sorted, 6 decimals)."""
+    return "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in sorted(boxes))
+
+
+def label_texts(labels: pl.DataFrame, image_ids: list[str]) -> dict[str, str]:
+    """image_id -> YOLO label text, from a gold label table (the same text ``plan_dataset`` chose)."""
+    boxes: dict[str, list[tuple]] = {image_id: [] for image_id in image_ids}
+    rows = labels.select("image_id", "class_id", "x_center", "y_center", "width", "height").iter_rows()
+    for image_id, c, x, y, w, h in rows:
+        if image_id in boxes:
+            boxes[image_id].append((int(c), x, y, w, h))
+    return {image_id: yolo_label_text(b) for image_id, b in boxes.items()}
+
+
+def data_yaml_doc(classes: list[str]) -> dict:
+    """``data.yaml`` of a version: YOLO list files per split (``./images/<split>/<image>.jpg`` lines)."""
+    return {"path": ".", **{split: LIST_FILES[split] for split in SPLITS}, "names": dict(enumerate(classes))}
+
+
+def list_file_text(manifest: pl.DataFrame, split: str) -> str:
+    """The YOLO list file of a split: the images' paths relative to data.yaml, sorted."""
+    files = sorted(manifest.filter(pl.col("split") == split)["file"].to_list())
+    return "".join(f"./{f}\n" for f in files)
+
+
+def is_manifest_version(manifest: pl.DataFrame) -> bool:
+    """A version that references content-addressed images (``image_key``, ``sha256``) instead of holding copies."""
+    return {"image_key", "sha256"} <= set(manifest.columns)

@@ -80,8 +80,10 @@ def ingest_batch(
     min_side: int,
     store: Callable[[str, str, bytes], None],
     workers: int = 0,
+    chunk: int = 16,
 ) -> IngestResult:
-    """Parse, probe and store one batch; ``store(image_id, ext, data)`` persists a good image."""
+    """Parse, probe and store one batch; ``store(image_id, ext, data)`` persists a good image. Images go to
+    ``workers`` threads ``chunk`` at a time (1 when ``read`` waits on a network)."""
     result = IngestResult()
     files = sorted(f for f in files if f != BATCH_MARKER)
     for path in files:
@@ -105,7 +107,7 @@ def ingest_batch(
             return image, data, info, f"image {info.width}x{info.height} is smaller than the minimum side {min_side}"
         return image, data, info, None
 
-    for image, data, info, problem in imaging.parallel_map(probe, images, workers):
+    for image, data, info, problem in imaging.parallel_map(probe, images, workers, chunk=chunk):
         if problem is not None:
             result.rejections.append(_reject(batch_id, image.image_path, "image", problem))
             continue

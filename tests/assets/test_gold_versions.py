@@ -1,0 +1,168 @@
+"""Gold versions over time: a build killed before its manifest, versions written with image copies (before manifests)
+still read, pruning old versions with `alumi prune-gold`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+import yaml
+
+from alumi_pipelines import cli
+from alumi_pipelines.assets.export import gold_image_paths
+from alumi_pipelines.assets.gold import (
+    build_gold,
+    export_gold_labels,
+    gold_image_keys,
+    gold_prefix_for,
+    read_gold_pointer,
+    stage_gold,
+)
+from alumi_pipelines.assets.processed import process_batch, read_processed
+from alumi_pipelines.assets.raw import ingest_landing_batch
+from alumi_pipelines.lib.vision import gold as gold_plan
+from alumi_pipelines.resources import lake_keys
+from alumi_pipelines.resources.cache import ContentCache
+from alumi_pipelines.resources.lake import Lake
+
+
+def _ingest(lake, settings, write_batch, batch, seed):
+    write_batch(batch, n=10, seed=seed)
+    ingest_landing_batch(lake, batch, settings)
+    process_batch(lake, batch, settings)
+
+
+def _write_copy_style_version(lake, settings) -> str:
+    """The current processed zone as a version laid out the way versions were written before manifests: every
+    image and label file copied into the version's folder, a manifest without image keys."""
+    features, labels = read_processed(lake)
+    plan = gold_plan.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed)
+    prefix = lake_keys.gold_prefix(plan.dataset_hash)
+    for row in plan.manifest.iter_rows(named=True):
+        lake.write_bytes(f"{prefix}/{row['file']}", lake.read_bytes(lake_keys.processed_image_key(row["image_id"])))
+        lake.write_bytes(f"{prefix}/{row['label_file']}", plan.label_text[row["image_id"]].encode())
+    doc = {"path": ".", "train": "images/train", "val": "images/val", "test": "images/test"}
+    lake.write_bytes(
+        f"{prefix}/data.yaml", yaml.safe_dump({**doc, "names": dict(enumerate(settings.classes))}).encode()
+    )
+    lake.write_table(f"{prefix}/labels.parquet", plan.labels)
+    lake.write_table(f"{prefix}/manifest.parquet", plan.manifest)
+    lake.write_json(
+        lake_keys.GOLD_POINTER, {"dataset_hash": plan.dataset_hash, "prefix": prefix, "counts": plan.counts}
+    )
+    return plan.dataset_hash
+
+
+def test_a_gold_build_killed_before_its_manifest_leaves_the_previous_version_current(
+    lake, settings, write_batch, tmp_path
+):
+    _ingest(lake, settings, write_batch, "day-1", 1)
+    first = build_gold(lake, settings)
+    _ingest(lake, settings, write_batch, "day-2", 2)
+    script = f"""
+import os, signal
+from alumi_pipelines.assets.gold import build_gold
+from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+
+real = Lake.write_table
+def write_table(self, key, df):  # the run dies as it is about to write the manifest
+    if key.endswith("/manifest.parquet"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, key, df)
+Lake.write_table = write_table
+build_gold(Lake(base_uri={lake.base_uri!r}), PipelineSettings.model_validate_json({settings.model_dump_json()!r}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+    assert read_gold_pointer(lake)["dataset_hash"] == first.dataset_hash  # readers still see the first version
+    half = [d for d in lake.list_dirs(lake_keys.GOLD_DATASETS) if d != first.dataset_hash]
+    assert len(half) == 1 and not lake.exists(lake_keys.gold_manifest_key(lake_keys.gold_prefix(half[0])))
+    assert lake.exists(lake_keys.gold_labels_key(lake_keys.gold_prefix(half[0])))  # it did get that far
+    assert gold_prefix_for(lake, half[0]) == first.prefix  # an incomplete version is never handed out
+    with pytest.raises(FileNotFoundError, match="no such complete version"):
+        stage_gold(lake, lake_keys.gold_prefix(half[0]), tmp_path / "w", cache=ContentCache(tmp_path / "c", 1 << 30))
+
+    second = build_gold(lake, settings)  # the next run writes the version whole
+    assert second.dataset_hash == half[0] and not second.reused
+    assert read_gold_pointer(lake)["dataset_hash"] == second.dataset_hash
+    assert lake.read_table(lake_keys.gold_manifest_key(second.prefix)).height == 20
+
+
+def test_versions_written_with_copies_still_read_and_new_ones_are_manifests(lake, settings, write_batch, tmp_path):
+    _ingest(lake, settings, write_batch, "day-1", 1)
+    old_hash = _write_copy_style_version(lake, settings)
+    old_prefix = lake_keys.gold_prefix(old_hash)
+    old_manifest = lake.read_table(lake_keys.gold_manifest_key(old_prefix))
+    assert not gold_plan.is_manifest_version(old_manifest)
+
+    # the old version reads as before: locally its own folder, remotely a copy; exports and image paths too
+    assert stage_gold(lake, old_prefix, tmp_path / "w1") == lake.local_path(old_prefix)
+    remote = Lake(base_uri=f"memory://gold-versions-{tmp_path.name}")
+    for f in lake.list_files(old_prefix):
+        remote.write_bytes(f.key, lake.read_bytes(f.key))
+    staged = stage_gold(remote, old_prefix, tmp_path / "w2", cache=ContentCache(tmp_path / "c2", 1 << 30))
+    for row in old_manifest.iter_rows(named=True):
+        assert (staged / row["file"]).read_bytes() == lake.read_bytes(f"{old_prefix}/{row['file']}")
+    assert set(gold_image_keys(lake, old_prefix).values()) == {f"{old_prefix}/{f}" for f in old_manifest["file"]}
+    out = export_gold_labels(lake, tmp_path / "export-old", "yolo")
+    assert out["dataset_hash"] == old_hash and out["images_copied"] == 10
+
+    # the next version (same images + a new day) is written the new way; the old one stays readable
+    _ingest(lake, settings, write_batch, "day-2", 2)
+    new = build_gold(lake, settings)
+    manifest = lake.read_table(lake_keys.gold_manifest_key(new.prefix))
+    assert gold_plan.is_manifest_version(manifest) and manifest.height == 20
+    assert not [f for f in lake.list_files(new.prefix) if "/images/" in f.key]
+    paths = gold_image_paths(lake, new.prefix, ("train", "val", "test"))
+    assert sum(len(v) for v in paths.values()) == 20
+    assert set(gold_image_keys(lake, new.prefix).values()) == set(manifest["image_key"])
+    new_out = export_gold_labels(lake, tmp_path / "export-new", "yolo")
+    for row in manifest.iter_rows(named=True):  # the export holds the processed images and the version's labels
+        assert (tmp_path / "export-new" / row["file"]).read_bytes() == lake.read_bytes(row["image_key"])
+        assert len((tmp_path / "export-new" / row["label_file"]).read_text().splitlines()) == row["n_boxes"]
+    assert new_out["images"] == 20
+    assert stage_gold(lake, old_prefix, tmp_path / "w3") == lake.local_path(old_prefix)
+
+    # old labels for an image kept in both versions are the same text either way
+    shared = manifest.filter(pl.col("image_id").is_in(old_manifest["image_id"].implode())).row(0, named=True)
+    old_row = old_manifest.filter(pl.col("image_id") == shared["image_id"]).row(0, named=True)
+    root = stage_gold(lake, new.prefix, tmp_path / "w4", cache=ContentCache(tmp_path / "c4", 1 << 30))
+    assert (root / shared["label_file"]).read_text() == lake.read_bytes(
+        f"{old_prefix}/{old_row['label_file']}"
+    ).decode()
+
+
+def test_alumi_prune_gold_keeps_current_champion_and_newest(lake, settings, write_batch, tmp_path, monkeypatch, capsys):
+    _ingest(lake, settings, write_batch, "day-1", 1)
+    hashes = [_write_copy_style_version(lake, settings)]
+    for day in (2, 3, 4):
+        _ingest(lake, settings, write_batch, f"day-{day}", day)
+        hashes.append(build_gold(lake, settings).dataset_hash)
+    for i, h in enumerate(hashes):  # versions built a day apart, oldest first
+        manifest = lake.local_path(lake_keys.gold_manifest_key(lake_keys.gold_prefix(h)))
+        stamp = 1_000_000 + i * 86_400
+        os.utime(manifest, (stamp, stamp))
+    lake.write_json(lake_keys.CHAMPION_RECORD, {"version": "1", "dataset_hash": hashes[0]})
+    monkeypatch.setenv("ALUMI_LAKE_URI", lake.base_uri)
+
+    assert cli.main(["prune-gold", "--keep", "1", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("would delete 1 gold version(s) (") and hashes[1][:12] in said
+    assert len(lake.list_dirs(lake_keys.GOLD_DATASETS)) == 4
+
+    assert cli.main(["prune-gold", "--keep", "0"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("deleted 2 gold version(s)")
+    assert f"{hashes[0][:12]} (champion)" in said and f"{hashes[3][:12]} (current)" in said
+    assert sorted(lake.list_dirs(lake_keys.GOLD_DATASETS)) == sorted([hashes[0], hashes[3]])
+    for h in hashes[1:3]:  # the pruned manifest versions took no image with them
+        assert not lake.exists(lake_keys.gold_prefix(h))
+    assert len(lake.list_files(lake_keys.PROCESSED_IMAGES)) == 40
+    assert json.loads(lake.read_bytes(lake_keys.GOLD_POINTER))["dataset_hash"] == hashes[3]
+
+    assert cli.main(["prune-gold", "--keep", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "alumi prune-gold: --keep -1: must be 0 or more"
