@@ -140,12 +140,15 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     from alumi_pipelines.lib.vision.labels import ClassMap
 
     manifest = lake.read_table(lake_keys.raw_manifest_key(batch))
+    if "held_out" not in manifest.columns:  # a manifest written before images were held out
+        manifest = manifest.with_columns(pl.lit("").alias("held_out"))
     per_image = (
         manifest.sort("source_path")
         .group_by("image_id", maintain_order=True)
         .agg(
             pl.first("format", "width", "height", "channels", "line_id", "camera_id", "captured_at"),
             pl.col("labelled").any(),
+            pl.col("held_out").fill_null("").max(),  # one copy with rejected records holds the image out
             pl.len().alias("copies"),
         )
     )
@@ -211,7 +214,7 @@ def _empty_features():
     schema: dict[str, Any] = {"image_id": pl.Utf8, "batch": pl.Utf8}
     schema.update({c: pl.Int64 for c in ("orig_width", "orig_height", "channels", "width", "height")})
     schema.update({"labelled": pl.Boolean, "copies": pl.UInt32})
-    schema.update({c: pl.Utf8 for c in ("line_id", "camera_id", "captured_at")})
+    schema.update({c: pl.Utf8 for c in ("line_id", "camera_id", "captured_at", "held_out")})
     schema.update({c: pl.Float64 for c in FEATURE_COLUMNS})
     return pl.DataFrame(schema=schema)
 

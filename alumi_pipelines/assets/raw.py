@@ -47,7 +47,7 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 )
 def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings: PipelineSettings):
     """Ingest one or more landing batches (one partition each)."""
-    totals = {"files": 0, "images": 0, "unique": 0, "boxes": 0, "quarantined": 0}
+    totals = {"files": 0, "images": 0, "unique": 0, "boxes": 0, "quarantined": 0, "held_out": 0}
     classes: dict[str, int] = {}
     for batch in context.partition_keys:
         result = ingest_landing_batch(lake, batch, pipeline_settings)
@@ -55,6 +55,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
         totals["unique"] += len({m["image_id"] for m in result.manifest})
         totals["boxes"] += len(result.labels)
         totals["quarantined"] += len(result.rejections)
+        totals["held_out"] += len(result.held_out)
         for row in result.labels:
             classes[row["class_name"]] = classes.get(row["class_name"], 0) + 1
         for note in result.notes[:20]:
@@ -73,6 +74,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
             "unique_images": totals["unique"],
             "duplicates_in_batch": totals["images"] - totals["unique"],
             "quarantined": totals["quarantined"],
+            "held_out_of_gold": totals["held_out"],
             "manifest": MetadataValue.path(lake.uri(lake_keys.raw_manifest_key(batches[0]))),
         },
     )

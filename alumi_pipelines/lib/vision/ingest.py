@@ -1,5 +1,13 @@
 """Landing batch → raw records: validate the batch marker, parse annotations, probe every image,
-content-address the good ones and collect every rejection with its reason."""
+content-address the good ones and collect every rejection with its reason.
+
+An image any of whose annotation records was rejected (a box with NaN coordinates or far outside the image,
+an unknown class, an unreadable annotation file) is *held out*: its manifest row carries the reason in
+``held_out``, a ``held_out`` rejection row lists it, and gold leaves it out until a correction labels it. Its
+remaining boxes are kept in raw labels for the reviewer. Only an annotation that was read in full and says
+"no boxes" (an empty YOLO file, a VOC file without objects, a LabelMe file without shapes) makes a defect-free
+example.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ MANIFEST_COLUMNS = (
     "line_id",
     "camera_id",
     "captured_at",
+    "held_out",  # why the image is held out of gold (rejected annotation records), "" when it is not
 )
 REJECTION_COLUMNS = ("batch", "path", "stage", "reason")
 
@@ -45,6 +54,11 @@ class IngestResult:
     labels: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def held_out(self) -> list[dict]:
+        """Manifest rows of the images held out of gold because annotation records of theirs were rejected."""
+        return [row for row in self.manifest if row["held_out"]]
 
 
 def check_batch_id(batch_id: str) -> str:
@@ -113,6 +127,18 @@ def ingest_batch(
         ext = ".jpg" if info.format == "jpeg" else f".{info.format}"
         store(image_id, ext, data)
         extra = image.extra or {}
+        rows, rejections, notes = formats.to_canonical_rows(
+            image,
+            info.width,
+            info.height,
+            info.channels,
+            class_map,
+            image_id=image_id,
+            source=marker["format"],
+            batch=batch_id,
+        )
+        problems = [*image.problems, *(r.reason for r in rejections)]
+        held_out = held_out_reason(image.annotation_path or image.image_path, problems)
         result.manifest.append(
             {
                 "image_id": image_id,
@@ -128,22 +154,28 @@ def ingest_batch(
                 "line_id": str(extra.get("line_id") or ""),
                 "camera_id": str(extra.get("camera_id") or ""),
                 "captured_at": str(extra.get("captured_at") or ""),
+                "held_out": held_out,
             }
-        )
-        rows, rejections, notes = formats.to_canonical_rows(
-            image,
-            info.width,
-            info.height,
-            info.channels,
-            class_map,
-            image_id=image_id,
-            source=marker["format"],
-            batch=batch_id,
         )
         result.labels.extend(rows)
         result.rejections.extend(_reject(batch_id, r.path, "label", r.reason) for r in rejections)
+        if held_out:
+            result.rejections.append(_reject(batch_id, image.image_path, "held_out", held_out))
         result.notes.extend(notes)
+    if result.held_out:
+        result.notes.append(
+            f"{len(result.held_out)} images held out of gold: annotation records of theirs were rejected"
+        )
     return result
+
+
+def held_out_reason(annotation: str, problems: Sequence[str], limit: int = 3) -> str:
+    """Why an image is held out of gold ("" when ``problems`` is empty): its rejected records, named."""
+    if not problems:
+        return ""
+    shown = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+    count = f"{len(problems)} rejected annotation record" + ("s" if len(problems) != 1 else "")
+    return f"held out of gold, not a defect-free example: {annotation} has {count} ({shown})"
 
 
 def _reject(batch: str, path: str, stage: str, reason: str) -> dict:
