@@ -152,6 +152,7 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
         min_side=settings.min_image_side,
         store=store,
         workers=settings.workers,
+        limits=image_limits(settings),
     )
     manifest_schema = {
         c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
@@ -170,6 +171,13 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
     )
     write_quarantine(lake, batch, result.rejections, lambda p: lake.read_bytes(lake_keys.landing_key(batch, p)))
     return result
+
+
+def image_limits(settings: PipelineSettings):
+    """The decoding bounds of the settings (pixels and decoded bytes, checked from each image's header)."""
+    from alumi_pipelines.lib.vision.imaging import Limits
+
+    return Limits(max_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_bytes)
 
 
 def write_quarantine(lake: Lake, batch: str, rejections: list[dict], read) -> None:

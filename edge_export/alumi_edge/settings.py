@@ -31,7 +31,15 @@ class EdgeSettings(BaseSettings):
     iou: float = Field(0.7, ge=0.0, le=1.0, description="default NMS IoU threshold")
     max_det: int = Field(300, ge=1, le=10000, description="most boxes returned per image")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger request bodies get HTTP 413")
-    max_image_pixels: int = Field(100_000_000, ge=1, description="larger decoded images get HTTP 413")
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="images whose header declares more pixels get HTTP 413 (before decoding)"
+    )
+    max_decoded_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="images whose header declares a larger decoded buffer (width x height x samples x bytes) get "
+        "HTTP 413 (before decoding)",
+    )
     inference_workers: int = Field(2, ge=1, le=64, description="threads running inference (never the event loop)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = its default)")
     keep_buffers: bool = Field(

@@ -94,8 +94,12 @@ def ingest_batch(
     min_side: int,
     store: Callable[[str, str, bytes], None],
     workers: int = 0,
+    limits: imaging.Limits | None = None,
 ) -> IngestResult:
-    """Parse, probe and store one batch; ``store(image_id, ext, data)`` persists a good image."""
+    """Parse, probe and store one batch; ``store(image_id, ext, data)`` persists a good image.
+
+    An image whose header declares more than ``limits`` allow is quarantined without being decoded.
+    """
     result = IngestResult()
     files = sorted(f for f in files if f != BATCH_MARKER)
     for path in files:
@@ -112,7 +116,7 @@ def ingest_batch(
     def probe(image: formats.AnnotatedImage):
         data = read(image.image_path)
         try:
-            info = imaging.probe(data)
+            info = imaging.probe(data, limits)
         except imaging.ImageRejected as exc:
             return image, data, None, str(exc)
         if min(info.width, info.height) < min_side:
