@@ -5,6 +5,7 @@ TensorRT build plan and a self-test sample, signs the manifest and then moves th
 immutable: a release that is already published only gets its channels moved. Logic lives in ``lib/export/release``.
 """
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,12 @@ class EdgeReleaseConfig(Config):
         "($ALUMI_RELEASE_KEY), else a development key under $ALUMI_HOME/keys/release-dev.key",
     )
     sample_conf: float = Field(default=0.25, description="confidence threshold of the bundled self-test")
+    channel_ttl_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="days until a channel pointer expires; devices refuse an expired pointer, so re-materialise "
+        "edge_release (it only re-signs the pointers of a published release) more often than this",
+    )
 
 
 @asset(
@@ -68,10 +75,24 @@ def edge_release(
         context.log.warning(f"signing with the development key {key_path}; set ALUMI_RELEASE_KEY for production")
     manifest_key = lake_keys.release_file_key(name, MANIFEST_NAME)
     reused = lake.exists(manifest_key)
+    ttl = dt.timedelta(days=config.channel_ttl_days)
+
+    def read_if_present(key: str) -> bytes | None:  # the previous pointer: the new sequence exceeds its own
+        return lake.read_bytes(key) if lake.exists(key) else None
+
     if reused:
         context.log.info(f"release {name} already published; releases are immutable, moving the channels only")
         manifest = lake.read_json(manifest_key)
-        keys = release.move_channels(name, config.channels, lake.write_bytes, channel_key=lake_keys.channel_key)
+        keys = release.move_channels(
+            name,
+            config.channels,
+            lake.write_bytes,
+            channel_key=lake_keys.channel_key,
+            private_key_pem=private_pem,
+            manifest=lake.read_bytes(manifest_key),
+            read_bytes=read_if_present,
+            ttl=ttl,
+        )
     else:
         with pipeline_settings.scratch(context.run.run_id, "edge_release") as work:
             model = fetch_file(lake, record["onnx_key"], work / "in" / "model.onnx")
@@ -150,6 +171,9 @@ def edge_release(
                 channels=config.channels,
                 file_key=lake_keys.release_file_key,
                 channel_key=lake_keys.channel_key,
+                private_key_pem=private_pem,
+                read_bytes=read_if_present,
+                ttl=ttl,
             )
     context.log.info(f"release {name}: channels {', '.join(config.channels)} → {name}")
     return MaterializeResult(

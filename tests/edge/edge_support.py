@@ -198,12 +198,18 @@ class ReleaseStore:
             tmp.write_bytes(data)
             tmp.replace(target)
 
+        def read(key: str) -> bytes | None:
+            target = self.root / key.removeprefix(lake_keys.RELEASES + "/")
+            return target.read_bytes() if target.is_file() else None
+
         publish_release(
             release_dir,
             write,
             channels=channels,
             file_key=lake_keys.release_file_key,
             channel_key=lake_keys.channel_key,
+            private_key_pem=self.private_pem,
+            read_bytes=read,
         )
         return self.root / version
 

@@ -106,6 +106,8 @@ def test_a_killed_dagster_job_execute_ends_failed_and_a_queued_training_run_then
     }
     logs = [tmp_path / "execute.log", tmp_path / "launch.log", tmp_path / "daemon.log"]
     started: list[subprocess.Popen] = []
+    instance = DagsterInstance.from_config(str(home))  # creates the storage before any other process opens it
+    assert instance.get_runs() == []
     try:
         # 1. a training run executing in a shell, then killed from outside (SIGKILL: no chance to report anything)
         execute = _start(
@@ -115,7 +117,6 @@ def test_a_killed_dagster_job_execute_ends_failed_and_a_queued_training_run_then
             logs[0],
         )
         started.append(execute)
-        instance = DagsterInstance.from_config(str(home))
 
         def long_run_sleeping():
             runs = instance.get_runs(RunsFilter(job_name="long_training", statuses=[DagsterRunStatus.STARTED]))
