@@ -106,6 +106,12 @@ def edge_release(
             root = stage_gold(lake, prefix, work, splits=("test",))
             test = [t.path for t in yolo_data.read_yolo_split(root, "test", len(record["names"]))]
             sample, found = predict.pick_sample_image(model, test, conf=config.sample_conf)
+            if len(found) == 0:
+                raise Failure(
+                    f"edge release {name}: the model detects nothing at sample_conf={config.sample_conf} on any of the "
+                    f"{len(test)} test images, so the release's self-test would have nothing to compare; not "
+                    "publishing it (train longer, or lower sample_conf)"
+                )
             expected = release.expected_detections(
                 found.boxes.tolist(),
                 found.confidences.tolist(),
@@ -114,6 +120,7 @@ def edge_release(
                 conf=config.sample_conf,
                 iou=predict.NMS_IOU,
             )
+            expected["raw"] = release.sample_raw(model, sample)  # the raw output too: boxes alone can pass vacuously
             # The INT8 model's own boxes on the same image: a device self-tests whichever model it serves.
             found_int8 = predict.predict_onnx(model_int8, [sample], conf=config.sample_conf)[0]
             expected["roles"] = {
@@ -125,7 +132,8 @@ def edge_release(
                         record["names"],
                         conf=config.sample_conf,
                         iou=predict.NMS_IOU,
-                    )["boxes"]
+                    )["boxes"],
+                    "raw": release.sample_raw(model_int8, sample),
                 }
             }
             expected_path = work / "in" / "sample_expected.json"

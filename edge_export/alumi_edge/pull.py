@@ -188,8 +188,8 @@ def _install(
             if self_test:
                 report = run_self_test(partial, manifest)
                 log(
-                    f"self-test passed: {report.matched}/{report.expected} expected boxes matched "
-                    f"({', '.join(report.models)})"
+                    f"self-test passed: {report.matched}/{report.expected} expected boxes matched, "
+                    f"{report.raw_compared} raw scores within tolerance ({', '.join(report.models)})"
                 )
             _fsync_tree(partial)
             os.rename(partial, target)

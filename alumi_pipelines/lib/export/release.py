@@ -282,6 +282,38 @@ def expected_detections(
     }
 
 
+def sample_raw(model_path: str | Path, sample_path: str | Path) -> dict:
+    """The ``raw`` entry of a sample_expected document: the model's top raw scores on the sample, as the device's
+    self-test computes them (``alumi_edge.selftest``, ONNX Runtime on the CPU), with their tolerance."""
+    from alumi_edge.imaging import decode_image
+    from alumi_edge.runtimes.onnx import OnnxRuntime
+    from alumi_edge.selftest import RAW_TOLERANCE, sample_raw_scores
+
+    runtime = OnnxRuntime(Path(model_path), device="cpu").load()
+    try:
+        scores = sample_raw_scores(runtime, decode_image(Path(sample_path).read_bytes()))
+    finally:
+        runtime.close()
+    return {"top_scores": scores, "tolerance": RAW_TOLERANCE}
+
+
+def check_sample_expected(inputs: Sequence[ReleaseInput]) -> None:
+    """Refuse a release whose self-test would prove nothing: its sample must have expected boxes."""
+    for item in inputs:
+        if item.role != "sample_expected":
+            continue
+        try:
+            document = json.loads(Path(item.local_path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReleaseError(f"release file {item.path}: not readable JSON ({exc})") from exc
+        if not isinstance(document, dict) or not document.get("boxes"):
+            raise ReleaseError(
+                f"release file {item.path}: no expected boxes on the sample image, so the devices' self-test would "
+                "pass for a model that detects nothing; choose a sample the model finds defects on (or lower "
+                "sample_conf)"
+            )
+
+
 def write_release(
     dest_dir: str | Path,
     files: Iterable[ReleaseInput | tuple | Mapping[str, Any]],
@@ -303,6 +335,7 @@ def write_release(
         raise ReleaseError(f"release folder {dest} is not empty; releases are immutable, pick a new version")
     inputs = _as_inputs(files)
     manifest = build_manifest(version, inputs, classes, imgsz, metrics, source, created_at)
+    check_sample_expected(inputs)
     data = manifest_bytes(manifest)
     signature = sign_manifest(data, private_key_pem)
     dest.mkdir(parents=True, exist_ok=True)
