@@ -38,6 +38,12 @@ class EdgeReleaseConfig(Config):
         "($ALUMI_RELEASE_KEY), else a development key under $ALUMI_HOME/keys/release-dev.key",
     )
     sample_conf: float = Field(default=0.25, description="confidence threshold of the bundled self-test")
+    min_sample_conf: float = Field(
+        default=0.01,
+        gt=0,
+        description="when the model finds nothing at sample_conf on any test image, the self-test sample is picked at "
+        "lower thresholds down to this one; below it nothing is left to compare and no release is published",
+    )
     channel_ttl_days: float = Field(
         default=30.0,
         gt=0,
@@ -105,24 +111,33 @@ def edge_release(
             prefix = gold_prefix_for(lake, record["dataset_hash"])
             root = stage_gold(lake, prefix, work, splits=("test",))
             test = [t.path for t in yolo_data.read_yolo_split(root, "test", len(record["names"]))]
-            sample, found = predict.pick_sample_image(model, test, conf=config.sample_conf)
+            conf = config.sample_conf
+            sample, found = predict.pick_sample_image(model, test, conf=conf)
+            while len(found) == 0 and conf > config.min_sample_conf:  # an undertrained model: look lower
+                conf = max(config.min_sample_conf, round(conf / 5, 6))
+                sample, found = predict.pick_sample_image(model, test, conf=conf)
             if len(found) == 0:
                 raise Failure(
-                    f"edge release {name}: the model detects nothing at sample_conf={config.sample_conf} on any of the "
-                    f"{len(test)} test images, so the release's self-test would have nothing to compare; not "
-                    "publishing it (train longer, or lower sample_conf)"
+                    f"edge release {name}: the model detects nothing on any of the {len(test)} test images, even at "
+                    f"confidence {config.min_sample_conf} (min_sample_conf), so the release's self-test would have "
+                    "nothing to compare; not publishing it (train longer)"
+                )
+            if conf != config.sample_conf:
+                context.log.warning(
+                    f"the model finds nothing at sample_conf={config.sample_conf}: the self-test sample uses "
+                    f"{len(found)} boxes at confidence {conf} (and the raw scores)"
                 )
             expected = release.expected_detections(
                 found.boxes.tolist(),
                 found.confidences.tolist(),
                 found.class_ids.tolist(),
                 record["names"],
-                conf=config.sample_conf,
+                conf=conf,
                 iou=predict.NMS_IOU,
             )
             expected["raw"] = release.sample_raw(model, sample)  # the raw output too: boxes alone can pass vacuously
             # The INT8 model's own boxes on the same image: a device self-tests whichever model it serves.
-            found_int8 = predict.predict_onnx(model_int8, [sample], conf=config.sample_conf)[0]
+            found_int8 = predict.predict_onnx(model_int8, [sample], conf=conf)[0]
             expected["roles"] = {
                 "model_int8": {
                     "boxes": release.expected_detections(
@@ -130,7 +145,7 @@ def edge_release(
                         found_int8.confidences.tolist(),
                         found_int8.class_ids.tolist(),
                         record["names"],
-                        conf=config.sample_conf,
+                        conf=conf,
                         iou=predict.NMS_IOU,
                     )["boxes"],
                     "raw": release.sample_raw(model_int8, sample),
