@@ -35,7 +35,7 @@ def test_the_self_test_compares_raw_top_scores_as_well_as_boxes(edge_home, tmp_p
         document["raw"]["top_scores"] = [v + 0.05 for v in document["raw"]["top_scores"]]
 
     _rewrite_expected(folder, shift)
-    with pytest.raises(SelfTestError, match=r"raw output differs: top score 1 is .* \(tolerance 0.02\)"):
+    with pytest.raises(SelfTestError, match=r"raw output differs: top score \d+ is .* apart as logits, tolerance 0.15"):
         run_self_test(folder, manifest)
 
 
@@ -79,4 +79,14 @@ def test_the_export_refuses_a_release_whose_sample_has_nothing_to_compare(tmp_pa
     assert not (tmp_path / "out" / "manifest.json").exists()
     raw = release.sample_raw(color_onnx, sample)
     assert len(raw["top_scores"]) == RAW_TOP_K and raw["top_scores"] == sorted(raw["top_scores"], reverse=True)
-    assert raw["top_scores"][0] > 0.5 and raw["tolerance"] == 0.02
+    assert raw["top_scores"][0] > 0.5 and raw["tolerance"] == 0.15
+    # no boxes but informative raw scores: something to compare, published; flat raw scores: refused
+    expected.write_text(json.dumps({"conf": 0.25, "iou": 0.7, "boxes": [], "raw": raw}))
+    names = ["red", "green", "blue"]
+    release.write_release(tmp_path / "ok", files, version="1", classes=names, imgsz=64, private_key_pem=signing_keys[0])
+    flat = {"boxes": [], "raw": {"top_scores": [0.0] * RAW_TOP_K, "tolerance": 0.15}}
+    expected.write_text(json.dumps({"boxes": [], "raw": raw, "roles": {"model_int8": flat}}))
+    with pytest.raises(release.ReleaseError, match="roles.model_int8: no expected boxes"):
+        release.write_release(
+            tmp_path / "x", files, version="1", classes=names, imgsz=64, private_key_pem=signing_keys[0]
+        )

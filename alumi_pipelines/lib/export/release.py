@@ -298,7 +298,10 @@ def sample_raw(model_path: str | Path, sample_path: str | Path) -> dict:
 
 
 def check_sample_expected(inputs: Sequence[ReleaseInput]) -> None:
-    """Refuse a release whose self-test would prove nothing: its sample must have expected boxes."""
+    """Refuse a release whose self-test would prove nothing: its sample needs expected boxes or informative raw
+    scores (``alumi_edge.selftest.raw_informative``)."""
+    from alumi_edge.selftest import raw_informative
+
     for item in inputs:
         if item.role != "sample_expected":
             continue
@@ -306,12 +309,18 @@ def check_sample_expected(inputs: Sequence[ReleaseInput]) -> None:
             document = json.loads(Path(item.local_path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ReleaseError(f"release file {item.path}: not readable JSON ({exc})") from exc
-        if not isinstance(document, dict) or not document.get("boxes"):
-            raise ReleaseError(
-                f"release file {item.path}: no expected boxes on the sample image, so the devices' self-test would "
-                "pass for a model that detects nothing; choose a sample the model finds defects on (or lower "
-                "sample_conf)"
-            )
+        if not isinstance(document, dict):
+            raise ReleaseError(f"release file {item.path}: must be a JSON object")
+        roles = document.get("roles") if isinstance(document.get("roles"), dict) else {}
+        for where, entry in [("", document), *((f" roles.{r}", e) for r, e in roles.items())]:
+            raw = entry.get("raw") if isinstance(entry, dict) else None
+            informative = isinstance(raw, dict) and raw_informative(raw)
+            if not isinstance(entry, dict) or not (entry.get("boxes") or informative):
+                raise ReleaseError(
+                    f"release file {item.path}{where}: no expected boxes on the sample image and no informative raw "
+                    "scores, so the devices' self-test would pass for a model that detects nothing; choose a sample "
+                    "the model finds defects on"
+                )
 
 
 def write_release(
