@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 from dagster import DagsterInstance, materialize
 
-from alumi_pipelines.assets import gold, processed, raw
+from alumi_pipelines.assets import corrections, gold, processed, raw
 from alumi_pipelines.lib.vision import formats
 from alumi_pipelines.partitions import landing_batches
 from alumi_pipelines.resources import lake_keys
@@ -88,6 +88,20 @@ def test_a_corpus_with_rejected_annotations_yields_gold_of_exactly_the_cleanly_l
     boxes = {stem(names[i]): n for i, n in gold_manifest.select("image_id", "n_boxes").iter_rows()}
     assert boxes == {"clean1": 1, "clean2": 2, "clean3": 1, "clean4": 1, "empty": 0}
     assert gold.read_gold_pointer(lake)["held_out"] == len(HELD_OUT)
+    assert not any(manifest.filter(pl.col("held_out") != "")["labelled"])  # unlabelled until reviewed
+
+    # review: a QA correction labels the held-out image "nan" (one scratch, 80x64 pixels): it enters gold
+    nan_id = next(i for i, p in names.items() if stem(p) == "nan")
+    csv = (
+        "correction_id,image_id,action,class_name,x1,y1,x2,y2,author,timestamp,tool\n"
+        f"qa-1,{nan_id},add,scratch,10,10,30,30,qa-anna,2026-11-30T10:00:00Z,review\n"
+    )
+    lake.write_bytes(lake_keys.corrections_incoming_key("qa-review.csv"), csv.encode())
+    reviewed = materialize([corrections.label_corrections, gold.gold_dataset], instance=instance, resources=resources)
+    assert reviewed.success
+    gold_manifest = gold.read_gold_manifest(lake)
+    assert {stem(names[i]) for i in gold_manifest["image_id"].to_list()} == CLEAN | {"nan"}
+    assert gold.read_gold_pointer(lake)["held_out"] == len(HELD_OUT) - 1
 
 
 def _parse(tmp_path, fmt, files):

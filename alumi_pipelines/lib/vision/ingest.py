@@ -3,8 +3,9 @@ content-address the good ones and collect every rejection with its reason.
 
 An image any of whose annotation records was rejected (a box with NaN coordinates or far outside the image,
 an unknown class, an unreadable annotation file) is *held out*: its manifest row carries the reason in
-``held_out``, a ``held_out`` rejection row lists it, and gold leaves it out until a correction labels it. Its
-remaining boxes are kept in raw labels for the reviewer. Only an annotation that was read in full and says
+``held_out`` and ``labelled`` false (like an unlabelled frame, it waits for a correction), a ``held_out``
+rejection row lists it, and gold leaves it out until a correction labels it. Its remaining boxes are kept in raw
+labels for the reviewer. Only an annotation that was read in full and says
 "no boxes" (an empty YOLO file, a VOC file without objects, a LabelMe file without shapes) makes a defect-free
 example.
 """
@@ -153,7 +154,7 @@ def ingest_batch(
                 "height": info.height,
                 "channels": info.channels,
                 "bytes": len(data),
-                "labelled": bool(image.labelled),
+                "labelled": bool(image.labelled) and not held_out,  # held out: unlabelled until reviewed
                 "annotation_path": image.annotation_path or "",
                 "line_id": str(extra.get("line_id") or ""),
                 "camera_id": str(extra.get("camera_id") or ""),
