@@ -38,11 +38,11 @@ def png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", compressed) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".tiff", ".webp"])
-@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize(
+    "ext, channels",
+    [(ext, n) for ext in (".jpg", ".png", ".bmp", ".tiff", ".webp") for n in (1, 3, 4) if (ext, n) != (".jpg", 4)],
+)
 def test_the_header_gives_the_size_the_decoder_finds(ext, channels):
-    if ext == ".jpg" and channels == 4:
-        pytest.skip("JPEG has no alpha")
     shape = (37, 53) if channels == 1 else (37, 53, channels)
     data = cv2.imencode(ext, np.full(shape, 77, np.uint8))[1].tobytes()
     header = read_header(data)
