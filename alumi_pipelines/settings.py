@@ -41,6 +41,15 @@ class Settings:
     )
     image_size: int = field(metadata={"env": "ALUMI_IMAGE_SIZE", "doc": "longest side of processed images"})
     min_image_side: int = field(metadata={"env": "ALUMI_MIN_IMAGE_SIDE", "doc": "smaller images are quarantined"})
+    max_image_pixels: int = field(
+        metadata={"env": "ALUMI_MAX_IMAGE_PIXELS", "doc": "images whose header declares more pixels are quarantined"}
+    )
+    max_decoded_bytes: int = field(
+        metadata={
+            "env": "ALUMI_MAX_DECODED_BYTES",
+            "doc": "images whose header declares a larger decoded buffer (bytes) are quarantined",
+        }
+    )
     split_seed: int = field(metadata={"env": "ALUMI_SPLIT_SEED", "doc": "seed of the train/val/test split"})
     model_name: str = field(metadata={"env": "ALUMI_MODEL_NAME", "doc": "registered detector model name"})
     workers: int = field(metadata={"env": "ALUMI_WORKERS", "doc": "threads for image work (0 = every core)"})
@@ -95,6 +104,8 @@ class Settings:
             class_source=class_source,
             image_size=_number("ALUMI_IMAGE_SIZE", "640", int),
             min_image_side=_number("ALUMI_MIN_IMAGE_SIDE", "32", int),
+            max_image_pixels=_positive("ALUMI_MAX_IMAGE_PIXELS", "100000000"),
+            max_decoded_bytes=_positive("ALUMI_MAX_DECODED_BYTES", str(1024**3)),
             split_seed=_number("ALUMI_SPLIT_SEED", "0", int),
             model_name=_env("ALUMI_MODEL_NAME", "alumi-detector"),
             workers=_number("ALUMI_WORKERS", "0", int),
@@ -122,6 +133,13 @@ def _number(name: str, default: str, kind: type):
         return kind(value)
     except ValueError:
         raise ValueError(f"{name}={value!r}: must be {'an integer' if kind is int else 'a number'}") from None
+
+
+def _positive(name: str, default: str) -> int:
+    value = _number(name, default, int)
+    if value <= 0:
+        raise ValueError(f"{name}={value}: must be a positive integer")
+    return value
 
 
 def _gate_floor(value: str) -> float | None:

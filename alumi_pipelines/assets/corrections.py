@@ -86,7 +86,7 @@ def apply_corrections(lake: Lake, settings: PipelineSettings) -> CorrectionsSumm
         recs, bad = corr.parse_incoming(f.key.rsplit("/", 1)[-1], lake.read_bytes(f.key), names=names)
         records.extend(recs)
         rejects.extend(bad)
-    valid, invalid = corr.validate(records, images, list(settings.classes))
+    valid, invalid = corr.validate(records, images, list(settings.classes), max_pixels=settings.max_image_pixels)
     rejects.extend(invalid)
     lake.write_table(lake_keys.CORRECTIONS_VALIDATED, corr.corrections_frame(valid))
     lake.write_table(lake_keys.CORRECTIONS_REJECTIONS, corr.rejects_frame(rejects))

@@ -59,12 +59,29 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
             "images": sum(info.counts.values()),
             **{f"{s}_images": n for s, n in info.counts.items()},
             "label_conflicts": len(info.conflicts),
+            "held_out_images": len(info.held_out),
+            "held_out": MetadataValue.md(held_out_md(info.held_out)),
             "reused_existing": info.reused,
             "class_histogram": MetadataValue.md(histogram_md(totals)),
             "splits": MetadataValue.md(split_md),
             "data_yaml": MetadataValue.path(lake.uri(lake_keys.gold_data_yaml_key(info.prefix))),
         },
     )
+
+
+def held_out_md(held_out: list[dict], limit: int = 20) -> str:
+    """Markdown list of the images held out of gold (rejected annotation records) and why."""
+    if not held_out:
+        return "none: every labelled image's annotation was read in full"
+    lines = ["| image | batch | reason |", "|---|---|---|"]
+    for h in held_out[:limit]:
+        lines.append(f"| {h['image_id'][:12]} | {h['batch']} | {h['reason'].replace('|', '/')} |")
+    if len(held_out) > limit:
+        lines.append(f"| … | | {len(held_out) - limit} more |")
+    lines.append("")
+    lines.append("Each is listed in its batch's quarantine table (with its annotation file) and stays in processed as")
+    lines.append("an unlabelled image: a correction that labels it (label_corrections) brings it into gold.")
+    return "\n".join(lines)
 
 
 @asset_check(
@@ -144,6 +161,7 @@ class GoldInfo:
     conflicts: list[dict] = field(default_factory=list)
     moved: dict[str, str] = field(default_factory=dict)
     reused: bool = False
+    held_out: list[dict] = field(default_factory=list)
 
     def pointer(self) -> dict:
         return {
@@ -153,6 +171,7 @@ class GoldInfo:
             "counts": self.counts,
             "class_counts": self.class_counts,
             "conflicts": len(self.conflicts),
+            "held_out": len(self.held_out),
         }
 
 
@@ -167,9 +186,16 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
     if lake.exists(lake_keys.CORRECTIONS_OVERLAY) and lake.exists(lake_keys.CORRECTIONS_CHANGES):
         changes = lake.read_table(lake_keys.CORRECTIONS_CHANGES)
         labels = corrected_labels(labels, lake.read_table(lake_keys.CORRECTIONS_OVERLAY), changes)
-        # an image a correction touched is labelled from now on, even if it arrived unlabelled
+        # an image a correction touched is labelled from now on, even if it arrived unlabelled or held out
         touched = changes["image_id"].unique().implode()
         features = features.with_columns(pl.col("labelled") | pl.col("image_id").is_in(touched))
+        if "held_out" in features.columns:
+            features = features.with_columns(
+                pl.when(pl.col("image_id").is_in(touched))
+                .then(pl.lit(""))
+                .otherwise(pl.col("held_out"))
+                .alias("held_out")
+            )
     plan = gold.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed)
     prefix = lake_keys.gold_prefix(plan.dataset_hash)
     info = GoldInfo(
@@ -180,6 +206,7 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
         class_counts=plan.class_counts,
         conflicts=plan.conflicts,
         moved=plan.moved,
+        held_out=plan.held_out,
     )
     manifest_key = lake_keys.gold_manifest_key(prefix)
     if lake.exists(manifest_key):

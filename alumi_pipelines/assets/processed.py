@@ -4,7 +4,7 @@
 ``images_valid``) calls :func:`process_batch`: raw objects in, ``lib.vision.imaging`` for the pixels.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from alumi_pipelines.assets.metadata import histogram_md
+from alumi_pipelines.assets.raw import image_limits
 from alumi_pipelines.partitions import landing_batches
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
@@ -69,12 +70,15 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 )
 def processing(context: AssetExecutionContext, lake: Lake, pipeline_settings: PipelineSettings):
     """Normalise images and labels of one or more batches."""
-    images = written = boxes = 0
+    images = written = boxes = quarantined = 0
     classes: dict[str, int] = {}
     means: dict[str, float] = {}
     for batch in context.partition_keys:
         result = process_batch(lake, batch, pipeline_settings)
         images, written, boxes = images + result.images, written + result.written, boxes + result.boxes
+        quarantined += len(result.rejected)
+        for rejected in result.rejected[:20]:
+            context.log.warning(f"{batch}: quarantined {rejected['path']}: {rejected['reason']}")
         for name, n in result.class_counts.items():
             classes[name] = classes.get(name, 0) + n
         means = result.feature_means
@@ -86,6 +90,7 @@ def processing(context: AssetExecutionContext, lake: Lake, pipeline_settings: Pi
         metadata={
             "images": images,
             "new_files": written,
+            "quarantined": quarantined,
             "image_size": pipeline_settings.image_size,
             **{f"mean_{k}": v for k, v in means.items() if k in ("brightness", "contrast", "sharpness")},
             "features": MetadataValue.path(lake.uri(lake_keys.processed_features_key(first))),
@@ -130,6 +135,7 @@ class ProcessedBatch:
     boxes: int
     class_counts: dict[str, int]
     feature_means: dict[str, float]
+    rejected: list[dict] = field(default_factory=list)  # quarantine rows of images that could not be processed
 
 
 def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> ProcessedBatch:
@@ -141,18 +147,22 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     from alumi_pipelines.lib.vision.labels import ClassMap
 
     manifest = lake.read_table(lake_keys.raw_manifest_key(batch))
+    if "held_out" not in manifest.columns:  # a manifest written before images were held out
+        manifest = manifest.with_columns(pl.lit("").alias("held_out"))
     per_image = (
         manifest.sort("source_path")
         .group_by("image_id", maintain_order=True)
         .agg(
             pl.first("format", "width", "height", "channels", "line_id", "camera_id", "captured_at"),
             pl.col("labelled").any(),
+            pl.col("held_out").fill_null("").max(),  # one copy with rejected records holds the image out
             pl.len().alias("copies"),
         )
     )
     ids, formats, widths, heights, channels = (
         per_image[c].to_list() for c in ("image_id", "format", "width", "height", "channels")
     )
+    limits = image_limits(settings)
 
     may_be_absent = lake.absent_filter(lake_keys.PROCESSED_IMAGES)  # listed once: a known image costs no request
     # on an object store, the local cache holds the raw images ingested on this machine (named by their sha256,
@@ -167,7 +177,10 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
         if data is None:
             data = lake.read_bytes(raw_key)
         info = imaging.ImageInfo(widths[i], heights[i], channels[i], fmt)
-        processed = imaging.normalise(data, info, settings.image_size, image_id=image_id)
+        try:  # the header is checked against the limits again: they may be lower than at ingestion
+            processed = imaging.normalise(data, info, settings.image_size, image_id=image_id, limits=limits)
+        except imaging.ImageRejected as exc:
+            return str(exc)
         key = lake_keys.processed_image_key(image_id)
         if not may_be_absent(key):
             new = False
@@ -182,11 +195,16 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
         # not the bytes: a batch can be large
         return processed.width, processed.height, processed.features, new, digest, len(processed.data)
 
-    results = list(
+    outcomes = list(
         imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers), chunk=lake.io_chunk())
     )
     if cache is not None:
         cache.prune()
+    refused = {ids[i]: reason for i, reason in enumerate(outcomes) if isinstance(reason, str)}
+    results = [r for r in outcomes if not isinstance(r, str)]
+    if refused:
+        per_image = per_image.filter(~pl.col("image_id").is_in(list(refused)))
+    rejected = quarantine_refused(lake, batch, manifest, refused)
     written = sum(r[3] for r in results)
     features = _empty_features()
     if results:
@@ -219,7 +237,36 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
     lake.write_table(lake_keys.processed_labels_key(batch), labels)
     counts = dict(labels.group_by("class_name").len().sort("class_name").iter_rows())
     means = {c: round(float(features[c].mean() or 0.0), 3) for c in imaging.FEATURE_COLUMNS} if results else {}
-    return ProcessedBatch(len(results), written, labels.height, counts, means)
+    return ProcessedBatch(len(results), written, labels.height, counts, means, rejected)
+
+
+def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str]) -> list[dict]:
+    """Add the images processing refused (``image_id`` → reason) to the batch's quarantine, stage ``processed``.
+
+    Rows of an earlier processing run are replaced, so re-running gives the same table; each image's raw bytes are
+    copied under its landing path.
+    """
+    import polars as pl
+
+    from alumi_pipelines.lib.vision.ingest import REJECTION_COLUMNS
+
+    rows = [
+        {"batch": batch, "path": path, "stage": "processed", "reason": refused[image_id]}
+        for image_id, path, fmt in manifest.select("image_id", "source_path", "format").iter_rows()
+        if image_id in refused
+    ]
+    key = lake_keys.quarantine_table_key(batch)
+    schema = {c: pl.Utf8 for c in REJECTION_COLUMNS}
+    earlier = lake.read_table(key) if lake.exists(key) else pl.DataFrame(schema=schema)
+    if not rows and not (earlier["stage"] == "processed").any():
+        return []
+    table = pl.concat([earlier.filter(pl.col("stage") != "processed"), pl.DataFrame(rows, schema=schema, orient="row")])
+    for image_id, path, fmt in manifest.select("image_id", "source_path", "format").iter_rows():
+        if image_id in refused:
+            raw_key = lake_keys.raw_image_key(image_id, ".jpg" if fmt == "jpeg" else f".{fmt}")
+            lake.copy(raw_key, lake_keys.quarantine_file_key(batch, path))
+    lake.write_table(key, table.sort(["path", "stage", "reason"]))
+    return rows
 
 
 def _empty_features():
@@ -230,7 +277,7 @@ def _empty_features():
     schema: dict[str, Any] = {"image_id": pl.Utf8, "batch": pl.Utf8}
     schema.update({c: pl.Int64 for c in ("orig_width", "orig_height", "channels", "width", "height")})
     schema.update({"labelled": pl.Boolean, "copies": pl.UInt32})
-    schema.update({c: pl.Utf8 for c in ("line_id", "camera_id", "captured_at")})
+    schema.update({c: pl.Utf8 for c in ("line_id", "camera_id", "captured_at", "held_out")})
     schema.update({c: pl.Float64 for c in FEATURE_COLUMNS})
     # the stored processed image: its sha256 (verified when staged) and size
     schema.update({"processed_sha256": pl.Utf8, "processed_bytes": pl.Int64})

@@ -48,7 +48,7 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 )
 def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings: PipelineSettings):
     """Ingest one or more landing batches (one partition each)."""
-    totals = {"files": 0, "images": 0, "unique": 0, "boxes": 0, "quarantined": 0}
+    totals = {"files": 0, "images": 0, "unique": 0, "boxes": 0, "quarantined": 0, "held_out": 0}
     classes: dict[str, int] = {}
     for batch in context.partition_keys:
         result = ingest_landing_batch(lake, batch, pipeline_settings)
@@ -56,6 +56,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
         totals["unique"] += len({m["image_id"] for m in result.manifest})
         totals["boxes"] += len(result.labels)
         totals["quarantined"] += len(result.rejections)
+        totals["held_out"] += len(result.held_out)
         for row in result.labels:
             classes[row["class_name"]] = classes.get(row["class_name"], 0) + 1
         for note in result.notes[:20]:
@@ -74,6 +75,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
             "unique_images": totals["unique"],
             "duplicates_in_batch": totals["images"] - totals["unique"],
             "quarantined": totals["quarantined"],
+            "held_out_of_gold": totals["held_out"],
             "manifest": MetadataValue.path(lake.uri(lake_keys.raw_manifest_key(batches[0]))),
         },
     )
@@ -170,6 +172,7 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
             store=store,
             workers=lake.io_workers(settings.workers),
             chunk=lake.io_chunk(),
+            limits=image_limits(settings),
         )
     manifest_schema = {
         c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
@@ -188,6 +191,13 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
     )
     write_quarantine(lake, batch, result.rejections, read)
     return result
+
+
+def image_limits(settings: PipelineSettings):
+    """The decoding bounds of the settings (pixels and decoded bytes, checked from each image's header)."""
+    from alumi_pipelines.lib.vision.imaging import Limits
+
+    return Limits(max_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_bytes)
 
 
 def write_quarantine(lake: Lake, batch: str, rejections: list[dict], read) -> None:

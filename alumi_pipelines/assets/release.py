@@ -5,6 +5,7 @@ TensorRT build plan and a self-test sample, signs the manifest and then moves th
 immutable: a release that is already published only gets its channels moved. Logic lives in ``lib/export/release``.
 """
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,18 @@ class EdgeReleaseConfig(Config):
         "($ALUMI_RELEASE_KEY), else a development key under $ALUMI_HOME/keys/release-dev.key",
     )
     sample_conf: float = Field(default=0.25, description="confidence threshold of the bundled self-test")
+    min_sample_conf: float = Field(
+        default=0.01,
+        gt=0,
+        description="when the model finds nothing at sample_conf on any test image, the self-test sample is picked at "
+        "lower thresholds down to this one; below it nothing is left to compare and no release is published",
+    )
+    channel_ttl_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="days until a channel pointer expires; devices refuse an expired pointer, so re-materialise "
+        "edge_release (it only re-signs the pointers of a published release) more often than this",
+    )
 
 
 @asset(
@@ -51,6 +64,7 @@ class EdgeReleaseConfig(Config):
 def edge_release(
     context: AssetExecutionContext, config: EdgeReleaseConfig, lake: Lake, pipeline_settings: PipelineSettings
 ) -> MaterializeResult:
+    from alumi_edge.selftest import raw_informative
     from alumi_pipelines.lib.export import predict, release, yolo_data
 
     record = latest_record(context, "onnx_model", lake, "export_key")
@@ -68,10 +82,24 @@ def edge_release(
         context.log.warning(f"signing with the development key {key_path}; set ALUMI_RELEASE_KEY for production")
     manifest_key = lake_keys.release_file_key(name, MANIFEST_NAME)
     reused = lake.exists(manifest_key)
+    ttl = dt.timedelta(days=config.channel_ttl_days)
+
+    def read_if_present(key: str) -> bytes | None:  # the previous pointer: the new sequence exceeds its own
+        return lake.read_bytes(key) if lake.exists(key) else None
+
     if reused:
         context.log.info(f"release {name} already published; releases are immutable, moving the channels only")
         manifest = lake.read_json(manifest_key)
-        keys = release.move_channels(name, config.channels, lake.write_bytes, channel_key=lake_keys.channel_key)
+        keys = release.move_channels(
+            name,
+            config.channels,
+            lake.write_bytes,
+            channel_key=lake_keys.channel_key,
+            private_key_pem=private_pem,
+            manifest=lake.read_bytes(manifest_key),
+            read_bytes=read_if_present,
+            ttl=ttl,
+        )
     else:
         with pipeline_settings.scratch(context.run.run_id, "edge_release") as work:
             model = fetch_file(lake, record["onnx_key"], work / "in" / "model.onnx")
@@ -86,17 +114,40 @@ def edge_release(
                 lake, prefix, work, splits=("test",), cache=pipeline_settings.cache(), log=context.log.info
             )
             test = [t.path for t in yolo_data.read_yolo_split(root, "test", len(record["names"]))]
-            sample, found = predict.pick_sample_image(model, test, conf=config.sample_conf)
+            conf = config.sample_conf
+            sample, found = predict.pick_sample_image(model, test, conf=conf)
+            while len(found) == 0 and conf > config.min_sample_conf:  # an undertrained model: look lower
+                conf = max(config.min_sample_conf, round(conf / 5, 6))
+                sample, found = predict.pick_sample_image(model, test, conf=conf)
+            raw = release.sample_raw(model, sample)  # the raw output too: boxes alone can pass vacuously
+            if len(found) == 0 and not raw_informative(raw):
+                raise Failure(
+                    f"edge release {name}: the model detects nothing on any of the {len(test)} test images, even at "
+                    f"confidence {config.min_sample_conf} (min_sample_conf), and its raw scores are flat (top "
+                    f"{max(raw['top_scores']):.3g}), so the release's self-test would have nothing to compare; not "
+                    "publishing it (train longer)"
+                )
+            if len(found) == 0:
+                context.log.warning(
+                    f"the model detects nothing on the test images even at confidence {conf}: the release's self-test "
+                    f"compares its raw top scores on {sample.name} only (top {max(raw['top_scores']):.3g})"
+                )
+            elif conf != config.sample_conf:
+                context.log.warning(
+                    f"the model finds nothing at sample_conf={config.sample_conf}: the self-test sample uses "
+                    f"{len(found)} boxes at confidence {conf} (and the raw scores)"
+                )
             expected = release.expected_detections(
                 found.boxes.tolist(),
                 found.confidences.tolist(),
                 found.class_ids.tolist(),
                 record["names"],
-                conf=config.sample_conf,
+                conf=conf,
                 iou=predict.NMS_IOU,
             )
+            expected["raw"] = raw
             # The INT8 model's own boxes on the same image: a device self-tests whichever model it serves.
-            found_int8 = predict.predict_onnx(model_int8, [sample], conf=config.sample_conf)[0]
+            found_int8 = predict.predict_onnx(model_int8, [sample], conf=conf)[0]
             expected["roles"] = {
                 "model_int8": {
                     "boxes": release.expected_detections(
@@ -104,9 +155,10 @@ def edge_release(
                         found_int8.confidences.tolist(),
                         found_int8.class_ids.tolist(),
                         record["names"],
-                        conf=config.sample_conf,
+                        conf=conf,
                         iou=predict.NMS_IOU,
-                    )["boxes"]
+                    )["boxes"],
+                    "raw": release.sample_raw(model_int8, sample),
                 }
             }
             expected_path = work / "in" / "sample_expected.json"
@@ -152,6 +204,9 @@ def edge_release(
                 channels=config.channels,
                 file_key=lake_keys.release_file_key,
                 channel_key=lake_keys.channel_key,
+                private_key_pem=private_pem,
+                read_bytes=read_if_present,
+                ttl=ttl,
             )
     context.log.info(f"release {name}: channels {', '.join(config.channels)} → {name}")
     return MaterializeResult(

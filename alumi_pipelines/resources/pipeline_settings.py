@@ -26,6 +26,12 @@ class PipelineSettings(ConfigurableResource):
     classes: list[str] = Field(description="class names; the index is the class id")
     image_size: int = Field(default=640, description="longest side of processed images")
     min_image_side: int = Field(default=32, description="images with a shorter side are quarantined")
+    max_image_pixels: int = Field(
+        default=100_000_000, description="images whose header declares more pixels are quarantined, never decoded"
+    )
+    max_decoded_bytes: int = Field(
+        default=1024**3, description="images whose header declares a larger decoded buffer are quarantined"
+    )
     split_seed: int = Field(default=0, description="seed of the train/val/test split")
     workers: int = Field(default=0, description="threads for image work (0 = every core)")
     profile: str = Field(default="cpu", description="ci | cpu | gpu")
@@ -49,6 +55,8 @@ class PipelineSettings(ConfigurableResource):
             classes=list(settings.classes),
             image_size=settings.image_size,
             min_image_side=settings.min_image_side,
+            max_image_pixels=settings.max_image_pixels,
+            max_decoded_bytes=settings.max_decoded_bytes,
             split_seed=settings.split_seed,
             workers=settings.workers,
             profile=settings.profile,

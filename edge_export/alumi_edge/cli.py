@@ -1,8 +1,9 @@
-"""``alumi-edge`` command line: pull, serve, sync, rollback, info.
+"""``alumi-edge`` command line: pull, verify, serve, sync, rollback, info.
 
 Exit codes: 0 success; 1 operational failure (source or target unreachable, nothing installed);
-2 a release was refused (bad checksum, bad signature, failing self-test); 3 sync stopped early (feedback, frames
-or prediction logs left queued; ``sync`` prints one JSON summary line either way).
+2 a release or channel pointer was refused (bad checksum, bad signature, failing self-test, unsigned, expired or
+older pointer), or ``verify`` found the installed files differ from their manifest; 3 sync stopped early
+(feedback, frames or prediction logs left queued; ``sync`` prints one JSON summary line either way).
 """
 
 from __future__ import annotations
@@ -27,15 +28,25 @@ def _settings(**overrides):
     return EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _read_pubkey(value: str | None) -> bytes:
-    if not value:
-        raise SystemExit("alumi-edge pull: --pubkey (or ALUMI_EDGE_PUBKEY) must name the pinned Ed25519 public key PEM")
-    if value.lstrip().startswith("-----BEGIN"):
-        return value.encode("ascii")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise SystemExit(f"alumi-edge pull: public key file {path} does not exist")
-    return path.read_bytes()
+def _read_pubkey(values: list[str] | str | None, command: str = "pull") -> bytes:
+    """The pinned key set: every PEM block of every --pubkey (file or PEM text), joined."""
+    if isinstance(values, str):
+        values = [values]
+    values = [v for v in values or [] if v]
+    if not values:
+        raise SystemExit(
+            f"alumi-edge {command}: --pubkey (or ALUMI_EDGE_PUBKEY) must name the pinned Ed25519 public key PEM"
+        )
+    pems = []
+    for value in values:
+        if value.lstrip().startswith("-----BEGIN"):
+            pems.append(value.encode("ascii"))
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise SystemExit(f"alumi-edge {command}: public key file {path} does not exist")
+        pems.append(path.read_bytes())
+    return b"\n".join(pems)
 
 
 def cmd_pull(args) -> int:
@@ -48,7 +59,7 @@ def cmd_pull(args) -> int:
     source = args.source or os.environ.get("ALUMI_EDGE_SOURCE")
     if not source:
         raise SystemExit("alumi-edge pull: --source (or ALUMI_EDGE_SOURCE) is required")
-    pubkey = _read_pubkey(args.pubkey or os.environ.get("ALUMI_EDGE_PUBKEY"))
+    pubkey = _read_pubkey(args.pubkey or settings.pubkey)
     try:
         result = pull(
             source, settings.home, pubkey, channel=args.channel, keep=args.keep, force=args.force, log=_stderr
@@ -59,6 +70,28 @@ def cmd_pull(args) -> int:
     except (SourceError, HomeError, OSError) as exc:
         _stderr(f"pull failed, current version unchanged: {exc}")
         return 1
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from alumi_edge.device_home import HomeError
+    from alumi_edge.manifest import ReleaseError
+    from alumi_edge.verify import verify_installed
+
+    settings = _settings(home=args.home)
+    values = args.pubkey or ([settings.pubkey] if settings.pubkey else [])
+    pubkey = _read_pubkey(values, "verify") if values else None
+    try:
+        result = verify_installed(settings.home, pubkey, args.version)
+    except ReleaseError as exc:
+        _stderr(f"verify failed: {exc} (reinstall it: alumi-edge rollback, or pull after removing the version)")
+        return 2
+    except HomeError as exc:
+        _stderr(f"verify failed: {exc}")
+        return 1
+    if not result.signature_checked:
+        _stderr("no pinned key (--pubkey or ALUMI_EDGE_PUBKEY): file hashes checked, manifest signature not")
     print(json.dumps(result.to_dict()))
     return 0
 
@@ -186,6 +219,13 @@ def cmd_info(args) -> int:
             metrics=manifest.metrics,
             source=manifest.source,
         )
+    info["channels"] = channels = {}
+    for channel in home.channels():
+        accepted = home.accepted_pointer(channel)
+        channels[channel] = {
+            "accepted": accepted.summary() if accepted else None,
+            "last_check": home.last_check(channel),
+        }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -193,6 +233,16 @@ def cmd_info(args) -> int:
         print(f"previous: {info['previous'] or '(none)'}")
         print(f"installed: {', '.join(info['installed']) or '(none)'}")
         print(f"home: {home.root}")
+        for channel, state in channels.items():
+            accepted, check = state["accepted"], state["last_check"] or {}
+            if accepted:
+                expiry = "EXPIRED" if accepted["expired"] else "expires"
+                print(
+                    f"channel {channel}: {accepted['version']} (sequence {accepted['sequence']}, "
+                    f"{expiry} {accepted['expires_at']})"
+                )
+            if check.get("status") == "refused":
+                print(f"channel {channel}: last pull at {check['checked_at']} REFUSED: {check['detail']}")
     return 0 if current else 1
 
 
@@ -210,12 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_home(sub.add_parser("pull", help="install the newest release of a channel (verified, self-tested)"))
     p.add_argument("--source", help="releases root: folder, file:// URI or https:// URL (with SAS query)")
     p.add_argument("--channel", default="stable", help="channel pointer to follow (default: stable)")
-    p.add_argument("--pubkey", help="pinned Ed25519 public key: PEM file or PEM text")
+    p.add_argument(
+        "--pubkey",
+        action="append",
+        help="pinned Ed25519 public key(s): PEM file or PEM text; repeat it (or put several keys in one file) to "
+        "trust a key set while the release key is rotated",
+    )
     p.add_argument("--keep", type=int, default=3, help="installed versions to keep (at least current + previous)")
     p.add_argument("--force", action="store_true", help="install even a version this device rolled back from")
     p.set_defaults(func=cmd_pull)
 
-    p = with_home(sub.add_parser("serve", help="run the HTTP server"))
+    p = with_home(sub.add_parser("verify", help="re-hash the installed version against its signed manifest"))
+    p.add_argument("--pubkey", action="append", help="pinned Ed25519 public key(s), as for pull")
+    p.add_argument("--version", dest="version", help="an installed version (default: current)")
+    p.set_defaults(func=cmd_verify)
+
+    p = with_home(sub.add_parser("serve", help="run the HTTP server (verifies the installed version first)"))
     p.add_argument("--host", help="bind address (default ALUMI_EDGE_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default ALUMI_EDGE_PORT or 8080)")
     p.add_argument("--model", type=Path, help="serve this ONNX file instead of the pulled release")

@@ -34,6 +34,7 @@ class DeviceHome:
         self.current_link = self.root / "current"
         self.previous_link = self.root / "previous"
         self.rejected_file = self.root / "rolled_back.json"
+        self.channels_dir = self.root / "channels"  # per channel: the newest pointer accepted, and the last check
 
     def ensure(self) -> DeviceHome:
         """Create the folders."""
@@ -112,6 +113,47 @@ class DeviceHome:
         if version in versions:
             versions.discard(version)
             self._write_rolled_back(versions)
+
+    # -- channel pointers: the newest one accepted (its sequence is the floor) and the last check -----
+    def accepted_pointer(self, channel: str):
+        """The newest channel pointer this device accepted for ``channel`` (a ChannelPointer), or None."""
+        from alumi_edge.channel import ChannelError, parse_pointer
+
+        path = self.channels_dir / f"{check_version(channel, 'channel')}.json"
+        try:
+            return parse_pointer(path.read_bytes(), str(path), channel)[1]
+        except FileNotFoundError:
+            return None
+        except ChannelError as exc:
+            raise HomeError(f"{path}: the stored channel pointer is damaged ({exc}); restore it or remove it") from exc
+
+    def accept_pointer(self, channel: str, raw: bytes) -> None:
+        """Keep ``raw`` as the newest accepted pointer of ``channel``: later pointers must not be older."""
+        self.channels_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.channels_dir / f"{check_version(channel, 'channel')}.json", raw)
+
+    def record_check(self, channel: str, status: dict) -> None:
+        """What the last pull found in ``channel``'s pointer (accepted or refused, and why), for ``info``."""
+        self.channels_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            self.channels_dir / f"{check_version(channel, 'channel')}.last-check.json", json.dumps(status).encode()
+        )
+
+    def last_check(self, channel: str) -> dict | None:
+        try:
+            return json.loads((self.channels_dir / f"{check_version(channel, 'channel')}.last-check.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def channels(self) -> list[str]:
+        """Channels this device has checked."""
+        if not self.channels_dir.is_dir():
+            return []
+        names = set()
+        for path in self.channels_dir.glob("*.json"):
+            if not path.name.startswith("."):
+                names.add(path.name.removesuffix(".json").removesuffix(".last-check"))
+        return sorted(names)
 
     # -- changing ------------------------------------------------------------------------------
     def _point(self, link: Path, version: str) -> None:

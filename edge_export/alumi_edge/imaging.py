@@ -1,17 +1,21 @@
-"""Decode uploaded image bytes into a BGR array, refusing non-images and truncated files clearly."""
+"""Decode uploaded image bytes into a BGR array, refusing non-images, truncated files and pixel bombs clearly.
+
+The size is checked from the header (:mod:`alumi_edge.image_header`) before the decoder runs, so an image
+declaring more pixels than allowed costs a few bytes of parsing, not a full decode.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-# Magic numbers of the formats OpenCV decodes here.
-_SIGNATURES: tuple[tuple[str, bytes], ...] = (
-    ("jpeg", b"\xff\xd8\xff"),
-    ("png", b"\x89PNG\r\n\x1a\n"),
-    ("bmp", b"BM"),
-    ("tiff", b"II*\x00"),
-    ("tiff", b"MM\x00*"),
+from alumi_edge.image_header import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageHeaderError,
+    ImageTooLarge,
+    check_image_size,
+    sniff_format,
 )
 
 
@@ -23,18 +27,7 @@ class CorruptImage(ValueError):
     """The bytes start like a supported image but cannot be decoded (truncated or damaged; HTTP 400)."""
 
 
-class ImageTooLarge(ValueError):
-    """The decoded image has more pixels than the server accepts (HTTP 413)."""
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Image format named by the leading bytes, or None."""
-    for name, magic in _SIGNATURES:
-        if data.startswith(magic):
-            return name
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+__all__ = ["CorruptImage", "ImageTooLarge", "UnsupportedImageType", "decode_image", "sniff_format"]
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -43,8 +36,13 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return last_scan != -1 and data.find(b"\xff\xd9", last_scan) != -1
 
 
-def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
-    """BGR uint8 array (H, W, 3) of an encoded image; raises UnsupportedImageType or CorruptImage."""
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> np.ndarray:
+    """BGR uint8 array (H, W, 3) of an encoded image; raises UnsupportedImageType, CorruptImage or ImageTooLarge.
+
+    ImageTooLarge comes from the header, before decoding (HTTP 413).
+    """
     if not data:
         raise UnsupportedImageType("empty body: expected an image file (JPEG, PNG, BMP, TIFF or WebP)")
     fmt = sniff_format(data)
@@ -54,6 +52,10 @@ def decode_image(data: bytes, max_pixels: int = 100_000_000) -> np.ndarray:
         )
     if fmt == "jpeg" and not _jpeg_is_complete(data):
         raise CorruptImage("truncated JPEG: no end-of-image marker after the last scan")
+    try:
+        check_image_size(data, max_pixels, max_decoded_bytes)
+    except ImageHeaderError as exc:
+        raise CorruptImage(str(exc)) from exc
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise CorruptImage(f"damaged or truncated {fmt.upper()}: the decoder could not read it ({len(data)} bytes)")

@@ -159,19 +159,49 @@ def load_public_key(pem: bytes | str):
     return key
 
 
+def key_id(public_key) -> str:
+    """16 hex digits naming an Ed25519 public key (sha256 of its raw bytes)."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+
+
+def load_public_keys(pem: bytes | str) -> dict:
+    """The pinned key set: every Ed25519 public key of a PEM text (one or several blocks), by :func:`key_id`.
+
+    Several keys let a fleet trust the current and the next release key while the signing key is rotated.
+    """
+    if isinstance(pem, str):
+        pem = pem.encode("ascii")
+    blocks = _PEM_BLOCK.findall(pem) or [pem]
+    keys = {}
+    for block in blocks:
+        key = load_public_key(block)
+        keys[key_id(key)] = key
+    return keys
+
+
 def verify_signature(manifest_bytes: bytes, signature_b64: bytes, public_key_pem: bytes | str) -> None:
-    """Raise SignatureError unless ``signature_b64`` is a valid Ed25519 signature of ``manifest_bytes``."""
+    """Raise SignatureError unless ``signature_b64`` is a valid Ed25519 signature of ``manifest_bytes`` by one
+    of the pinned keys (``public_key_pem`` may hold several)."""
     from cryptography.exceptions import InvalidSignature
 
-    key = load_public_key(public_key_pem)
+    keys = load_public_keys(public_key_pem)
     try:
         signature = base64.b64decode(signature_b64.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureError(f"{SIGNATURE_NAME}: not base64 ({exc})") from exc
-    try:
-        key.verify(signature, manifest_bytes)
-    except InvalidSignature as exc:
-        raise SignatureError(f"{SIGNATURE_NAME}: signature does not match {MANIFEST_NAME} and the pinned key") from exc
+    for key in keys.values():
+        try:
+            key.verify(signature, manifest_bytes)
+            return
+        except InvalidSignature:
+            continue
+    raise SignatureError(f"{SIGNATURE_NAME}: signature does not match {MANIFEST_NAME} and the pinned key")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,15 +1,22 @@
-"""``alumi-edge pull``: fetch the channel's release, verify it, self-test it, switch ``current`` atomically."""
+"""``alumi-edge pull``: check the channel's signed pointer, fetch its release, verify it, self-test it, switch
+``current`` atomically.
+
+The pointer must be signed by a pinned key, unexpired and not older than the newest this device accepted
+(:mod:`alumi_edge.channel`); the manifest it leads to must have the sha256 the pointer names. Every refusal leaves
+``current`` as it was and is recorded for ``alumi-edge info``.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from alumi_edge.channel import ChannelError, ChannelPointer, verify_pointer
 from alumi_edge.device_home import DeviceHome
 from alumi_edge.files import fsync_dir
 from alumi_edge.manifest import (
@@ -18,9 +25,10 @@ from alumi_edge.manifest import (
     ChecksumError,
     Manifest,
     ManifestError,
+    ReleaseError,
     ReleaseFile,
     check_version,
-    load_public_key,
+    load_public_keys,
     parse_manifest,
     verify_file,
     verify_release_dir,
@@ -42,6 +50,7 @@ class PullResult:
     previous: str | None = None
     removed_partials: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    channel: dict = field(default_factory=dict)  # the accepted pointer: sequence, expiry, key id
 
     def to_dict(self) -> dict:
         return {
@@ -50,24 +59,32 @@ class PullResult:
             "previous": self.previous,
             "removed_partials": self.removed_partials,
             "pruned": self.pruned,
+            "channel": self.channel,
         }
 
 
-def read_channel(source: ReleaseSource, channel: str) -> str:
-    """Version named by ``channels/<channel>.json``; refuses pointers that leave the releases root."""
+def read_channel(
+    source: ReleaseSource,
+    channel: str,
+    public_key_pem: bytes | str,
+    newest_accepted: ChannelPointer | None = None,
+    now: datetime | None = None,
+) -> ChannelPointer:
+    """The verified pointer of ``channels/<channel>.json`` (signature, expiry, sequence; see alumi_edge.channel)."""
     check_version(channel, "channel")
     relpath = f"channels/{channel}.json"
-    try:
-        pointer = json.loads(source.read_bytes(relpath, MAX_POINTER_BYTES))
-    except ValueError as exc:
-        raise ManifestError(f"{source.describe(relpath)}: not valid JSON ({exc})") from exc
-    if not isinstance(pointer, dict):
-        raise ManifestError(f"{source.describe(relpath)}: must be a JSON object")
-    version = check_version(pointer.get("version"), f"{relpath}: field 'version'")
-    manifest_path = pointer.get("manifest", f"{version}/{MANIFEST_NAME}")
-    if manifest_path != f"{version}/{MANIFEST_NAME}":
-        raise ManifestError(f"{relpath}: field 'manifest' is {manifest_path!r}, expected '{version}/{MANIFEST_NAME}'")
-    return version
+    data = source.read_bytes(relpath, MAX_POINTER_BYTES)
+    return verify_pointer(
+        data, public_key_pem, channel, where=source.describe(relpath), now=now, newest_accepted=newest_accepted
+    )
+
+
+def _check_manifest_digest(pointer: ChannelPointer, manifest_bytes: bytes, where: str) -> None:
+    actual = hashlib.sha256(manifest_bytes).hexdigest()
+    if actual != pointer.manifest_sha256:
+        raise ChannelError(
+            f"{where}: sha256 {actual} differs from the channel pointer's manifest_sha256 {pointer.manifest_sha256}"
+        )
 
 
 def download_file(source: ReleaseSource, relpath: str, dest: Path, entry: ReleaseFile) -> None:
@@ -104,59 +121,99 @@ def pull(
     force: bool = False,
     self_test: bool = True,
     log: Callable[[str], None] = lambda message: None,
+    now: datetime | None = None,
 ) -> PullResult:
     """Install the release the channel points to; on any failure ``current`` is left as it was."""
-    load_public_key(public_key_pem)  # fail before any download when the pinned key is unusable
+    load_public_keys(public_key_pem)  # fail before any download when the pinned keys are unusable
     device = DeviceHome(home)
     source = open_source(source_uri)
     with device.lock():
         removed = device.clean_partials()
         if removed:
             log(f"removed partial downloads of an interrupted pull: {', '.join(removed)}")
-        version = read_channel(source, channel)
-        current = device.current_version()
-        if version == current:
-            log(f"{version} is already current")
-            return PullResult("up-to-date", version, device.previous_version(), removed)
-        if version in device.rolled_back_versions() and not force:
-            log(f"{version} was rolled back on this device; not installing it again without --force")
-            return PullResult("skipped-rolled-back", version, current, removed)
+        checked_at = (now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
+        try:
+            pointer = read_channel(source, channel, public_key_pem, device.accepted_pointer(channel), now)
+        except ReleaseError as exc:
+            device.record_check(channel, {"checked_at": checked_at, "status": "refused", "detail": str(exc)})
+            raise
+        try:
+            result = _install(device, source, pointer, public_key_pem, force, self_test, log, removed)
+        except ReleaseError as exc:
+            device.record_check(channel, {"checked_at": checked_at, "status": "refused", "detail": str(exc)})
+            raise
+        device.accept_pointer(channel, pointer.raw)
+        result.channel = pointer.summary(now)
+        device.record_check(channel, {"checked_at": checked_at, "status": result.status, **result.channel})
+        if result.status == "switched":
+            result.pruned = device.prune(keep)
+        return result
 
-        target = device.version_dir(version)
-        if target.is_dir():
-            log(f"{version} is already downloaded; re-verifying it")
-            manifest = verify_release_dir(target, public_key_pem)
+
+def _install(
+    device: DeviceHome,
+    source: ReleaseSource,
+    pointer: ChannelPointer,
+    public_key_pem: bytes | str,
+    force: bool,
+    self_test: bool,
+    log: Callable[[str], None],
+    removed: list[str],
+) -> PullResult:
+    version = pointer.version
+    current = device.current_version()
+    if version == current:
+        from alumi_edge.verify import verify_installed
+
+        verify_installed(device.root, public_key_pem, version)  # re-hash it: "up-to-date" only after a look
+        _check_manifest_digest(pointer, (device.version_dir(version) / MANIFEST_NAME).read_bytes(), version)
+        log(f"{version} is already current (verified)")
+        return PullResult("up-to-date", version, device.previous_version(), removed)
+    if version in device.rolled_back_versions() and not force:
+        log(f"{version} was rolled back on this device; not installing it again without --force")
+        return PullResult("skipped-rolled-back", version, current, removed)
+
+    target = device.version_dir(version)
+    if target.is_dir():
+        log(f"{version} is already downloaded; re-verifying it")
+        manifest = verify_release_dir(target, public_key_pem)
+        _check_manifest_digest(pointer, (target / MANIFEST_NAME).read_bytes(), f"{version}/{MANIFEST_NAME}")
+        if self_test:
+            run_self_test(target, manifest)
+    else:
+        partial = device.partial_dir(version)
+        partial.mkdir(parents=True)
+        try:
+            manifest = _download_release(source, pointer, partial, public_key_pem, log)
             if self_test:
-                run_self_test(target, manifest)
-        else:
-            partial = device.partial_dir(version)
-            partial.mkdir(parents=True)
-            try:
-                manifest = _download_release(source, version, partial, public_key_pem, log)
-                if self_test:
-                    report = run_self_test(partial, manifest)
-                    log(
-                        f"self-test passed: {report.matched}/{report.expected} expected boxes matched "
-                        f"({', '.join(report.models)})"
-                    )
-                _fsync_tree(partial)
-                os.rename(partial, target)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-        previous = device.switch(version)
-        device.forget_rollback(version)
-        pruned = device.prune(keep)
-        log(f"switched current to {version} (previous: {previous})")
-        return PullResult("switched", version, previous, removed, pruned)
+                report = run_self_test(partial, manifest)
+                log(
+                    f"self-test passed: {report.matched}/{report.expected} expected boxes matched, "
+                    f"{report.raw_compared} raw scores within tolerance ({', '.join(report.models)})"
+                )
+            _fsync_tree(partial)
+            os.rename(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    previous = device.switch(version)
+    device.forget_rollback(version)
+    log(f"switched current to {version} (previous: {previous})")
+    return PullResult("switched", version, previous, removed)
 
 
 def _download_release(
-    source: ReleaseSource, version: str, partial: Path, public_key_pem: bytes | str, log: Callable[[str], None]
+    source: ReleaseSource,
+    pointer: ChannelPointer,
+    partial: Path,
+    public_key_pem: bytes | str,
+    log: Callable[[str], None],
 ) -> Manifest:
+    version = pointer.version
     manifest_bytes = source.read_bytes(f"{version}/{MANIFEST_NAME}", MAX_MANIFEST_BYTES)
     signature = source.read_bytes(f"{version}/{SIGNATURE_NAME}", 4096)
     verify_signature(manifest_bytes, signature, public_key_pem)
+    _check_manifest_digest(pointer, manifest_bytes, source.describe(f"{version}/{MANIFEST_NAME}"))
     manifest = parse_manifest(manifest_bytes)
     if manifest.version != version:
         raise ManifestError(

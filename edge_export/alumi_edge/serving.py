@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alumi_edge.device_home import DeviceHome, HomeError
-from alumi_edge.manifest import ReleaseError, verify_file
+from alumi_edge.manifest import ReleaseError
 from alumi_edge.model_info import read_model_info
 from alumi_edge.runtimes import Runtime, create_runtime
 from alumi_edge.selftest import load_expected
 from alumi_edge.settings import EdgeSettings
+from alumi_edge.verify import verify_installed
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,10 @@ class ModelHolder:
             path = self.home.model_path(version, role)
         except HomeError as exc:
             raise NoModel(str(exc)) from exc
-        entry = manifest.file_for_role(role)
-        verify_file(path, entry)  # catches on-disk corruption since the pull
+        # every file against the signed manifest: catches on-disk corruption and local edits since the pull
+        verified = verify_installed(self.home.root, self.settings.pubkey_pem(), version)
         summary = {
+            "verified": verified.to_dict(),
             "role": role,
             "version": manifest.version,
             "created_at": manifest.created_at,

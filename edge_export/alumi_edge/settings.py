@@ -19,6 +19,11 @@ class EdgeSettings(BaseSettings):
 
     home: Path = Field(Path("~/.alumi-edge"), description="device folder: versions/, current, feedback queue")
     model_path: Path | None = Field(None, description="serve this ONNX instead of the pulled release")
+    pubkey: str | None = Field(
+        None,
+        description="pinned Ed25519 public key(s): PEM text or a PEM file (several keys allowed); pull checks "
+        "releases and channel pointers with it, serve and verify the installed release's signature",
+    )
     model_role: Literal["auto", "model", "model_int8"] = Field(
         "auto",
         description="release file to serve; auto: the INT8 model on a CPU when the release has one, else the FP32",
@@ -31,7 +36,15 @@ class EdgeSettings(BaseSettings):
     iou: float = Field(0.7, ge=0.0, le=1.0, description="default NMS IoU threshold")
     max_det: int = Field(300, ge=1, le=10000, description="most boxes returned per image")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger request bodies get HTTP 413")
-    max_image_pixels: int = Field(100_000_000, ge=1, description="larger decoded images get HTTP 413")
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="images whose header declares more pixels get HTTP 413 (before decoding)"
+    )
+    max_decoded_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="images whose header declares a larger decoded buffer (width x height x samples x bytes) get "
+        "HTTP 413 (before decoding)",
+    )
     inference_workers: int = Field(2, ge=1, le=64, description="threads running inference (never the event loop)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference (0 = its default)")
     keep_buffers: bool = Field(
@@ -108,6 +121,18 @@ class EdgeSettings(BaseSettings):
     @property
     def engine_cache_dir(self) -> Path:
         return (self.engine_cache or self.home / "engines").expanduser()
+
+    def pubkey_pem(self) -> bytes | None:
+        """The pinned key set as PEM bytes, None when not configured; ValueError names a missing file."""
+        value = (self.pubkey or "").strip()
+        if not value:
+            return None
+        if value.startswith("-----BEGIN"):
+            return value.encode("ascii")
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"ALUMI_EDGE_PUBKEY: {path} is neither PEM text nor an existing file")
+        return path.read_bytes()
 
     def jwt_key_and_algorithm(self) -> tuple[str | bytes, str] | None:
         """(verification key, algorithm), None when auth is off; ValueError naming the missing setting."""

@@ -42,7 +42,12 @@ def published(tmp_path, signing_keys, azure_lake):
         store.publish(version, extra_bytes=extra_bytes)
         built = store.work / "built" / version
         publish_release(
-            built, azure_lake.write_bytes, file_key=lake_keys.release_file_key, channel_key=lake_keys.channel_key
+            built,
+            azure_lake.write_bytes,
+            file_key=lake_keys.release_file_key,
+            channel_key=lake_keys.channel_key,
+            private_key_pem=signing_keys[0],
+            read_bytes=lambda key: azure_lake.read_bytes(key) if azure_lake.exists(key) else None,
         )
         return built
 

@@ -122,11 +122,12 @@ def encode(image: np.ndarray, ext: str = ".png") -> bytes:
 def expected_for(model_path: Path, image: np.ndarray, conf: float = 0.25, iou: float = 0.7) -> dict:
     """sample_expected document computed with the edge runtime itself."""
     from alumi_edge.runtimes import OnnxRuntime
+    from alumi_edge.selftest import RAW_TOLERANCE, sample_raw_scores
     from alumi_pipelines.lib.export.release import expected_detections
 
     runtime = OnnxRuntime(model_path).load()
     result = runtime.detect(image, conf=conf, iou=iou)
-    return expected_detections(
+    expected = expected_detections(
         [[b.x1, b.y1, b.x2, b.y2] for b in result.boxes],
         [b.confidence for b in result.boxes],
         [b.class_id for b in result.boxes],
@@ -134,6 +135,7 @@ def expected_for(model_path: Path, image: np.ndarray, conf: float = 0.25, iou: f
         conf,
         iou,
     )
+    return {**expected, "raw": {"top_scores": sample_raw_scores(runtime, image), "tolerance": RAW_TOLERANCE}}
 
 
 class ReleaseStore:
@@ -198,12 +200,18 @@ class ReleaseStore:
             tmp.write_bytes(data)
             tmp.replace(target)
 
+        def read(key: str) -> bytes | None:
+            target = self.root / key.removeprefix(lake_keys.RELEASES + "/")
+            return target.read_bytes() if target.is_file() else None
+
         publish_release(
             release_dir,
             write,
             channels=channels,
             file_key=lake_keys.release_file_key,
             channel_key=lake_keys.channel_key,
+            private_key_pem=self.private_pem,
+            read_bytes=read,
         )
         return self.root / version
 

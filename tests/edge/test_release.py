@@ -144,6 +144,7 @@ def test_publish_writes_payload_then_manifest_then_channel(tmp_path, signing_key
         channels=("stable", "canary"),
         file_key=lake_keys.release_file_key,
         channel_key=lake_keys.channel_key,
+        private_key_pem=private_pem,
     )
     assert keys == [
         "releases/1.0/model.onnx",
@@ -162,15 +163,19 @@ def test_publish_writes_payload_then_manifest_then_channel(tmp_path, signing_key
         channels=("beta",),
         file_key=lambda v, rel: f"r/{v}/{rel}",
         channel_key=lambda c: f"c/{c}",
+        private_key_pem=private_pem,
     )
     assert other[0] == "r/1.0/model.onnx" and other[-1] == "c/beta"
     moved: list[tuple[str, bytes]] = []
+    signed = {"private_key_pem": private_pem, "manifest": (dest / "manifest.json").read_bytes()}
     assert release.move_channels(
-        "1.0", ["canary"], lambda key, data: moved.append((key, data)), lake_keys.channel_key
+        "1.0", ["canary"], lambda key, data: moved.append((key, data)), lake_keys.channel_key, **signed
     ) == ["releases/channels/canary.json"]
     assert json.loads(moved[0][1])["manifest"] == "1.0/manifest.json"
     with pytest.raises(release.ReleaseError, match="channel '../x'"):
-        release.move_channels("1.0", ["ok", "../x"], lambda key, data: moved.append((key, data)), lake_keys.channel_key)
+        release.move_channels(
+            "1.0", ["ok", "../x"], lambda key, data: moved.append((key, data)), lake_keys.channel_key, **signed
+        )
     assert len(moved) == 1  # no channel moved when one of them is refused
 
 

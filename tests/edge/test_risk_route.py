@@ -72,7 +72,13 @@ def publish_with_risk(release_store, version: str, risk_bytes: bytes | None) -> 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
-    publish_release(built, write, file_key=lake_keys.release_file_key, channel_key=lake_keys.channel_key)
+    publish_release(
+        built,
+        write,
+        file_key=lake_keys.release_file_key,
+        channel_key=lake_keys.channel_key,
+        private_key_pem=release_store.private_pem,
+    )
 
 
 @pytest.fixture

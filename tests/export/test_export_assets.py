@@ -176,6 +176,7 @@ def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _i
     report = run_self_test(folder, manifest)
     assert report.passed and report.matched == report.expected
     assert report.models == ["model.onnx", "model_int8.onnx"]  # whichever model a device serves was run
+    assert report.raw_compared == 2 * 16  # and its raw top scores, not only its boxes
     expected = json.loads((folder / "sample" / "expected.json").read_text())
     assert set(expected["roles"]) == {"model_int8"}
     assert expected["boxes"] and expected["roles"]["model_int8"]["boxes"]
@@ -187,17 +188,25 @@ def test_edge_release_is_complete_signed_and_self_tests(export_run, tmp_path, _i
         verify_release_dir(folder, public_pem)
 
 
-def test_channel_pointer_points_at_the_release_and_a_rerun_moves_only_the_pointer(export_run):
+def test_channel_pointer_points_at_the_release_and_a_rerun_moves_only_the_pointer(export_run, _isolated_home):
+    from alumi_edge.channel import verify_pointer
     from alumi_pipelines.assets.release import edge_release
 
     name = _meta(export_run.result, "edge_release")["release_version"]
     stable = export_run.record("releases/channels/stable.json")
     assert stable["version"] == name and stable["manifest"] == f"{name}/manifest.json"
+    public_pem = (_isolated_home / "keys" / "release-dev.key.pub").read_bytes()
+    first = verify_pointer(export_run.lake.read_bytes("releases/channels/stable.json"), public_pem, "stable")
     manifest_before = export_run.lake.read_bytes(f"releases/{name}/manifest.json")
-    config = {"ops": {"edge_release": {"config": {"channels": ["canary"]}}}}
+    config = {"ops": {"edge_release": {"config": {"channels": ["canary", "stable"]}}}}
     again = export_run.materialize([edge_release], run_config=config)
     meta = _meta(again, "edge_release")
     assert meta["reused"] is True and meta["release_version"] == name
+    # re-materialising re-signs the pointers: a higher sequence and a later expiry, same version
+    resigned = verify_pointer(
+        export_run.lake.read_bytes("releases/channels/stable.json"), public_pem, "stable", newest_accepted=first
+    )
+    assert resigned.version == name and resigned.sequence > first.sequence and resigned.expires_at >= first.expires_at
     assert export_run.record("releases/channels/canary.json")["version"] == name
     assert export_run.lake.read_bytes(f"releases/{name}/manifest.json") == manifest_before
 

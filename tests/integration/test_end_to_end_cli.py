@@ -24,9 +24,16 @@ def test_end_to_end_job_releases_a_model_that_a_device_pulls(cli_env, tmp_path):
     assert manifest["source"]["model_version"] == champion["version"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()  # nothing in the cwd
 
+    # the self-test has something to compare: the raw top scores of both models (this two-epoch model may find no
+    # box at all on the test images), informative ones
+    sample_doc = next(f["path"] for f in manifest["files"] if f["role"] == "sample_expected")
+    expected = json.loads((lake / "releases" / stable["version"] / sample_doc).read_text())
+    for raw in (expected["raw"], expected["roles"]["model_int8"]["raw"]):
+        assert len(raw["top_scores"]) == 16 and max(raw["top_scores"]) >= 1e-6
+
     device = tmp_path / "device"
     pubkey = home / "keys" / "release-dev.key.pub"
-    run(
+    pulled = run(
         [
             BIN / "alumi-edge",
             "pull",
@@ -39,5 +46,6 @@ def test_end_to_end_job_releases_a_model_that_a_device_pulls(cli_env, tmp_path):
         ],
         cli_env,
     )
+    assert "32 raw scores within tolerance" in pulled.stderr
     info = json.loads(run([BIN / "alumi-edge", "info", "--json", "--home", str(device)], cli_env).stdout)
     assert stable["version"] in json.dumps(info)

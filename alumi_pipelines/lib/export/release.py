@@ -1,7 +1,9 @@
 """Edge releases, pipeline side: manifest, Ed25519 signature, release folder, channel pointers, signing key, wheel.
 
 A release is ``<version>/{manifest.json, manifest.sig, model.onnx, ...}`` below the lake's
-``releases/`` zone; ``channels/<channel>.json`` points devices at a version. The signature covers
+``releases/`` zone; ``channels/<channel>.json`` points devices at a version: a pointer signed with the same key,
+with a sequence number that only grows and an expiry (its format is the device's, ``alumi_edge.channel``). The
+manifest signature covers
 the exact bytes of ``manifest.json`` and is stored base64-encoded in ``manifest.sig``; devices
 check it against a pinned public key (``alumi-edge pull --pubkey``). The format itself (file names,
 format number, roles, version rule) is the device's: it is imported from ``alumi_edge.manifest``; file
@@ -17,6 +19,7 @@ device never sees a pointer to an incomplete release. The caller names the keys 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -25,10 +28,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from alumi_edge.channel import POINTER_FORMAT, signed_bytes
 from alumi_edge.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -37,6 +41,7 @@ from alumi_edge.manifest import (
     ManifestError,
     check_relative_path,
     check_version,
+    key_id,
     verify_signature,
 )
 from alumi_edge.manifest import ReleaseError as DeviceReleaseError
@@ -45,6 +50,7 @@ from alumi_pipelines.lib.files import file_sha256
 SOURCE_KEYS = ("mlflow_run_id", "model_name", "model_version", "dataset_hash")
 DEV_SIGNING_KEY = Path("keys") / "release-dev.key"  # below ALUMI_HOME; its .pub is what development devices pin
 RELEASE_KEY_SETTING = "release_key (ALUMI_RELEASE_KEY)"
+CHANNEL_TTL = timedelta(days=30)  # a channel pointer expires this long after it was signed, unless re-signed
 
 
 class ReleaseError(ValueError):
@@ -276,6 +282,47 @@ def expected_detections(
     }
 
 
+def sample_raw(model_path: str | Path, sample_path: str | Path) -> dict:
+    """The ``raw`` entry of a sample_expected document: the model's top raw scores on the sample, as the device's
+    self-test computes them (``alumi_edge.selftest``, ONNX Runtime on the CPU), with their tolerance."""
+    from alumi_edge.imaging import decode_image
+    from alumi_edge.runtimes.onnx import OnnxRuntime
+    from alumi_edge.selftest import RAW_TOLERANCE, sample_raw_scores
+
+    runtime = OnnxRuntime(Path(model_path), device="cpu").load()
+    try:
+        scores = sample_raw_scores(runtime, decode_image(Path(sample_path).read_bytes()))
+    finally:
+        runtime.close()
+    return {"top_scores": scores, "tolerance": RAW_TOLERANCE}
+
+
+def check_sample_expected(inputs: Sequence[ReleaseInput]) -> None:
+    """Refuse a release whose self-test would prove nothing: its sample needs expected boxes or informative raw
+    scores (``alumi_edge.selftest.raw_informative``)."""
+    from alumi_edge.selftest import raw_informative
+
+    for item in inputs:
+        if item.role != "sample_expected":
+            continue
+        try:
+            document = json.loads(Path(item.local_path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReleaseError(f"release file {item.path}: not readable JSON ({exc})") from exc
+        if not isinstance(document, dict):
+            raise ReleaseError(f"release file {item.path}: must be a JSON object")
+        roles = document.get("roles") if isinstance(document.get("roles"), dict) else {}
+        for where, entry in [("", document), *((f" roles.{r}", e) for r, e in roles.items())]:
+            raw = entry.get("raw") if isinstance(entry, dict) else None
+            informative = isinstance(raw, dict) and raw_informative(raw)
+            if not isinstance(entry, dict) or not (entry.get("boxes") or informative):
+                raise ReleaseError(
+                    f"release file {item.path}{where}: no expected boxes on the sample image and no informative raw "
+                    "scores, so the devices' self-test would pass for a model that detects nothing; choose a sample "
+                    "the model finds defects on"
+                )
+
+
 def write_release(
     dest_dir: str | Path,
     files: Iterable[ReleaseInput | tuple | Mapping[str, Any]],
@@ -297,6 +344,7 @@ def write_release(
         raise ReleaseError(f"release folder {dest} is not empty; releases are immutable, pick a new version")
     inputs = _as_inputs(files)
     manifest = build_manifest(version, inputs, classes, imgsz, metrics, source, created_at)
+    check_sample_expected(inputs)
     data = manifest_bytes(manifest)
     signature = sign_manifest(data, private_key_pem)
     dest.mkdir(parents=True, exist_ok=True)
@@ -354,14 +402,53 @@ def build_edge_wheel(source_dir: str | Path, out_dir: str | Path, timeout_s: flo
     return target
 
 
-def channel_pointer(version: str, updated_at: datetime | str | None = None) -> bytes:
-    """Bytes of ``channels/<channel>.json`` pointing at ``version``."""
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def next_sequence(previous: bytes | None, now: datetime) -> int:
+    """A channel's next sequence: above the previous pointer's and at least ``now`` in microseconds since 1970.
+
+    The clock term keeps the sequence growing even when the previous pointer cannot be read (deleted, garbled).
+    """
+    try:
+        prior = json.loads(previous)["sequence"] if previous else 0
+    except (ValueError, KeyError, TypeError):
+        prior = 0
+    prior = prior if isinstance(prior, int) and not isinstance(prior, bool) else 0
+    return max(prior + 1, int(now.timestamp() * 1_000_000))
+
+
+def channel_pointer(
+    version: str,
+    channel: str,
+    private_key_pem: bytes | str,
+    manifest_sha256: str,
+    *,
+    sequence: int,
+    now: datetime | None = None,
+    ttl: timedelta = CHANNEL_TTL,
+) -> bytes:
+    """Bytes of ``channels/<channel>.json``: ``version``, its manifest's sha256, ``sequence`` and an expiry ``ttl``
+    from ``now``, signed with the release key (``alumi_edge.channel`` checks it on the device)."""
     _check_version(version)
-    if updated_at is None:
-        updated_at = datetime.now(UTC)
-    if isinstance(updated_at, datetime):
-        updated_at = updated_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    pointer = {"version": version, "manifest": f"{version}/{MANIFEST_NAME}", "updated_at": updated_at}
+    _check_version(channel, "channel")
+    if ttl <= timedelta(0):
+        raise ReleaseError(f"channel ttl {ttl}: must be positive")
+    now = now or datetime.now(UTC)
+    pointer = {
+        "format": POINTER_FORMAT,
+        "channel": channel,
+        "version": version,
+        "manifest": f"{version}/{MANIFEST_NAME}",
+        "manifest_sha256": manifest_sha256,
+        "sequence": int(sequence),
+        "updated_at": _utc(now),
+        "expires_at": _utc(now + ttl),
+    }
+    key = _private_key(private_key_pem)
+    signature = base64.b64encode(key.sign(signed_bytes(pointer))).decode("ascii")
+    pointer["signature"] = {"key_id": key_id(key.public_key()), "value": signature}
     return (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -377,14 +464,29 @@ def move_channels(
     channels: Sequence[str],
     write_bytes: Callable[[str, bytes], Any],
     channel_key: Callable[[str], str],
+    *,
+    private_key_pem: bytes | str,
+    manifest: bytes,
+    read_bytes: Callable[[str], bytes | None] | None = None,
+    ttl: timedelta = CHANNEL_TTL,
+    now: datetime | None = None,
 ) -> list[str]:
-    """Point each channel at ``version`` (``write_bytes(channel_key(channel), pointer)``); returns the keys.
+    """Point each channel at ``version`` with a signed pointer (``write_bytes(channel_key(channel), pointer)``).
 
-    The release must be published completely first.
+    ``manifest`` is the release's manifest.json (the pointer carries its sha256); ``read_bytes(key)`` (None when
+    absent) gives the previous pointer, whose sequence the new one exceeds. Moving a channel to the version it
+    already names re-signs it (new sequence, new expiry): that is how a pointer is kept from expiring. The release
+    must be published completely first. Returns the keys written.
     """
-    pointer = channel_pointer(version)
+    _check_version(version)
     keys = [channel_key(_check_version(channel, "channel")) for channel in channels]  # all checked before any move
-    for key in keys:
+    digest = hashlib.sha256(manifest).hexdigest()
+    now = now or datetime.now(UTC)
+    for channel, key in zip(channels, keys):
+        previous = read_bytes(key) if read_bytes is not None else None
+        pointer = channel_pointer(
+            version, channel, private_key_pem, digest, sequence=next_sequence(previous, now), now=now, ttl=ttl
+        )
         write_bytes(key, pointer)
     return keys
 
@@ -396,19 +498,31 @@ def publish_release(
     *,
     file_key: Callable[[str, str], str],
     channel_key: Callable[[str], str],
+    private_key_pem: bytes | str,
+    read_bytes: Callable[[str], bytes | None] | None = None,
+    ttl: timedelta = CHANNEL_TTL,
 ) -> list[str]:
     """Hand a written release folder to ``write_bytes(key, data)`` (atomic per key), then move the channels.
 
     Returns the keys written, in order. The version is read from the folder's manifest. ``file_key(version,
     path)`` and ``channel_key(channel)`` name the keys (the lake's: ``lake_keys.release_file_key`` and
-    ``lake_keys.channel_key``).
+    ``lake_keys.channel_key``); the pointers are signed with ``private_key_pem`` (see :func:`move_channels`).
     """
     release_dir = Path(release_dir)
-    manifest = json.loads((release_dir / MANIFEST_NAME).read_bytes())
-    version = _check_version(manifest["version"])
+    manifest_data = (release_dir / MANIFEST_NAME).read_bytes()
+    version = _check_version(json.loads(manifest_data)["version"])
     keys: list[str] = []
     for path in release_file_order(release_dir):
         key = file_key(version, path.relative_to(release_dir).as_posix())
         write_bytes(key, path.read_bytes())
         keys.append(key)
-    return keys + move_channels(version, channels, write_bytes, channel_key)
+    return keys + move_channels(
+        version,
+        channels,
+        write_bytes,
+        channel_key,
+        private_key_pem=private_key_pem,
+        manifest=manifest_data,
+        read_bytes=read_bytes,
+        ttl=ttl,
+    )

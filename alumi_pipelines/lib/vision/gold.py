@@ -23,6 +23,7 @@ class GoldPlan:
     class_counts: dict[str, dict[str, int]]
     conflicts: list[dict] = field(default_factory=list)
     moved: dict[str, str] = field(default_factory=dict)
+    held_out: list[dict] = field(default_factory=list)  # image_id, batch, reason: left out for review
 
 
 class GoldDatasetError(ValueError):
@@ -71,10 +72,30 @@ def sets_agree(a: tuple, b: tuple) -> bool:
     return True
 
 
+def held_out_images(features: pl.DataFrame) -> list[dict]:
+    """Images (once each, by content hash) any copy of which has rejected annotation records, with the reason."""
+    if "held_out" not in features.columns:
+        return []
+    held = (
+        features.filter(pl.col("held_out").fill_null("") != "")
+        .sort(["image_id", "batch"])
+        .unique(subset=["image_id"], keep="first", maintain_order=True)
+    )
+    return [
+        {"image_id": i, "batch": b, "reason": r} for i, b, r in held.select("image_id", "batch", "held_out").iter_rows()
+    ]
+
+
 def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str], *, seed: int = 0) -> GoldPlan:
-    """Choose labels per unique labelled image, split them and hash the result."""
+    """Choose labels per unique labelled image, split them and hash the result.
+
+    Images held out (``held_out`` not empty: annotation records of theirs were rejected) never enter, not even
+    as defect-free examples: an image with no boxes in gold is one its annotation said has no defects.
+    """
+    held_out = held_out_images(features)
+    held_ids = [h["image_id"] for h in held_out]
     images = (
-        features.filter(pl.col("labelled"))
+        features.filter(pl.col("labelled") & ~pl.col("image_id").is_in(held_ids))
         .sort(["batch", "image_id"])
         .unique(subset=["image_id"], keep="first", maintain_order=True)
         .select("image_id", "width", "height")
@@ -148,6 +169,7 @@ def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str
         class_counts=class_counts,
         conflicts=conflicts,
         moved=split.moved,
+        held_out=held_out,
     )
 
 

@@ -2,6 +2,10 @@
 
 cv2 releases the GIL while decoding, resizing and encoding, so a thread pool uses every core without
 copying image bytes between processes.
+
+Every decode is bounded: the size the header declares is checked against :class:`Limits` (pixels and decoded
+bytes, ``ALUMI_MAX_IMAGE_PIXELS`` / ``ALUMI_MAX_DECODED_BYTES``) before the decoder runs, with the header reader
+the edge server uses (``alumi_edge.image_header``); an image over a limit is rejected with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from alumi_edge.image_header import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageHeader,
+    ImageHeaderError,
+    ImageTooLarge,
+    check_image_size,
+    sniff_format,
+)
 from alumi_pipelines.lib.files import sha256_hex
 
 cv2.setNumThreads(1)  # parallelism comes from our pool; nested cv2 threads only contend
@@ -39,6 +52,25 @@ class ImageRejected(ValueError):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The largest image any decode here accepts, judged from its header."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+
+
+def check_size(data: bytes, limits: Limits | None = None) -> ImageHeader:
+    """The header's facts after checking them against ``limits``; ImageRejected (the reason) otherwise."""
+    limits = limits or Limits()
+    try:
+        return check_image_size(data, limits.max_pixels, limits.max_decoded_bytes)
+    except ImageHeaderError as exc:
+        raise ImageRejected(f"corrupt {sniff_format(data) or 'image'}: {exc}") from None
+    except ImageTooLarge as exc:
+        raise ImageRejected(str(exc)) from None
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     width: int
     height: int
@@ -55,19 +87,7 @@ class ProcessedImage:
     features: dict[str, float]
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The container format from magic bytes, or None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+__all__ = ["ImageInfo", "ImageRejected", "Limits", "ProcessedImage", "check_size", "decode", "probe", "sniff_format"]
 
 
 def _check_complete(data: bytes, fmt: str) -> None:
@@ -78,14 +98,15 @@ def _check_complete(data: bytes, fmt: str) -> None:
         raise ImageRejected("truncated PNG: no IEND chunk")
 
 
-def decode(data: bytes, *, reduce: int = 1) -> np.ndarray:
-    """Decode to a BGR uint8 array (greyscale and alpha become 3 channels); ImageRejected if unusable."""
+def decode(data: bytes, *, reduce: int = 1, limits: Limits | None = None) -> np.ndarray:
+    """Decode to a BGR uint8 array (greyscale and alpha become 3 channels); ImageRejected if unusable or too large."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected("not an image: unknown file signature")
     _check_complete(data, fmt)
+    check_size(data, limits)
     flags = {
         1: cv2.IMREAD_COLOR,
         2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -98,14 +119,16 @@ def decode(data: bytes, *, reduce: int = 1) -> np.ndarray:
     return image
 
 
-def probe(data: bytes) -> ImageInfo:
-    """Decode fully (the only reliable decodability test) and report size, channels and format."""
+def probe(data: bytes, limits: Limits | None = None) -> ImageInfo:
+    """Check the header's size against ``limits``, then decode fully (the only reliable decodability test) and
+    report size, channels and format."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected("not an image: unknown file signature")
     _check_complete(data, fmt)
+    check_size(data, limits)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageRejected(f"corrupt {fmt}: decoder failed")
@@ -183,15 +206,18 @@ def conforms(info: ImageInfo, max_side: int) -> bool:
     return info.format == "jpeg" and info.channels == 3 and max(info.width, info.height) <= max_side
 
 
-def normalise(data: bytes, info: ImageInfo, max_side: int, image_id: str | None = None) -> ProcessedImage:
+def normalise(
+    data: bytes, info: ImageInfo, max_side: int, image_id: str | None = None, limits: Limits | None = None
+) -> ProcessedImage:
     """Decode (reduced in the DCT domain where possible), shrink, make 3-channel, encode JPEG, measure.
 
-    A conforming image keeps its bytes; only a DCT-reduced decode is made, to measure its features.
+    A conforming image keeps its bytes; only a DCT-reduced decode is made, to measure its features. The header is
+    checked against ``limits`` first (ImageRejected), whatever the manifest says about the image.
     """
     if conforms(info, max_side):
-        thumb = decode(data, reduce=_reduction(info.width, info.height, FEATURE_SIDE, info.format))
+        thumb = decode(data, reduce=_reduction(info.width, info.height, FEATURE_SIDE, info.format), limits=limits)
         return ProcessedImage(image_id or sha256_hex(data), data, info.width, info.height, features(thumb))
-    image = decode(data, reduce=_reduction(info.width, info.height, max_side, info.format))
+    image = decode(data, reduce=_reduction(info.width, info.height, max_side, info.format), limits=limits)
     image = resize_longest(image, max_side)
     ok, encoded = cv2.imencode(PROCESSED_EXT, image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     if not ok:  # pragma: no cover - cv2 encodes any uint8 BGR array

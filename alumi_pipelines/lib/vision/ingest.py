@@ -1,5 +1,14 @@
 """Landing batch → raw records: validate the batch marker, parse annotations, probe every image,
-content-address the good ones and collect every rejection with its reason."""
+content-address the good ones and collect every rejection with its reason.
+
+An image any of whose annotation records was rejected (a box with NaN coordinates or far outside the image,
+an unknown class, an unreadable annotation file) is *held out*: its manifest row carries the reason in
+``held_out`` and ``labelled`` false (like an unlabelled frame, it waits for a correction), a ``held_out``
+rejection row lists it, and gold leaves it out until a correction labels it. Its remaining boxes are kept in raw
+labels for the reviewer. Only an annotation that was read in full and says
+"no boxes" (an empty YOLO file, a VOC file without objects, a LabelMe file without shapes) makes a defect-free
+example.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ MANIFEST_COLUMNS = (
     "line_id",
     "camera_id",
     "captured_at",
+    "held_out",  # why the image is held out of gold (rejected annotation records), "" when it is not
 )
 REJECTION_COLUMNS = ("batch", "path", "stage", "reason")
 
@@ -45,6 +55,11 @@ class IngestResult:
     labels: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def held_out(self) -> list[dict]:
+        """Manifest rows of the images held out of gold because annotation records of theirs were rejected."""
+        return [row for row in self.manifest if row["held_out"]]
 
 
 def check_batch_id(batch_id: str) -> str:
@@ -81,9 +96,13 @@ def ingest_batch(
     store: Callable[[str, str, bytes], None],
     workers: int = 0,
     chunk: int = 16,
+    limits: imaging.Limits | None = None,
 ) -> IngestResult:
     """Parse, probe and store one batch; ``store(image_id, ext, data)`` persists a good image. Images go to
-    ``workers`` threads ``chunk`` at a time (1 when ``read`` waits on a network)."""
+    ``workers`` threads ``chunk`` at a time (1 when ``read`` waits on a network).
+
+    An image whose header declares more than ``limits`` allow is quarantined without being decoded.
+    """
     result = IngestResult()
     files = sorted(f for f in files if f != BATCH_MARKER)
     for path in files:
@@ -100,7 +119,7 @@ def ingest_batch(
     def probe(image: formats.AnnotatedImage):
         data = read(image.image_path)
         try:
-            info = imaging.probe(data)
+            info = imaging.probe(data, limits)
         except imaging.ImageRejected as exc:
             return image, data, None, str(exc)
         if min(info.width, info.height) < min_side:
@@ -115,23 +134,6 @@ def ingest_batch(
         ext = ".jpg" if info.format == "jpeg" else f".{info.format}"
         store(image_id, ext, data)
         extra = image.extra or {}
-        result.manifest.append(
-            {
-                "image_id": image_id,
-                "batch": batch_id,
-                "source_path": image.image_path,
-                "format": info.format,
-                "width": info.width,
-                "height": info.height,
-                "channels": info.channels,
-                "bytes": len(data),
-                "labelled": bool(image.labelled),
-                "annotation_path": image.annotation_path or "",
-                "line_id": str(extra.get("line_id") or ""),
-                "camera_id": str(extra.get("camera_id") or ""),
-                "captured_at": str(extra.get("captured_at") or ""),
-            }
-        )
         rows, rejections, notes = formats.to_canonical_rows(
             image,
             info.width,
@@ -142,10 +144,45 @@ def ingest_batch(
             source=marker["format"],
             batch=batch_id,
         )
+        problems = [*image.problems, *(r.reason for r in rejections)]
+        held_out = held_out_reason(image.annotation_path or image.image_path, problems)
+        result.manifest.append(
+            {
+                "image_id": image_id,
+                "batch": batch_id,
+                "source_path": image.image_path,
+                "format": info.format,
+                "width": info.width,
+                "height": info.height,
+                "channels": info.channels,
+                "bytes": len(data),
+                "labelled": bool(image.labelled) and not held_out,  # held out: unlabelled until reviewed
+                "annotation_path": image.annotation_path or "",
+                "line_id": str(extra.get("line_id") or ""),
+                "camera_id": str(extra.get("camera_id") or ""),
+                "captured_at": str(extra.get("captured_at") or ""),
+                "held_out": held_out,
+            }
+        )
         result.labels.extend(rows)
         result.rejections.extend(_reject(batch_id, r.path, "label", r.reason) for r in rejections)
+        if held_out:
+            result.rejections.append(_reject(batch_id, image.image_path, "held_out", held_out))
         result.notes.extend(notes)
+    if result.held_out:
+        result.notes.append(
+            f"{len(result.held_out)} images held out of gold: annotation records of theirs were rejected"
+        )
     return result
+
+
+def held_out_reason(annotation: str, problems: Sequence[str], limit: int = 3) -> str:
+    """Why an image is held out of gold ("" when ``problems`` is empty): its rejected records, named."""
+    if not problems:
+        return ""
+    shown = "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+    count = f"{len(problems)} rejected annotation record" + ("s" if len(problems) != 1 else "")
+    return f"held out of gold, not a defect-free example: {annotation} has {count} ({shown})"
 
 
 def _reject(batch: str, path: str, stage: str, reason: str) -> dict:

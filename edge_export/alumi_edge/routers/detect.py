@@ -1,4 +1,8 @@
-"""POST /v1/detect: an image in (multipart ``file`` or the raw body), boxes in original pixels out.
+"""POST /v1/detect: an image in (multipart field ``file`` or the raw body), boxes in original pixels out.
+
+A multipart body must carry the image in the field ``file``; a file under any other name is refused (400), so a
+client that sends the wrong field learns it at once. The image's size is checked from its header before
+decoding (413 over ``max_image_pixels`` or ``max_decoded_bytes``).
 
 Every answer carries an ``id`` (the detection id, 32 hex digits). With capture on, the frame and its prediction
 are handed to the capture store under that id (a queue put, the writing happens on the store's thread), so an
@@ -30,10 +34,14 @@ async def _read_image_bytes(request: Request) -> bytes:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=16)
-        uploads = [v for v in form.values() if isinstance(v, UploadFile)]
-        upload = form.get("file") if isinstance(form.get("file"), UploadFile) else (uploads[0] if uploads else None)
-        if upload is None:
-            raise ApiError(400, "no_file", "multipart body has no file part (send the image as field 'file')")
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            others = sorted({name for name, value in form.multi_items() if isinstance(value, UploadFile)})
+            for value in form.values():
+                if isinstance(value, UploadFile):
+                    await value.close()
+            named = f"a file in field {others[0]!r}" if others else "no file part"
+            raise ApiError(400, "no_file", f"multipart body has {named}: send the image as field 'file'")
         try:
             return await upload.read()
         finally:
@@ -41,10 +49,12 @@ async def _read_image_bytes(request: Request) -> bytes:
     return await request.body()
 
 
-def _run_detection(loaded: LoadedModel, data: bytes, conf: float, iou: float, max_det: int, max_pixels: int):
-    """Decode and detect; runs in the inference thread pool."""
+def _run_detection(
+    loaded: LoadedModel, data: bytes, conf: float, iou: float, max_det: int, max_pixels: int, max_decoded: int
+):
+    """Decode (the size checked from the header first) and detect; runs in the inference thread pool."""
     start = time.perf_counter()
-    image = decode_image(data, max_pixels=max_pixels)
+    image = decode_image(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded)
     decode_ms = round((time.perf_counter() - start) * 1000.0, 3)
     result = loaded.runtime.detect(image, conf=conf, iou=iou, max_det=max_det)
     return result, decode_ms
@@ -77,6 +87,7 @@ async def detect(
             settings.iou if iou is None else iou,
             settings.max_det if max_det is None else max_det,
             settings.max_image_pixels,
+            settings.max_decoded_bytes,
         )
     except UnsupportedImageType as exc:
         metrics.rejected.labels(reason="not_an_image").inc()

@@ -205,7 +205,9 @@ async def post_feedback_upload(request: Request, idempotency_key: str | None = H
     finally:
         await upload.close()
     try:
-        image = await state.run_blocking(decode_image, data, state.settings.max_image_pixels)
+        image = await state.run_blocking(
+            decode_image, data, state.settings.max_image_pixels, state.settings.max_decoded_bytes
+        )
     except UnsupportedImageType as exc:
         raise ApiError(415, "unsupported_media_type", str(exc)) from exc
     except CorruptImage as exc:

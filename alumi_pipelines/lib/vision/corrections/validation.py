@@ -4,7 +4,9 @@ A correction is valid when its image is in the lake, it has an author and an ISO
 future (beyond a clock skew), its classes resolve through the class map and its boxes lie inside the image
 (edges up to :data:`BOX_TOLERANCE_PX` outside are clamped). A COCO relabel measured on a resized copy is
 rescaled to the original when the aspect ratio agrees within :data:`ASPECT_TOLERANCE`. Each rejected
-record gets one reason: the first rule it broke. Identical repeats of a correction id are kept once; an
+record gets one reason: the first rule it broke. With ``max_pixels`` a correction of an image larger than that
+(an image ingested under a higher limit) or measured on a frame declared larger is rejected: no later step
+decodes or rescales beyond the pixel limit. Identical repeats of a correction id are kept once; an
 id repeated with different content rejects the later record.
 """
 
@@ -76,6 +78,7 @@ def validate(
     *,
     now: datetime | None = None,
     max_clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    max_pixels: int | None = None,
 ) -> tuple[list[Correction], list[dict]]:
     """Keep the corrections that can be applied; reject the rest with the rule each one broke.
 
@@ -99,7 +102,7 @@ def validate(
                 rejects.append(reject(rec.source_file, rec.line, rec.correction_id, reason))
             continue
         first_seen[rec.correction_id] = rec
-        checked, reason = _validate_one(rec, known, cmap, limit)
+        checked, reason = _validate_one(rec, known, cmap, limit, max_pixels)
         if reason:
             rejects.append(reject(rec.source_file, rec.line, rec.correction_id, reason))
         else:
@@ -107,7 +110,9 @@ def validate(
     return valid, rejects
 
 
-def _validate_one(rec: Correction, known, cmap: ClassMap, limit: datetime) -> tuple[Correction | None, str | None]:
+def _validate_one(
+    rec: Correction, known, cmap: ClassMap, limit: datetime, max_pixels: int | None = None
+) -> tuple[Correction | None, str | None]:
     if rec.action not in ACTIONS:
         return None, f"action {rec.action!r} is not one of {', '.join(ACTIONS)}"
     if rec.level not in LEVELS:
@@ -117,6 +122,13 @@ def _validate_one(rec: Correction, known, cmap: ClassMap, limit: datetime) -> tu
     if rec.image_id not in known:
         return None, f"unknown image: {rec.image_id!r} is not in the lake"
     width, height, batch = known[rec.image_id]
+    if max_pixels is not None:
+        for what, (w, h) in (("image", (width, height)), ("annotated frame", rec.frame or (0, 0))):
+            if w * h > max_pixels:
+                return (
+                    None,
+                    f"{what} of {w}x{h} pixels exceeds the pixel limit of {max_pixels:,} (ALUMI_MAX_IMAGE_PIXELS)",
+                )
     if not rec.author.strip():
         return None, "author is missing"
     if not rec.timestamp:

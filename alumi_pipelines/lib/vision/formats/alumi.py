@@ -32,10 +32,12 @@ def parse_alumi(batch: Batch, class_names: list[str] | None) -> None:
         batch.claim(path)
         doc = batch.read_json(path)
         if doc is None:
+            batch.hold_out_unreadable(path)
             continue
         record, problem = _alumi_sidecar(batch, path, doc)
         if problem:
             batch.reject(path, problem)
+            batch.hold_out_unreadable(path)
         elif record is not None:
             batch.add(record)
 

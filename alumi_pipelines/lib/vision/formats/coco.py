@@ -61,6 +61,7 @@ def _parse_coco_file(batch: Batch, path: str, doc: dict) -> None:
         batch.reject(path, "'annotations' is not a list")
         return
     boxes_of: dict[object, list[SourceBox]] = defaultdict(list)
+    problems_of: dict[object, list[str]] = defaultdict(list)  # rejected annotations of a known image
     duplicate_ids = {image_id for image_id, same in by_id.items() if len(same) > 1}
     for entry in annotations:
         if isinstance(entry, dict) and hashable(entry.get("image_id")) and entry["image_id"] in duplicate_ids:
@@ -68,6 +69,9 @@ def _parse_coco_file(batch: Batch, path: str, doc: dict) -> None:
         image_id, box, problem = _coco_annotation(entry, categories, entries)
         if problem:
             batch.reject(path, problem)
+            owner = entry.get("image_id") if isinstance(entry, dict) else None
+            if hashable(owner) and owner in entries:
+                problems_of[owner].append(problem)
         else:
             boxes_of[image_id].append(box)
     for image_id, entry in entries.items():
@@ -92,6 +96,7 @@ def _parse_coco_file(batch: Batch, path: str, doc: dict) -> None:
                 origin,
                 positive_int(entry.get("width")),
                 positive_int(entry.get("height")),
+                problems=problems_of.get(image_id, []),
             )
         )
 

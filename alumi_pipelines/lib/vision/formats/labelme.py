@@ -14,9 +14,11 @@ def parse_labelme(batch: Batch, class_names: list[str] | None) -> None:
         batch.claim(path)
         doc = batch.read_json(path)
         if doc is None:
+            batch.hold_out_unreadable(path)
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
             batch.reject(path, "not a LabelMe file: no 'shapes' list")
+            batch.hold_out_unreadable(path)
             continue
         image_path = doc.get("imagePath")
         if isinstance(image_path, str) and image_path.strip():

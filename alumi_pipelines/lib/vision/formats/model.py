@@ -36,6 +36,8 @@ class AnnotatedImage:
     declared_height: int | None = None
     declared_channels: int | None = None
     extra: dict = field(default_factory=dict)  # e.g. line_id, camera_id, captured_at (native format)
+    # why some of its annotation records were rejected: such an image is held out of gold, never a negative
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

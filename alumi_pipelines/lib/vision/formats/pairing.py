@@ -61,6 +61,7 @@ class Record:
     declared_channels: int | None = None
     extra: dict = field(default_factory=dict)
     labelled: bool = True  # False: the record describes the image (capture metadata) but labels nothing
+    problems: list[str] = field(default_factory=list)  # rejected records of this image (it is held out)
 
 
 class Batch:
@@ -131,6 +132,16 @@ class Batch:
         except UnicodeDecodeError as exc:
             self.reject(path, f"not UTF-8 text (invalid byte at offset {exc.start})")
             return None
+
+    def hold_out_unreadable(self, path: str) -> None:
+        """The annotation file ``path`` was just rejected as a whole: hold out the image its stem names.
+
+        The image stays unlabelled (nothing was read that labels it) and is listed as held out with the file's
+        reason. Nothing is recorded when the stem names no image or several.
+        """
+        image, _ = self.pair_by_stem(path)
+        if image is not None and self.rejections:
+            self.add(Record(path, image, [], path, labelled=False, problems=[self.rejections[-1].reason]))
 
     def read_json(self, path: str) -> object | None:
         text = self.read_text(path)
@@ -217,8 +228,15 @@ class Batch:
     def result(self) -> ParseResult:
         """One AnnotatedImage per image; images claimed by several annotations lose all of them."""
         by_image: dict[str, list[Record]] = defaultdict(list)
+        records_of_file: dict[str, int] = defaultdict(int)
         for record in self.records:
             by_image[record.image_path].append(record)
+            records_of_file[record.annotation_path] += 1
+        # a rejection in a file that annotates one image is a rejected record of that image
+        file_problems: dict[str, list[str]] = defaultdict(list)
+        for rejection in self.rejections:
+            if records_of_file.get(rejection.path) == 1:
+                file_problems[rejection.path].append(rejection.reason)
         images: list[AnnotatedImage] = []
         for path in self.images:
             records = by_image.get(path, [])
@@ -243,6 +261,7 @@ class Batch:
                         r.declared_height,
                         r.declared_channels,
                         {**self.default_extra(path), **r.extra},
+                        list(dict.fromkeys([*r.problems, *file_problems.get(r.annotation_path, [])])),
                     )
                 )
             else:

@@ -14,14 +14,17 @@ def parse_voc(batch: Batch, class_names: list[str] | None) -> None:
         batch.claim(path)
         data = batch.read(path)
         if data is None:
+            batch.hold_out_unreadable(path)
             continue
         try:
             root = ElementTree.fromstring(data)
         except ElementTree.ParseError as exc:
             batch.reject(path, f"not well-formed XML: {exc}")
+            batch.hold_out_unreadable(path)
             continue
         if root.tag != "annotation":
             batch.reject(path, f"root element is <{root.tag}>, expected <annotation> (Pascal VOC)")
+            batch.hold_out_unreadable(path)
             continue
         filename = (root.findtext("filename") or "").strip()
         if filename:

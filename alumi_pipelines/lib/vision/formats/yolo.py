@@ -104,6 +104,7 @@ def parse_yolo(batch: Batch, class_names: list[str] | None) -> None:
             continue
         text = batch.read_text(path)
         if text is None:
+            batch.hold_out_unreadable(path)
             continue
         boxes: list[SourceBox] = []
         for lineno, line in enumerate(text.splitlines(), 1):
