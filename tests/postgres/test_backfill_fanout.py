@@ -24,8 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))
 from azurite import ACCOUNT_KEY, ACCOUNT_NAME, AzuriteServer, AzuriteUnavailable  # noqa: E402
 from backfill_daemon import Daemon, backfill_runs, most_at_once, submit_backfill, wait_for_backfill  # noqa: E402
 
-pytestmark = [pytest.mark.postgres, pytest.mark.azure]
-
 REPO = Path(__file__).resolve().parents[2]
 BATCHES = [f"2026-10-{day:02d}" for day in range(1, 13)]
 IMAGES_PER_BATCH = 4
@@ -90,6 +88,8 @@ def instance_dir(tmp_path, postgres_server) -> Path:
     return home
 
 
+@pytest.mark.postgres
+@pytest.mark.azure
 def test_a_12_batch_backfill_fans_out_under_the_queue_limit_and_matches_one_run(
     azurite, postgres_server, instance_dir, tmp_path, monkeypatch
 ):
@@ -169,3 +169,18 @@ def test_a_12_batch_backfill_fans_out_under_the_queue_limit_and_matches_one_run(
     assert {"landing", "raw", "processed", "quarantine"} <= zones
     assert sorted(fanned_blobs) == sorted(single_blobs)
     assert [n for n in fanned_blobs if fanned_blobs[n] != single_blobs[n]] == []
+
+
+def test_backfill_command_errors_are_one_line(tmp_path):
+    import subprocess
+
+    from backfill_daemon import BIN
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALUMI_", "DAGSTER_"))}
+    env["ALUMI_HOME"] = str(tmp_path / "alumi")
+    for args, message in [
+        (["--backfill"], "alumi batches --backfill: DAGSTER_HOME is not set (it names the daemon's instance)\n"),
+        (["--tags", "--backfill"], "alumi batches: --tags and --backfill exclude each other\n"),
+    ]:
+        proc = subprocess.run([BIN / "alumi", "batches", *args], env=env, capture_output=True, text=True, timeout=120)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", message)
