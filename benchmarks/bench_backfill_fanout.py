@@ -16,8 +16,8 @@ each run and step process) is reaped here or below and counted by `getrusage(RUS
 own polling is in the backfill rows. On a 2-core machine the runs compete for the
 same cores; on a cluster each run is a pod with cores of its own.
 
-    .venv/bin/python benchmarks/bench_backfill_fanout.py                     # 12 batches of 24 images, 640 px
-    .venv/bin/python benchmarks/bench_backfill_fanout.py --batches 12 --images 48
+    .venv/bin/python benchmarks/bench_backfill_fanout.py                     # 12 batches of 48 images, 640 px
+    .venv/bin/python benchmarks/bench_backfill_fanout.py --batches 24 --images 24
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def backfill(env: dict[str, str], work: Path) -> dict:
     from alumi_pipelines.partitions import landing_batches
 
     backfill_id = submit_backfill(env)
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]  # the instance file reads it (storage base_dir)
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         daemon = Daemon(env, work / "daemon.log")
         cpu, started_wall, started = children_cpu(), time.time(), time.perf_counter()
@@ -150,7 +151,7 @@ def backfill(env: dict[str, str], work: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--images", type=int, default=24, help="images per batch")
+    parser.add_argument("--images", type=int, default=48, help="images per batch")
     parser.add_argument("--size", type=int, default=640, help="image side in pixels")
     args = parser.parse_args()
     become_subreaper()
