@@ -73,7 +73,7 @@ def blobs(azurite, container: str) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def instance_dir(tmp_path, postgres_server) -> Path:
+def instance_dir(tmp_path) -> Path:
     """DAGSTER_HOME with the deploy instance file as it is (queue, retries, backfill threads), compute logs local."""
     config = yaml.safe_load((REPO / "deploy" / "dagster.postgres.yaml").read_text())
     config["compute_logs"] = {
@@ -91,7 +91,7 @@ def instance_dir(tmp_path, postgres_server) -> Path:
 @pytest.mark.postgres
 @pytest.mark.azure
 def test_a_12_batch_backfill_fans_out_under_the_queue_limit_and_matches_one_run(
-    azurite, postgres_server, instance_dir, tmp_path, monkeypatch
+    azurite, postgres_database, instance_dir, tmp_path, monkeypatch
 ):
     from dagster import DagsterInstance, Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
@@ -107,7 +107,7 @@ def test_a_12_batch_backfill_fans_out_under_the_queue_limit_and_matches_one_run(
     assert limit == 3
 
     credentials = azure_env(azurite)
-    for name, value in {**credentials, **postgres_server.env}.items():
+    for name, value in {**credentials, **postgres_database.env}.items():
         monkeypatch.setenv(name, value)
     fanned, single = "fanout", "single"
     for container in (fanned, single):
@@ -120,7 +120,7 @@ def test_a_12_batch_backfill_fans_out_under_the_queue_limit_and_matches_one_run(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("ALUMI_", "DAGSTER_"))},
         **credentials,
-        **postgres_server.env,
+        **postgres_database.env,
         "DAGSTER_HOME": str(instance_dir),
         "ALUMI_HOME": str(tmp_path / "alumi"),
         "ALUMI_LAKE_URI": f"abfs://{fanned}/lake",
