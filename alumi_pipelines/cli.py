@@ -43,11 +43,9 @@ def _lake(settings: Settings):
 
 def register_batches(batch_ids: list[str]) -> list[str]:
     """Add landing batches as partitions of the Dagster instance (DAGSTER_HOME); returns the new ones."""
-    import os
-
     from alumi_pipelines.partitions import landing_batches
 
-    if not os.environ.get("DAGSTER_HOME"):
+    if not dagster_home_set():
         return []
     from dagster import DagsterInstance
 
@@ -264,22 +262,71 @@ def cmd_classes(args, settings: Settings) -> int:
 
 
 def cmd_batches(args, settings: Settings) -> int:
-
+    if args.tags and args.backfill:
+        print("alumi batches: --tags and --backfill exclude each other", file=sys.stderr)
+        return 2
     batches = [b for b in list_landing_batches(_lake(settings)) if b.complete]
     ids = [b.batch_id for b in batches]
+    if args.backfill and not dagster_home_set():
+        print("alumi batches --backfill: DAGSTER_HOME is not set (it names the daemon's instance)", file=sys.stderr)
+        return 2
     register_batches(ids)
+    if (args.tags or args.backfill) and not ids:
+        print(
+            "alumi batches: no complete landing batch; run `alumi demo-data` or `alumi import` first",
+            file=sys.stderr,
+        )
+        return 1
     if args.tags:
-        if not ids:
-            print(
-                "alumi batches: no complete landing batch; run `alumi demo-data` or `alumi import` first",
-                file=sys.stderr,
-            )
-            return 1
         print(json.dumps({"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]}))
+    elif args.backfill:
+        backfill_id, per_run = submit_ingestion_backfill(ids)
+        print(
+            f"backfill {backfill_id}: {len(ids)} landing batch(es) into raw + processed, in runs of at most "
+            f"{per_run} batch(es); the Dagster daemon launches them (dagster dev, or dagster-daemon run)"
+        )
     else:
         for b in batches:
             print(f"{b.batch_id}\t{b.files} files")
     return 0
+
+
+def dagster_home_set() -> bool:
+    import os
+
+    return bool(os.environ.get("DAGSTER_HOME"))
+
+
+def submit_ingestion_backfill(batch_ids: list[str]) -> tuple[str, int]:
+    """An asset backfill of ingestion_job's assets over ``batch_ids``, added to the instance of DAGSTER_HOME, as the
+    UI's "Materialize → Launch backfill" adds one. The backfill daemon splits it by the assets' backfill policy (runs
+    of ALUMI_BACKFILL_PARTITIONS_PER_RUN batches) and the run queue bounds how many run at once."""
+    from dagster import DagsterInstance
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._time import get_current_timestamp
+
+    from alumi_pipelines.definitions import defs
+    from alumi_pipelines.jobs import ingestion_job
+    from alumi_pipelines.partitions import ingestion_backfill
+
+    asset_graph = defs.get_repository_def().asset_graph
+    instance = DagsterInstance.get()
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=asset_graph,
+        partition_names=batch_ids,
+        asset_selection=sorted(ingestion_job.selection.resolve(asset_graph)),
+        backfill_timestamp=get_current_timestamp(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title="alumi batches --backfill",
+        description=f"{len(batch_ids)} landing batches: {batch_ids[0]} … {batch_ids[-1]}",
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id, ingestion_backfill.max_partitions_per_run
 
 
 def cmd_export_labels(args, settings: Settings) -> int:
@@ -417,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("batches", help="list complete landing batches and register them as partitions")
     p.add_argument("--tags", action="store_true", help="print `dagster job execute --tags` JSON covering all batches")
+    p.add_argument(
+        "--backfill",
+        action="store_true",
+        help="submit a backfill of raw + processed over all batches to the instance (DAGSTER_HOME); the daemon runs "
+        "it as several runs of ALUMI_BACKFILL_PARTITIONS_PER_RUN batches",
+    )
     p.set_defaults(fn=cmd_batches)
 
     p = sub.add_parser(

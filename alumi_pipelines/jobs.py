@@ -3,17 +3,39 @@
 Selections name asset groups (see each stage module), so this module imports no asset code.
 """
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, ExecutorDefinition, define_asset_job
 
 from alumi_pipelines.partitions import landing_batches, plant_days, prediction_days
-from alumi_pipelines.settings import training_run_tags
+from alumi_pipelines.settings import K8sStepConfigs, k8s_step_configs, training_run_tags
 
 TRAINING_TAG = "alumi/training"
 # A refused gate or bad data fails the same way again: run retries are for infrastructure failures only.
 NO_RETRY_ON_FAILURE = {"dagster/retry_on_asset_or_op_failure": "false"}
-# Runs that train: the instance runs one at a time; on Kubernetes, ALUMI_K8S_TRAINING_CONFIG routes them to
-# the GPU pool (see deploy/helm/values.yaml).
+# Runs that train: the instance runs one at a time (dagster.yaml's tag limit).
 TRAINING_TAGS = training_run_tags(TRAINING_TAG, NO_RETRY_ON_FAILURE)
+# The one step that wants a GPU: the detector's training, sweep trials included (they run inside it).
+GPU_STEPS = ("detector_model",)
+
+
+def step_executor(configs: K8sStepConfigs | None) -> ExecutorDefinition | None:
+    """The executor of every job, asset jobs of the UI included (``Definitions(executor=...)``).
+
+    ``None`` on one machine: Dagster's default multiprocess executor. With ALUMI_EXECUTOR=k8s, dagster-k8s's
+    ``k8s_job_executor``: each step is a Kubernetes Job of its own, with ALUMI_K8S_STEP_CONFIG (CPU node resources)
+    on every step pod and ALUMI_K8S_TRAINING_CONFIG (GPU pool, GPU limit) merged into the pods of ``GPU_STEPS``
+    alone. The run's own pod only orchestrates them.
+    """
+    if configs is None:
+        return None
+    from dagster_k8s import k8s_job_executor  # dagster-k8s (and the Kubernetes client) only where it is used
+
+    config: dict = {"per_step_k8s_config": {step: configs.training_step for step in GPU_STEPS}}
+    if configs.every_step:
+        config["step_k8s_config"] = configs.every_step
+    return k8s_job_executor.configured(config, name="alumi_k8s_executor")
+
+
+EXECUTOR = step_executor(k8s_step_configs())
 
 PLANT_GROUPS = ("plant_raw", "plant_features", "plant_risk", "plant_drift")
 VISION = AssetSelection.all() - AssetSelection.groups(*PLANT_GROUPS)

@@ -81,8 +81,23 @@ class Settings:
     lake_concurrency: int = field(
         metadata={"env": "ALUMI_LAKE_CONCURRENCY", "doc": "storage requests in flight when a step moves many objects"}
     )
+    backfill_partitions_per_run: int = field(
+        metadata={
+            "env": "ALUMI_BACKFILL_PARTITIONS_PER_RUN",
+            "doc": "landing batches (or plant days) one backfill run ingests; a backfill fans out into several runs",
+        }
+    )
+    executor: str = field(
+        metadata={"env": "ALUMI_EXECUTOR", "doc": "multiprocess (one machine) | k8s (one Kubernetes pod per step)"}
+    )
+    k8s_step_config: str = field(
+        metadata={"env": "ALUMI_K8S_STEP_CONFIG", "doc": "JSON dagster-k8s/config of every step pod (executor k8s)"}
+    )
     k8s_training_config: str = field(
-        metadata={"env": "ALUMI_K8S_TRAINING_CONFIG", "doc": "JSON dagster-k8s/config for training runs"}
+        metadata={
+            "env": "ALUMI_K8S_TRAINING_CONFIG",
+            "doc": "JSON dagster-k8s/config added to the detector_model step's pod (GPU node pool)",
+        }
     )
 
     class_source: str = field(
@@ -118,7 +133,10 @@ class Settings:
             cache_dir=Path(_env("ALUMI_CACHE_DIR", str(home / "cache"))).expanduser().resolve(),
             cache_max_gb=_number("ALUMI_CACHE_MAX_GB", "50", float),
             lake_concurrency=_number("ALUMI_LAKE_CONCURRENCY", "16", int),
-            k8s_training_config=_k8s_config(_env("ALUMI_K8S_TRAINING_CONFIG", "")),
+            backfill_partitions_per_run=backfill_partitions_per_run(),
+            executor=_executor(_env("ALUMI_EXECUTOR", "multiprocess")),
+            k8s_step_config=_k8s_config("ALUMI_K8S_STEP_CONFIG", _env("ALUMI_K8S_STEP_CONFIG", "")),
+            k8s_training_config=_k8s_config("ALUMI_K8S_TRAINING_CONFIG", _env("ALUMI_K8S_TRAINING_CONFIG", "")),
         )
 
     @classmethod
@@ -154,14 +172,26 @@ def _gate_floor(value: str) -> float | None:
     return floor
 
 
-def _k8s_config(value: str) -> str:
-    """The JSON of ALUMI_K8S_TRAINING_CONFIG, normalised (sorted keys), or ''."""
+def _k8s_config(name: str, value: str) -> str:
+    """The JSON object of a dagster-k8s/config variable, normalised (sorted keys), or ''."""
     if not value.strip():
         return ""
     try:
-        return json.dumps(json.loads(value), sort_keys=True)
+        parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"ALUMI_K8S_TRAINING_CONFIG: not valid JSON ({exc})") from None
+        raise ValueError(f"{name}: not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name}: must be a JSON object (a dagster-k8s/config)")
+    return json.dumps(parsed, sort_keys=True)
+
+
+EXECUTORS = ("multiprocess", "k8s")
+
+
+def _executor(value: str) -> str:
+    if value not in EXECUTORS:
+        raise ValueError(f"ALUMI_EXECUTOR={value!r} is not one of {', '.join(EXECUTORS)}")
+    return value
 
 
 def _profile(value: str) -> str:
@@ -226,13 +256,46 @@ def label_studio_api_key():
 
 
 def training_run_tags(training_tag: str, base: dict[str, str]) -> dict[str, str]:
-    """Tags of the jobs that train: ``training_tag`` (one such run at a time), ``base``, and on Kubernetes
-    ``dagster-k8s/config`` from ALUMI_K8S_TRAINING_CONFIG (node selector, tolerations, GPU limits).
+    """Tags of the jobs that train: ``training_tag`` (the run queue runs one such run at a time) and ``base``.
 
-    Job tags are fixed when the code location loads, so this is read with the rest of the settings, here.
+    The GPU is not a run tag: on Kubernetes only the training step's pod asks for it (see
+    :func:`k8s_step_configs`), so the other steps of a training run stay on CPU nodes.
     """
-    tags = {training_tag: "true", **base}
-    config = _k8s_config(_env("ALUMI_K8S_TRAINING_CONFIG", ""))
-    if config:
-        tags["dagster-k8s/config"] = config
-    return tags
+    return {training_tag: "true", **base}
+
+
+# Definition-time settings: partitions definitions, backfill policies and the executor are fixed when the code
+# location loads, so the modules that define them call these functions (this module is the one that reads the
+# environment).
+def backfill_partitions_per_run() -> int:
+    """ALUMI_BACKFILL_PARTITIONS_PER_RUN (default 3): the partitions one run of an ingestion backfill covers."""
+    value = _number("ALUMI_BACKFILL_PARTITIONS_PER_RUN", "3", int)
+    if value < 1:
+        raise ValueError(f"ALUMI_BACKFILL_PARTITIONS_PER_RUN={value}: must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class K8sStepConfigs:
+    """What ALUMI_EXECUTOR=k8s runs with: the dagster-k8s/config of every step pod and of the training step."""
+
+    every_step: dict
+    training_step: dict
+
+
+def k8s_step_configs() -> K8sStepConfigs | None:
+    """None with ALUMI_EXECUTOR=multiprocess (the default); the step pod configs with ALUMI_EXECUTOR=k8s.
+
+    ALUMI_K8S_STEP_CONFIG and ALUMI_K8S_TRAINING_CONFIG mean nothing without per-step pods, so setting either
+    without ALUMI_EXECUTOR=k8s is an error rather than a silently ignored GPU request.
+    """
+    executor = _executor(_env("ALUMI_EXECUTOR", "multiprocess"))
+    every_step = _k8s_config("ALUMI_K8S_STEP_CONFIG", _env("ALUMI_K8S_STEP_CONFIG", ""))
+    training_step = _k8s_config("ALUMI_K8S_TRAINING_CONFIG", _env("ALUMI_K8S_TRAINING_CONFIG", ""))
+    if executor != "k8s":
+        if every_step or training_step:
+            raise ValueError(
+                "ALUMI_K8S_STEP_CONFIG / ALUMI_K8S_TRAINING_CONFIG configure step pods: set ALUMI_EXECUTOR=k8s too"
+            )
+        return None
+    return K8sStepConfigs(json.loads(every_step or "{}"), json.loads(training_step or "{}"))

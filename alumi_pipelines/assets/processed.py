@@ -14,7 +14,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     multi_asset,
@@ -22,7 +21,7 @@ from dagster import (
 
 from alumi_pipelines.assets.metadata import histogram_md
 from alumi_pipelines.assets.raw import image_limits
-from alumi_pipelines.partitions import landing_batches
+from alumi_pipelines.partitions import ingestion_backfill, landing_batches
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
@@ -65,7 +64,7 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
         ),
     ],
     partitions_def=landing_batches,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=ingestion_backfill,
     can_subset=False,
 )
 def processing(context: AssetExecutionContext, lake: Lake, pipeline_settings: PipelineSettings):

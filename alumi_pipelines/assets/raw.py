@@ -10,14 +10,13 @@ from pathlib import PurePosixPath
 from dagster import (
     AssetExecutionContext,
     AssetSpec,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     multi_asset,
 )
 
 from alumi_pipelines.assets.metadata import histogram_md
-from alumi_pipelines.partitions import landing_batches
+from alumi_pipelines.partitions import ingestion_backfill, landing_batches
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
@@ -43,7 +42,7 @@ from alumi_pipelines.resources.pipeline_settings import PipelineSettings
         ),
     ],
     partitions_def=landing_batches,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=ingestion_backfill,
     can_subset=False,
 )
 def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings: PipelineSettings):

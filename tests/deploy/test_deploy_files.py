@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 TRAINING_TAG = ("alumi/training", "true")
 GPU_POOL = {"agentpool": "gpupool"}
+DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")
 
 
 def dockerfile(path: Path) -> list[tuple[str, str]]:
@@ -98,7 +99,11 @@ def test_dockerfiles_build_a_non_root_code_location(name):
     copied = [rest.split()[0] for w, rest in instructions if w == "COPY"]
     assert {"alumi_pipelines", "edge_export", "pyproject.toml"} <= set(copied)  # the export job builds the edge wheel
     runs = " ".join(rest for w, rest in instructions if w == "RUN")
-    assert re.search(r'pip install -e "\.\[azure,postgres\]" "dagster-k8s==\$\{DAGSTER_LIBRARIES_VERSION\}"', runs)
+    # alumi-edge (a dependency no index holds) in the same command as the project, with every extra a deployment uses
+    assert re.search(
+        r'pip install -e \./edge_export -e "\.\[azure,postgres,k8s\]" "dagster-k8s==\$\{DAGSTER_LIBRARIES_VERSION\}"',
+        runs,
+    )
     import dagster_postgres
 
     assert args_of(instructions)["DAGSTER_LIBRARIES_VERSION"] == dagster_postgres.__version__  # matches dagster
@@ -184,9 +189,10 @@ def test_user_deployment_runs_our_image_and_code_location(deployment):
     assert deployment["podSecurityContext"]["runAsUser"] == 10001  # the Dockerfiles' user
 
 
-def test_training_runs_are_routed_to_the_gpu_pool_and_others_are_not(values, deployment):
-    tag = json.loads(deployment_env(deployment)["ALUMI_K8S_TRAINING_CONFIG"])
-    assert set(tag) <= {
+def test_the_training_step_config_routes_to_the_gpu_pool(values, deployment):
+    env = deployment_env(deployment)
+    assert env["ALUMI_EXECUTOR"] == "k8s"  # one pod per step, so the GPU can go to one step
+    step_config_keys = {
         "container_config",
         "pod_spec_config",
         "pod_template_spec_metadata",
@@ -194,41 +200,92 @@ def test_training_runs_are_routed_to_the_gpu_pool_and_others_are_not(values, dep
         "job_metadata",
         "merge_behavior",
     }
-    assert tag["pod_spec_config"]["node_selector"] == GPU_POOL
-    tolerations = tag["pod_spec_config"]["tolerations"]
+    training = json.loads(env["ALUMI_K8S_TRAINING_CONFIG"])
+    every_step = json.loads(env["ALUMI_K8S_STEP_CONFIG"])
+    assert set(training) <= step_config_keys and set(every_step) <= step_config_keys
+    assert training["pod_spec_config"]["node_selector"] == GPU_POOL
+    tolerations = training["pod_spec_config"]["tolerations"]
     assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in tolerations
-    resources = tag["container_config"]["resources"]
+    resources = training["container_config"]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
-    mounts = {m["name"]: m["mount_path"] for m in tag["container_config"]["volume_mounts"]}
-    volumes = {v["name"]: v for v in tag["pod_spec_config"]["volumes"]}
+    mounts = {m["name"]: m["mount_path"] for m in training["container_config"]["volume_mounts"]}
+    volumes = {v["name"]: v for v in training["pod_spec_config"]["volumes"]}
     assert mounts == {"dshm": "/dev/shm"} and volumes["dshm"]["empty_dir"]["medium"] == "Memory"
+    # every step's config names all four numbers: merged over the code location's, none of those may leak through
+    for config in (every_step, training):
+        assert {"cpu", "memory"} <= set(config["container_config"]["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(config["container_config"]["resources"]["limits"])
 
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
     default_run = json.dumps(launcher)
-    assert "nvidia.com/gpu" not in default_run and "gpupool" not in default_run  # only tagged runs get the GPU pool
-    assert launcher["resources"]["requests"] and launcher["resources"]["limits"]
+    assert "nvidia.com/gpu" not in default_run and "gpupool" not in default_run
+    assert "nvidia.com/gpu" not in json.dumps(every_step) and "gpupool" not in json.dumps(every_step)
+    # resources on the launcher would be overridden by the code location's in every run (test_k8s_pods.py)
+    assert "resources" not in launcher
+
+
+def test_the_executor_of_the_values_puts_the_training_config_on_detector_model_alone(deployment, monkeypatch):
+    from alumi_pipelines.jobs import GPU_STEPS, NO_RETRY_ON_FAILURE, step_executor, training_job
     from alumi_pipelines.jobs import TRAINING_TAG as PIPELINE_TRAINING_TAG
-    from alumi_pipelines.jobs import training_job
+    from alumi_pipelines.settings import k8s_step_configs, training_run_tags
 
-    assert (PIPELINE_TRAINING_TAG, "true") == TRAINING_TAG
-    assert training_job.tags[TRAINING_TAG[0]] == TRAINING_TAG[1]
+    env = deployment_env(deployment)
+    for name in ("ALUMI_EXECUTOR", "ALUMI_K8S_STEP_CONFIG", "ALUMI_K8S_TRAINING_CONFIG"):
+        monkeypatch.setenv(name, env[name])
+    configs = k8s_step_configs()
+    assert configs.every_step == json.loads(env["ALUMI_K8S_STEP_CONFIG"])
+    assert configs.training_step == json.loads(env["ALUMI_K8S_TRAINING_CONFIG"])
+    executor = step_executor(configs)
+    assert executor.name == "alumi_k8s_executor" and GPU_STEPS == ("detector_model",)
 
-
-def test_training_tags_carry_the_k8s_config_of_the_values(deployment, monkeypatch):
-    from alumi_pipelines.jobs import NO_RETRY_ON_FAILURE
-    from alumi_pipelines.jobs import TRAINING_TAG as PIPELINE_TRAINING_TAG
-    from alumi_pipelines.settings import training_run_tags
-
-    configured = deployment_env(deployment)["ALUMI_K8S_TRAINING_CONFIG"]
-    monkeypatch.setenv("ALUMI_K8S_TRAINING_CONFIG", configured)
+    # training runs keep their queue tag and carry no run-level Kubernetes config (their own pod needs no GPU)
     tags = training_run_tags(PIPELINE_TRAINING_TAG, NO_RETRY_ON_FAILURE)
-    assert tags[PIPELINE_TRAINING_TAG] == "true" and tags["dagster/retry_on_asset_or_op_failure"] == "false"
-    assert json.loads(tags["dagster-k8s/config"]) == json.loads(configured)
+    assert tags == {PIPELINE_TRAINING_TAG: "true", "dagster/retry_on_asset_or_op_failure": "false"}
+    assert (PIPELINE_TRAINING_TAG, "true") == TRAINING_TAG and training_job.tags[PIPELINE_TRAINING_TAG] == "true"
+    assert "dagster-k8s/config" not in training_job.tags
+
     monkeypatch.setenv("ALUMI_K8S_TRAINING_CONFIG", "{not json")
     with pytest.raises(ValueError, match="ALUMI_K8S_TRAINING_CONFIG: not valid JSON"):
-        training_run_tags(PIPELINE_TRAINING_TAG, NO_RETRY_ON_FAILURE)
-    monkeypatch.delenv("ALUMI_K8S_TRAINING_CONFIG")
-    assert "dagster-k8s/config" not in training_run_tags(PIPELINE_TRAINING_TAG, NO_RETRY_ON_FAILURE)
+        k8s_step_configs()
+    monkeypatch.setenv("ALUMI_K8S_TRAINING_CONFIG", env["ALUMI_K8S_TRAINING_CONFIG"])
+    monkeypatch.setenv("ALUMI_EXECUTOR", "multiprocess")  # a GPU request that nothing would honour is an error
+    with pytest.raises(ValueError, match="set ALUMI_EXECUTOR=k8s too"):
+        k8s_step_configs()
+    for name in ("ALUMI_K8S_STEP_CONFIG", "ALUMI_K8S_TRAINING_CONFIG"):
+        monkeypatch.delenv(name)
+    assert k8s_step_configs() is None and step_executor(None) is None  # one machine: Dagster's default executor
+
+
+def test_the_chart_version_is_pinned_to_the_dagster_of_the_images():
+    from importlib.metadata import requires, version
+
+    libraries = {args_of(dockerfile(DEPLOY / name))["DAGSTER_LIBRARIES_VERSION"] for name in DOCKERFILES}
+    assert libraries == {version("dagster-k8s")}  # what the tests here run is what the images pin
+    pinned = [r for r in requires("dagster-k8s") if re.match(r"dagster\b\s*==", r)]
+    dagster_of_images = re.search(r"==\s*([\d.]+)", pinned[0]).group(1)
+    assert dagster_of_images == version("dagster")
+    install = f"helm upgrade --install dagster dagster/dagster --version {dagster_of_images} -n alumi"
+    values_text = (DEPLOY / "helm" / "values.yaml").read_text()
+    header = "".join(line for line in values_text.splitlines(keepends=True) if line.startswith("#"))
+    assert install in header and f"Chart version {dagster_of_images}" in header
+    for doc in (REPO / "README.md", DEPLOY / "README.md"):
+        text = doc.read_text()
+        assert install in text, doc
+        assert re.findall(r"dagster/dagster --version ([\d.]+)", text) == [dagster_of_images], doc
+        assert not re.search(r"helm upgrade --install dagster dagster/dagster(?! --version)", text), doc
+
+
+def test_alumi_edge_is_a_dependency_and_dagster_mlflow_is_not():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in project["dependencies"]]
+    assert "alumi-edge" in names and "dagster-mlflow" not in names
+    edge = tomllib.loads((REPO / "edge_export" / "pyproject.toml").read_text())["project"]
+    assert edge["name"] == "alumi-edge"
+    assert "dagster-k8s" in " ".join(project["optional-dependencies"]["k8s"])
+    setup = (REPO / "scripts" / "setup").read_text()
+    assert re.search(r'pip install --quiet -e \./edge_export -e "\.\[dev,azure,postgres,k8s\]"', setup)
 
 
 def test_queue_limits_match_dagster_yaml_everywhere(values):
@@ -238,7 +295,7 @@ def test_queue_limits_match_dagster_yaml_everywhere(values):
     assert helm["enabled"] is True and helm["type"] == "QueuedRunCoordinator"
     queued = helm["config"]["queuedRunCoordinator"]
     expected = queue_limits(local["tag_concurrency_limits"])
-    assert TRAINING_TAG + (1,) in expected and any(key == "dagster/backfill" for key, _, _ in expected)
+    assert TRAINING_TAG + (1,) in expected and ("dagster/backfill", None, 3) in expected
     assert queue_limits(queued["tagConcurrencyLimits"]) == expected == queue_limits(shared["tag_concurrency_limits"])
     assert queued["maxConcurrentRuns"] == local["max_concurrent_runs"] == shared["max_concurrent_runs"]
     retries = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_retries"]
@@ -251,11 +308,13 @@ def test_queue_limits_match_dagster_yaml_everywhere(values):
 
 
 def test_every_pod_has_requests_and_limits(values, deployment):
+    env = deployment_env(deployment)
     for name, resources in [
         ("webserver", values["dagsterWebserver"]["resources"]),
         ("daemon", values["dagsterDaemon"]["resources"]),
-        ("code location", deployment["resources"]),
-        ("runs", values["runLauncher"]["config"]["k8sRunLauncher"]["resources"]),
+        ("code location and run pods", deployment["resources"]),
+        ("step pods", json.loads(env["ALUMI_K8S_STEP_CONFIG"])["container_config"]["resources"]),
+        ("detector_model pod", json.loads(env["ALUMI_K8S_TRAINING_CONFIG"])["container_config"]["resources"]),
     ]:
         assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
         assert resources["limits"]["memory"], name

@@ -135,6 +135,17 @@ def postgres_server():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def postgres_database(postgres_server) -> PostgresServer:
+    """The session's server with a database of this test's own (nothing another test stored is in it)."""
+    import uuid
+
+    name = f"dagster_{uuid.uuid4().hex[:12]}"
+    _create_database(postgres_server, name)
+    server = postgres_server
+    return PostgresServer(server.host, server.port, server.user, server.password, name)
+
+
 def _create_database(server: PostgresServer, name: str) -> None:
     deadline = time.monotonic() + 20
     while True:

@@ -12,14 +12,13 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
 from alumi_pipelines.assets.plant.sensor_raw import plant_sensor_raw
-from alumi_pipelines.partitions import plant_days
+from alumi_pipelines.partitions import ingestion_backfill, plant_days
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 
@@ -29,7 +28,7 @@ GROUP = "plant_features"
 @asset(
     deps=[plant_sensor_raw],
     partitions_def=plant_days,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=ingestion_backfill,
     group_name=GROUP,
     owners=["team:data-engineering"],
     kinds={"polars", "parquet"},

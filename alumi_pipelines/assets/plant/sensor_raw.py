@@ -17,14 +17,13 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
 from alumi_pipelines.assets.metadata import md_table
-from alumi_pipelines.partitions import plant_days
+from alumi_pipelines.partitions import ingestion_backfill, plant_days
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 
@@ -34,7 +33,7 @@ FLAG_DROPOUT_SHARE = 0.5  # a part whose signal misses at least this share of sa
 
 @asset(
     partitions_def=plant_days,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=ingestion_backfill,
     group_name=GROUP,
     owners=["team:data-engineering"],
     kinds={"polars", "parquet"},
