@@ -50,7 +50,8 @@ class ReviewQueueConfig(Config):
     owners=["team:quality"],
     kinds={"parquet"},
     description="The images QA should review next, with the reason for each and a per-run budget: edge frames kept "
-    "for review (flagged, uncertain, rare class), train/val images where the champion and the labels disagree "
+    "for review (flagged, uncertain, rare class), images held out of gold for rejected annotation records, "
+    "train/val images where the champion and the labels disagree "
     "most, drift outliers. Images already sent to Label Studio are never queued again. review/queue.parquet.",
 )
 def review_queue(
@@ -140,9 +141,13 @@ def build_review_queue(
     manifest = lake.read_table(lake_keys.gold_manifest_key(pointer["prefix"])) if pointer else None
     in_gold = set(manifest["image_id"].to_list()) if manifest is not None else set()
 
-    # edge frames kept for review and not labelled since
+    # edge frames kept for review, and images held out of gold for rejected annotations, not labelled since
     unlabelled = images.filter(~pl.col("labelled") & ~pl.col("image_id").is_in(list(in_gold | sent_ids)))
-    edge = review.edge_candidates(edge_frames(lake, unlabelled["image_id"].to_list()))
+    if "held_out" not in unlabelled.columns:  # features written before images were held out
+        unlabelled = unlabelled.with_columns(pl.lit("").alias("held_out"))
+    held = review.held_out_candidates(unlabelled)
+    frames = unlabelled.filter(pl.col("held_out").fill_null("") == "")
+    edge = review.edge_candidates(edge_frames(lake, frames["image_id"].to_list()))
 
     # disagreement of the champion with the current labels (gold train/val)
     predictions, newly = None, 0
@@ -172,13 +177,18 @@ def build_review_queue(
         columns = [c for c in FEATURE_COLUMNS if c in images.columns]
         drift = review.drift_outliers(current, reference, columns, threshold=config.drift_z)
 
-    queue = review.select_queue(pl.concat([edge, disagree, drift]), config.budget, exclude=sent_ids)
+    queue = review.select_queue(pl.concat([edge, held, disagree, drift]), config.budget, exclude=sent_ids)
     queue = with_pre_annotations(lake, queue, images, detector, predictions, settings, work, config)
     lake.write_table(lake_keys.REVIEW_QUEUE, queue)
     return ReviewQueueSummary(
         queue=queue,
         model_version=detector.version if detector else None,
-        candidates={"edge": edge.height, "disagreement": disagree.height, "drift": drift.height},
+        candidates={
+            "edge": edge.height,
+            "held_out": held.height,
+            "disagreement": disagree.height,
+            "drift": drift.height,
+        },
         newly_scored=newly,
         already_sent=len(sent_ids),
     )

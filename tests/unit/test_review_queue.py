@@ -337,3 +337,20 @@ def test_reason_counts_and_markdown():
     assert "… and" not in rv.queue_markdown(table)
     assert rv.queue_markdown(table).splitlines()[-1] == "| 3 | `r1` | drift_outlier | 4.047 | brightness z=+4.05 |"
     assert rv.queue_markdown(table.head(0)) == "(empty queue)"
+
+
+def test_images_held_out_for_rejected_annotations_are_offered_for_review_after_flagged_ones():
+    images = pl.DataFrame(
+        {"image_id": ["h1", "ok", "h2"], "held_out": ["labels/h1.txt: line 2: NaN coordinate", "", None]}
+    )
+    held = rv.held_out_candidates(images)
+    assert held.rows() == [("h1", "held_out", 2.5, "held out of gold: labels/h1.txt: line 2: NaN coordinate")]
+    edge = rv.edge_candidates(
+        pl.DataFrame({"image_id": ["f", "u"], "capture_reasons": [["flagged"], ["uncertain"]]})
+    )
+    queue = rv.select_queue(pl.concat([edge, held]), 3)
+    assert queue.select("image_id", "reason", "source").rows() == [
+        ("f", "flagged", "edge"),
+        ("u", "uncertain", "edge"),
+        ("h1", "held_out", "labels"),
+    ]

@@ -18,6 +18,7 @@ from alumi_pipelines.lib.boxes import iou_cxcywh
 
 REASONS = (
     "flagged",
+    "held_out",
     "missed_boxes",
     "class_changes",
     "extra_boxes",
@@ -31,12 +32,13 @@ SOURCES = {
     "uncertain": "edge",
     "rare_class": "edge",
     "random": "edge",
+    "held_out": "labels",
     "missed_boxes": "disagreement",
     "class_changes": "disagreement",
     "extra_boxes": "disagreement",
     "drift_outlier": "drift",
 }
-SOURCE_ORDER = ("edge", "disagreement", "drift")  # the round-robin order of select_queue
+SOURCE_ORDER = ("edge", "labels", "disagreement", "drift")  # the round-robin order of select_queue
 
 CANDIDATE_SCHEMA = {"image_id": pl.Utf8, "reason": pl.Utf8, "score": pl.Float64, "detail": pl.Utf8}
 QUEUE_SCHEMA = {
@@ -293,6 +295,19 @@ def edge_candidates(frames: pl.DataFrame) -> pl.DataFrame:
 
 
 # -- the queue --------------------------------------------------------------------------------------
+def held_out_candidates(images: pl.DataFrame) -> pl.DataFrame:
+    """Images held out of gold because some of their annotation records were rejected (``held_out``: the reason):
+    a reviewer labels them again. Score 2.5, between a flagged frame and an uncertain one."""
+    _require(images, ("image_id", "held_out"), "images")
+    rows = images.filter(pl.col("held_out").fill_null("") != "").select(
+        "image_id",
+        pl.lit("held_out").alias("reason"),
+        pl.lit(2.5).alias("score"),
+        ("held out of gold: " + pl.col("held_out")).alias("detail"),
+    )
+    return rows.cast(CANDIDATE_SCHEMA)
+
+
 def select_queue(candidates: pl.DataFrame, budget: int, *, exclude: Iterable[str] = ()) -> pl.DataFrame:
     """The review queue (``QUEUE_SCHEMA``): at most ``budget`` images, ranked 1..n.
 
