@@ -81,7 +81,8 @@ def instance_dir(tmp_path) -> Path:
         "class": "LocalComputeLogManager",
         "config": {"base_dir": str(tmp_path / "compute_logs")},
     }
-    assert "run_launcher" not in config  # Dagster's DefaultRunLauncher: one process per run
+    # Dagster's DefaultRunLauncher with a health check of each run's worker: one process per run
+    assert config["run_launcher"] == {"module": "alumi_pipelines.run_launcher", "class": "LocalRunLauncher"}
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
