@@ -345,9 +345,7 @@ def test_images_held_out_for_rejected_annotations_are_offered_for_review_after_f
     )
     held = rv.held_out_candidates(images)
     assert held.rows() == [("h1", "held_out", 2.5, "held out of gold: labels/h1.txt: line 2: NaN coordinate")]
-    edge = rv.edge_candidates(
-        pl.DataFrame({"image_id": ["f", "u"], "capture_reasons": [["flagged"], ["uncertain"]]})
-    )
+    edge = rv.edge_candidates(pl.DataFrame({"image_id": ["f", "u"], "capture_reasons": [["flagged"], ["uncertain"]]}))
     queue = rv.select_queue(pl.concat([edge, held]), 3)
     assert queue.select("image_id", "reason", "source").rows() == [
         ("f", "flagged", "edge"),
