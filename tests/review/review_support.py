@@ -88,11 +88,13 @@ def train_champion(lake, root: Path, home: Path):
     SQLite MLflow and made champion."""
     from export_factory import sharpen_detect_head
 
+    from alumi_pipelines.assets.gold import stage_gold
     from alumi_pipelines.lib.training import link_yolo_dataset, resolve_training_args, train_detector
     from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
 
     pointer = lake.read_json("gold/current.json")
-    data_yaml = link_yolo_dataset(lake.local_path(pointer["prefix"]), root / "yolo")
+    staged = stage_gold(lake, pointer["prefix"], root / "stage")  # the gold version as a YOLO folder
+    data_yaml = link_yolo_dataset(staged, root / "yolo")
     args = resolve_training_args("ci", {"epochs": 1, "imgsz": 96, "batch": 8})
     outcome = train_detector(data_yaml, args, root / "train", config_dir=home / "ultralytics")
     registry = MlflowRegistry(
