@@ -220,21 +220,16 @@ def edge_frames(lake: Lake, image_ids: Sequence[str]):
     return pl.DataFrame(rows, schema={"image_id": pl.Utf8, "capture_reasons": pl.List(pl.Utf8)})
 
 
-PREDICTION_SCHEMA = {
-    "image_id": "Utf8",
-    "class_name": "Utf8",
-    "confidence": "Float64",
-    "x_center": "Float64",
-    "y_center": "Float64",
-    "width": "Float64",
-    "height": "Float64",
-}
-
-
 def _prediction_schema():
+    """The champion's boxes on lake images, normalised; an image scored without boxes is one row of nulls."""
     import polars as pl
 
-    return {k: getattr(pl, v) for k, v in PREDICTION_SCHEMA.items()}
+    return {
+        "image_id": pl.Utf8,
+        "class_name": pl.Utf8,
+        "confidence": pl.Float64,
+        **{c: pl.Float64 for c in ("x_center", "y_center", "width", "height")},
+    }
 
 
 def detect(
@@ -312,7 +307,8 @@ def with_pre_annotations(lake: Lake, queue, images, detector, predictions, setti
     if detector is None or queue.is_empty():
         return queue.with_columns(pl.lit(None, pl.Utf8).alias("boxes"), pl.lit(None, pl.Utf8).alias("model_version"))
     have = predictions if predictions is not None else pl.DataFrame(schema=_prediction_schema())
-    missing = [i for i in queue["image_id"].to_list() if i not in set(have["image_id"].to_list())]
+    scored = set(have["image_id"].to_list())
+    missing = [i for i in queue["image_id"].to_list() if i not in scored]
     if missing:
         have = pl.concat([have, detect(detector, lake, images, missing, settings, work, config)])
     boxes = {}
@@ -442,6 +438,7 @@ def send_to_label_studio(lake: Lake, label_studio: LabelStudio, settings: Pipeli
     }
     now = dt.datetime.now(dt.UTC).isoformat()
     sent = read_sent(lake)
+    already = set(sent["image_id"].to_list())
     new_rows = pl.DataFrame(
         [
             {
@@ -453,7 +450,7 @@ def send_to_label_studio(lake: Lake, label_studio: LabelStudio, settings: Pipeli
                 "sent_at": now,
             }
             for r in queue.iter_rows(named=True)
-            if r["image_id"] in ids and r["image_id"] not in set(sent["image_id"].to_list())
+            if r["image_id"] in ids and r["image_id"] not in already
         ],
         schema=_sent_schema(),
     )

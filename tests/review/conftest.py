@@ -33,8 +33,9 @@ def label_studio_server(tmp_path_factory):
 def review_lake(label_studio_server, tmp_path_factory, _isolated_home) -> ReviewLake:
     """A lake below the server's document root: 24 labelled images and 4 edge frames ingested, gold built, and a
     champion trained on it."""
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, materialize
 
+    from alumi_pipelines.assets import corrections, gold, processed, raw
     from alumi_pipelines.assets.raw import write_landing_file
     from alumi_pipelines.lib.vision.synth import write_landing_batch
     from alumi_pipelines.partitions import landing_batches
@@ -57,29 +58,14 @@ def review_lake(label_studio_server, tmp_path_factory, _isolated_home) -> Review
     edge_ids = write_edge_frames(lake)
     instance.add_dynamic_partitions(landing_batches.name, ["day-1", EDGE_BATCH])
     setup = ReviewLake(lake, None, settings, instance, "", edge_ids)
-    ingestion = ["raw_images", "raw_labels", "processed_images", "processed_labels"]
+    resources = {"lake": lake, "pipeline_settings": settings}
     for batch in ("day-1", EDGE_BATCH):
-        from dagster import materialize
-
-        from alumi_pipelines.assets import processed, raw
-
-        result = materialize(
-            [raw.raw_ingestion, processed.processing],
-            instance=instance,
-            selection=ingestion,
-            partition_key=batch,
-            resources={"lake": lake, "pipeline_settings": settings},
+        ingested = materialize(
+            [raw.raw_ingestion, processed.processing], instance=instance, partition_key=batch, resources=resources
         )
-        assert result.success
-    from dagster import materialize
-
-    from alumi_pipelines.assets import corrections, gold
-
-    result = materialize(
-        [corrections.label_corrections, gold.gold_dataset],
-        instance=instance,
-        resources={"lake": lake, "pipeline_settings": settings},
-    )
-    assert result.success
+        assert ingested.success
+    assert materialize(
+        [corrections.label_corrections, gold.gold_dataset], instance=instance, resources=resources
+    ).success
     setup.registry, setup.champion = train_champion(lake, root, _isolated_home)
     return setup
