@@ -51,6 +51,13 @@ class Settings:
         }
     )
     split_seed: int = field(metadata={"env": "ALUMI_SPLIT_SEED", "doc": "seed of the train/val/test split"})
+    split_fractions: tuple[float, float, float] | None = field(
+        metadata={
+            "env": "ALUMI_SPLIT_FRACTIONS",
+            "doc": "train,val,test fractions, recorded with the lake (meta/splits.json); empty: the lake's record, "
+            "else 0.8,0.1,0.1 for a new lake",
+        }
+    )
     model_name: str = field(metadata={"env": "ALUMI_MODEL_NAME", "doc": "registered detector model name"})
     workers: int = field(metadata={"env": "ALUMI_WORKERS", "doc": "threads for image work (0 = every core)"})
     gate_floor: float | None = field(
@@ -122,6 +129,7 @@ class Settings:
             max_image_pixels=_positive("ALUMI_MAX_IMAGE_PIXELS", "100000000"),
             max_decoded_bytes=_positive("ALUMI_MAX_DECODED_BYTES", str(1024**3)),
             split_seed=_number("ALUMI_SPLIT_SEED", "0", int),
+            split_fractions=_fractions(_env("ALUMI_SPLIT_FRACTIONS", "")),
             model_name=_env("ALUMI_MODEL_NAME", "alumi-detector"),
             workers=_number("ALUMI_WORKERS", "0", int),
             gate_floor=_gate_floor(_env("ALUMI_GATE_FLOOR", "")),
@@ -151,6 +159,14 @@ def _number(name: str, default: str, kind: type):
         return kind(value)
     except ValueError:
         raise ValueError(f"{name}={value!r}: must be {'an integer' if kind is int else 'a number'}") from None
+
+
+def _fractions(value: str) -> tuple[float, float, float] | None:
+    if not value.strip():
+        return None
+    from alumi_pipelines.lib.vision.splits import parse_fractions
+
+    return parse_fractions(value, where="ALUMI_SPLIT_FRACTIONS=")
 
 
 def _positive(name: str, default: str) -> int:

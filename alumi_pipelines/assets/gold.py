@@ -58,6 +58,7 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
             "dataset_hash": info.dataset_hash,
             "images": sum(info.counts.values()),
             **{f"{s}_images": n for s, n in info.counts.items()},
+            "split_fractions": "/".join(f"{f:g}" for f in info.split_fractions),
             "label_conflicts": len(info.conflicts),
             "held_out_images": len(info.held_out),
             "held_out": MetadataValue.md(held_out_md(info.held_out)),
@@ -162,6 +163,7 @@ class GoldInfo:
     moved: dict[str, str] = field(default_factory=dict)
     reused: bool = False
     held_out: list[dict] = field(default_factory=list)
+    split_fractions: tuple[float, ...] = ()
 
     def pointer(self) -> dict:
         return {
@@ -173,6 +175,19 @@ class GoldInfo:
             "conflicts": len(self.conflicts),
             "held_out": len(self.held_out),
         }
+
+
+def split_fractions(lake: Lake, settings: PipelineSettings) -> tuple[float, float, float]:
+    """The lake's train/val/test fractions (``meta/splits.json``), recorded on the first gold build or when
+    ALUMI_SPLIT_FRACTIONS changes them, so the lake's images keep their splits from one version to the next."""
+    from alumi_pipelines.lib.vision.splits import lake_fractions
+
+    record = lake.read_json(lake_keys.SPLIT_SETTINGS) if lake.exists(lake_keys.SPLIT_SETTINGS) else None
+    recorded = record.get("fractions") if record else None
+    fractions, source = lake_fractions(recorded, settings.split_fractions, has_gold=lake.exists(lake_keys.GOLD_POINTER))
+    if recorded is None or [round(f, 6) for f in recorded] != [round(f, 6) for f in fractions]:
+        lake.write_json(lake_keys.SPLIT_SETTINGS, {"fractions": list(fractions), "source": source})
+    return fractions
 
 
 def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
@@ -196,7 +211,8 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
                 .otherwise(pl.col("held_out"))
                 .alias("held_out")
             )
-    plan = gold.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed)
+    fractions = split_fractions(lake, settings)
+    plan = gold.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed, fractions=fractions)
     prefix = lake_keys.gold_prefix(plan.dataset_hash)
     info = GoldInfo(
         dataset_hash=plan.dataset_hash,
@@ -207,6 +223,7 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
         conflicts=plan.conflicts,
         moved=plan.moved,
         held_out=plan.held_out,
+        split_fractions=tuple(fractions),
     )
     manifest_key = lake_keys.gold_manifest_key(prefix)
     if lake.exists(manifest_key):

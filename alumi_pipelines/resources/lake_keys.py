@@ -3,6 +3,7 @@
 Vision branch::
 
     meta/classes.json                                the lake's class map (first import that names classes)
+    meta/splits.json                                 the lake's train/val/test fractions (first gold build)
     landing/<batch>/...                              files as a camera station or `alumi import` dropped them
     raw/images/ab/<sha>.<ext>, raw/manifests|labels/<batch>.parquet
     quarantine/<batch>/rejections.parquet, quarantine/<batch>/files/...
@@ -42,6 +43,7 @@ from alumi_pipelines.lib.vision.formats import BATCH_MARKER
 
 # -- the lake's own records ------------------------------------------------------------------------
 CLASS_MAP = "meta/classes.json"  # the lake's class map: {"classes": [...], "source": ..., "updated_at": ...}
+SPLIT_SETTINGS = "meta/splits.json"  # the lake's split fractions: {"fractions": [train, val, test], "source": ...}
 
 # -- landing ---------------------------------------------------------------------------------------
 LANDING = "landing"

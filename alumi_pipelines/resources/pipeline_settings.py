@@ -33,6 +33,9 @@ class PipelineSettings(ConfigurableResource):
         default=1024**3, description="images whose header declares a larger decoded buffer are quarantined"
     )
     split_seed: int = Field(default=0, description="seed of the train/val/test split")
+    split_fractions: Optional[list[float]] = Field(
+        default=None, description="train,val,test fractions overriding the lake's record (then recorded)"
+    )
     workers: int = Field(default=0, description="threads for image work (0 = every core)")
     profile: str = Field(default="cpu", description="ci | cpu | gpu")
     home: str = Field(default=".alumi", description="ALUMI_HOME: scratch folders, ultralytics config, dev keys")
@@ -58,6 +61,7 @@ class PipelineSettings(ConfigurableResource):
             max_image_pixels=settings.max_image_pixels,
             max_decoded_bytes=settings.max_decoded_bytes,
             split_seed=settings.split_seed,
+            split_fractions=list(settings.split_fractions) if settings.split_fractions else None,
             workers=settings.workers,
             profile=settings.profile,
             home=str(settings.home),

@@ -23,6 +23,7 @@ from alumi_pipelines.assets.gold import (
 from alumi_pipelines.assets.processed import process_batch, read_processed
 from alumi_pipelines.assets.raw import ingest_landing_batch
 from alumi_pipelines.lib.vision import gold as gold_plan
+from alumi_pipelines.lib.vision.splits import DEFAULT_FRACTIONS, EARLIER_FRACTIONS
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.cache import ContentCache
 from alumi_pipelines.resources.lake import Lake
@@ -38,7 +39,9 @@ def _write_copy_style_version(lake, settings) -> str:
     """The current processed zone as a version laid out the way versions were written before manifests: every
     image and label file copied into the version's folder, a manifest without image keys."""
     features, labels = read_processed(lake)
-    plan = gold_plan.plan_dataset(features, labels, list(settings.classes), seed=settings.split_seed)
+    plan = gold_plan.plan_dataset(
+        features, labels, list(settings.classes), seed=settings.split_seed, fractions=EARLIER_FRACTIONS
+    )
     prefix = lake_keys.gold_prefix(plan.dataset_hash)
     for row in plan.manifest.iter_rows(named=True):
         lake.write_bytes(f"{prefix}/{row['file']}", lake.read_bytes(lake_keys.processed_image_key(row["image_id"])))
@@ -166,3 +169,33 @@ def test_alumi_prune_gold_keeps_current_champion_and_newest(lake, settings, writ
 
     assert cli.main(["prune-gold", "--keep", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "alumi prune-gold: --keep -1: must be 0 or more"
+
+
+def test_the_split_is_recorded_with_the_lake_so_its_images_keep_their_splits(lake, settings, write_batch, tmp_path):
+    _ingest(lake, settings, write_batch, "b1", 1)
+    _ingest(lake, settings, write_batch, "b2", 2)
+    # a new lake: training gets the larger share, and the lake records it
+    first = build_gold(lake, settings)
+    assert first.split_fractions == DEFAULT_FRACTIONS == (0.8, 0.1, 0.1)
+    assert lake.read_json(lake_keys.SPLIT_SETTINGS) == {
+        "fractions": [0.8, 0.1, 0.1],
+        "source": "the default for a new lake",
+    }
+    # an explicit change is recorded, and later builds keep it without the override
+    changed = build_gold(lake, settings.model_copy(update={"split_fractions": [0.6, 0.2, 0.2]}))
+    assert changed.split_fractions == (0.6, 0.2, 0.2) and changed.dataset_hash != first.dataset_hash
+    assert lake.read_json(lake_keys.SPLIT_SETTINGS)["source"] == "ALUMI_SPLIT_FRACTIONS"
+    assert build_gold(lake, settings).dataset_hash == changed.dataset_hash
+
+
+def test_a_lake_with_gold_from_before_the_record_keeps_its_split(lake, settings, write_batch):
+    _ingest(lake, settings, write_batch, "b1", 1)
+    _ingest(lake, settings, write_batch, "b2", 2)
+    old_hash = _write_copy_style_version(lake, settings)
+    assert not lake.exists(lake_keys.SPLIT_SETTINGS)
+    new = build_gold(lake, settings)
+    assert new.split_fractions == EARLIER_FRACTIONS
+    assert lake.read_json(lake_keys.SPLIT_SETTINGS)["source"] == "the lake's earlier gold versions"
+    old = lake.read_table(f"{lake_keys.gold_prefix(old_hash)}/manifest.parquet").select("image_id", "split")
+    now = lake.read_table(lake_keys.gold_manifest_key(new.prefix)).select("image_id", "split")
+    assert old.sort("image_id").to_dicts() == now.sort("image_id").to_dicts()

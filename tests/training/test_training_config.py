@@ -11,8 +11,22 @@ from alumi_pipelines.lib.training import TrainingConfigError, resolve_training_a
 def test_profiles_differ_in_size_and_ci_is_tiny():
     ci, cpu, gpu = (resolve_training_args(p) for p in ("ci", "cpu", "gpu"))
     assert (ci["epochs"], ci["imgsz"], ci["device"], ci["workers"]) == (2, 64, "cpu", 0)
-    assert (cpu["epochs"], cpu["imgsz"], cpu["device"]) == (30, 256, "cpu")
-    assert (gpu["epochs"], gpu["imgsz"], gpu["device"], gpu["architecture"]) == (150, 640, "0", "yolo11s.yaml")
+    assert (cpu["epochs"], cpu["imgsz"], cpu["imgsz_max"], cpu["batch"], cpu["device"]) == (
+        30,
+        "auto",
+        320,
+        "auto",
+        "cpu",
+    )
+    assert (gpu["epochs"], gpu["imgsz"], gpu["imgsz_max"], gpu["device"], gpu["architecture"]) == (
+        150,
+        "auto",
+        1280,
+        "0",
+        "yolo11s.yaml",
+    )
+    assert (ci["warm_start"], cpu["warm_start"], gpu["warm_start"]) == (False, True, True)
+    assert ci["threads"] == cpu["threads"] == 0  # every core
     assert ci["epochs"] < cpu["epochs"] < gpu["epochs"]
     assert set(ci) == set(cpu) == set(gpu) == set(training.TRAINING_KEYS)
 

@@ -29,8 +29,15 @@ class DetectorTrainingConfig(Config):
         default=None, description="YOLO .pt to start from: local path, file://, models:/name@alias or runs:/ URI"
     )
     epochs: Optional[int] = None
-    imgsz: Optional[int] = Field(default=None, description="training image size (multiple of 32)")
-    batch: Optional[int] = None
+    imgsz: Optional[int] = Field(
+        default=None, description="training image size (multiple of 32); default: the profile's, cpu/gpu: from the data"
+    )
+    imgsz_max: Optional[int] = Field(default=None, description="largest image size the data-aware choice may pick")
+    batch: Optional[int] = Field(default=None, description="default: the profile's, cpu: from available memory")
+    threads: Optional[int] = Field(default=None, description="torch threads on a CPU (0 = every core)")
+    warm_start: Optional[bool] = Field(
+        default=None, description="start from the champion's weights when its classes are the dataset's (retrains)"
+    )
     device: Optional[str] = Field(default=None, description="cpu, 0, 0,1 or mps")
     seed: Optional[int] = None
     patience: Optional[int] = Field(default=None, description="epochs without improvement before stopping (0 = off)")
@@ -78,6 +85,34 @@ def resolve_base_weights(uri: str | None, registry: MlflowRegistry, work: Path) 
             f"base weights {uri}: unsupported URI scheme (use a local path, file://, models:/ or runs:/)"
         )
     return training.check_base_weights(uri)
+
+
+def warm_start_weights(
+    registry: MlflowRegistry, classes: list[str], work: Path, config_dir: Path
+) -> tuple[Path | None, str]:
+    """The champion's weights when its classes are the dataset's, and what training starts from."""
+    version = registry.alias_version("champion")
+    if version is None:
+        return None, "scratch (no champion yet)"
+    tagged = registry.version(version).tags.get("classes")
+    if tagged is not None and tagged.split(",") != list(classes):
+        return None, f"scratch (champion v{version} knows classes {tagged.split(',')}, the dataset has {list(classes)})"
+    weights = registry.download_weights(version, work / "champion")
+    theirs = training.checkpoint_classes(weights, config_dir=config_dir)
+    if theirs != list(classes):
+        return None, f"scratch (champion v{version} knows classes {theirs}, the dataset has {list(classes)})"
+    return weights, f"champion v{version}"
+
+
+def gold_long_sides(lake: Lake, pointer: dict) -> list[int]:
+    """The long side in pixels of each train image of the gold version (for the data-aware image size)."""
+    import polars as pl
+
+    manifest = lake.read_table(lake_keys.gold_manifest_key(pointer["prefix"]))
+    if not {"width", "height", "split"} <= set(manifest.columns):
+        return []
+    train = manifest.filter(pl.col("split") == "train")
+    return train.select(pl.max_horizontal("width", "height")).to_series().to_list()
 
 
 def _stage_gold(lake: Lake, work: Path, settings: PipelineSettings, log) -> tuple[dict, training.DatasetSummary]:
@@ -150,9 +185,14 @@ def _train_trial(context, run, args, summary, work, base_weights, config_dir, na
         base_weights=base_weights,
         on_epoch=on_epoch,
     )
+    run.log_params({"cpu_threads": outcome.threads, "dataloader_workers": outcome.workers})
     run.log_metrics({f"best/{k}": v for k, v in outcome.final_metrics.items()}, step=outcome.epochs_run)
     run.log_metrics(
-        {"train_seconds": outcome.train_seconds, "images_per_second": outcome.images_per_second},
+        {
+            "train_seconds": outcome.train_seconds,
+            "images_per_second": outcome.images_per_second,
+            "cpu_utilisation": outcome.cpu_utilisation,
+        },
         step=outcome.epochs_run,
     )
     run.log_artifact(outcome.best_weights, "weights")
@@ -191,6 +231,20 @@ def detector_model(
         context.log.info(
             f"gold {pointer['dataset_hash']}: images {summary.images}, train boxes {summary.boxes['train']}"
         )
+        started_from = f"base weights {args['base_weights']}" if base_weights else "scratch"
+        if base_weights is None and args["warm_start"]:
+            base_weights, started_from = warm_start_weights(mlflow, summary.classes, work, config_dir)
+        context.log.info(f"training starts from {started_from}")
+        long_sides = gold_long_sides(lake, pointer)
+        resolved = []
+        for trial in trials:
+            trial, choice = training.resolve_auto(trial, long_sides)
+            resolved.append(trial)
+        trials = resolved
+        context.log.info(
+            f"imgsz {choice.imgsz} ({choice.reasons['imgsz']}), batch {choice.batch} ({choice.reasons['batch']}), "
+            f"{choice.threads} threads"
+        )
         code = training.code_version()
         tags = {
             "dagster_run_id": context.run_id,
@@ -205,6 +259,8 @@ def detector_model(
             **{f"{s}_images": n for s, n in summary.images.items()},
             "profile": profile,
             "code_version": code["code_version"],
+            "started_from": started_from,
+            **{f"auto/{k}": v for k, v in choice.reasons.items()},
         }
         dataset_input = _dataset_input(lake, pointer, summary)
         with mlflow.run(f"detector-{context.run_id[:8]}", tags=tags) as parent:
@@ -246,6 +302,8 @@ def detector_model(
                     "mlflow_run_id": best_run.run_id,
                     "architecture": best_args["architecture"],
                     "imgsz": best_args["imgsz"],
+                    "classes": ",".join(summary.classes),
+                    "started_from": started_from,
                     "epochs_run": outcome.epochs_run,
                     "metrics.val.mAP50": val.get("val/mAP50", ""),
                     "metrics.val.mAP50-95": val.get("val/mAP50-95", ""),
@@ -262,9 +320,16 @@ def detector_model(
         "profile": profile,
         "architecture": best_args["architecture"],
         "imgsz": best_args["imgsz"],
+        "imgsz_reason": choice.reasons["imgsz"],
+        "batch": best_args["batch"],
+        "batch_reason": choice.reasons["batch"],
+        "cpu_threads": outcome.threads,
+        "dataloader_workers": outcome.workers,
+        "started_from": started_from,
         "epochs_run": outcome.epochs_run,
         "train_seconds": round(outcome.train_seconds, 2),
         "images_per_second": round(outcome.images_per_second, 2),
+        "cpu_utilisation": round(outcome.cpu_utilisation, 3),
         "val_mAP50": float(val.get("val/mAP50", 0.0)),
         "val_mAP50_95": float(val.get("val/mAP50-95", 0.0)),
         "code_version": code["code_version"],

@@ -2,7 +2,8 @@
 
 - ``profiles``: the ``ci`` / ``cpu`` / ``gpu`` defaults, overrides validated, sweeps;
 - ``dataset``: the YOLO folder a run reads, checked before training starts;
-- ``runs``: training and evaluation with ultralytics (offline), per-epoch metrics;
+- ``autoconf``: image size, batch and CPU threads chosen from the data and the machine;
+- ``runs``: training and evaluation with ultralytics (offline), per-epoch metrics, every core on a CPU;
 - ``offline``: ultralytics with every network path off;
 - ``provenance``: per-run scratch folders and the code version;
 - ``gate``: the promotion rule.
@@ -10,6 +11,7 @@
 The names most callers need are re-exported here.
 """
 
+from alumi_pipelines.lib.training.autoconf import AutoChoice, resolve_auto
 from alumi_pipelines.lib.training.dataset import (
     IMAGE_SUFFIXES,
     SPLITS,
@@ -44,12 +46,16 @@ from alumi_pipelines.lib.training.provenance import (
 from alumi_pipelines.lib.training.runs import (
     EpochCallback,
     TrainingOutcome,
+    checkpoint_classes,
     clean_metric_name,
     evaluate_detector,
     train_detector,
 )
 
 __all__ = [
+    "AutoChoice",
+    "checkpoint_classes",
+    "resolve_auto",
     "DatasetError",
     "DatasetSummary",
     "EpochCallback",

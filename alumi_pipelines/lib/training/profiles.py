@@ -34,6 +34,12 @@ _COMMON = {
     "degrees": 0.0,
     "translate": 0.1,
     "scale": 0.5,
+    # every core the process may use (0); ultralytics alone trains on cpu_count - 1 threads
+    "threads": 0,
+    # a retrain starts from the champion's weights when the class map is unchanged
+    "warm_start": True,
+    # "auto" imgsz: the dataset's median long side, rounded up to a multiple of 32, at most this
+    "imgsz_max": 640,
 }
 
 
@@ -48,24 +54,29 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "workers": 0,
         "patience": 0,
         "close_mosaic": 0,
+        "warm_start": False,  # every smoke run is independent of the one before
     },
-    # minutes on a laptop CPU
+    # minutes on a CPU box: ultralytics' own defaults except where the quality benchmark shows a gain
+    # (benchmarks/bench_quality.py): every core, decoded images cached in RAM, the size from the data
     "cpu": {
         **_COMMON,
         "epochs": 30,
-        "imgsz": 256,
-        "batch": 16,
+        "imgsz": "auto",
+        "imgsz_max": 320,
+        "batch": "auto",
         "device": "cpu",
-        "workers": 2,
-        "patience": 10,
-        "close_mosaic": 5,
+        "workers": 0,  # dataloader processes compete with the training threads for the cores (bench_quality)
+        "patience": 100,
+        "close_mosaic": 10,
+        "cache": "ram",
     },
     # a full run on one GPU
     "gpu": {
         **_COMMON,
         "architecture": "yolo11s.yaml",
         "epochs": 150,
-        "imgsz": 640,
+        "imgsz": "auto",
+        "imgsz_max": 1280,
         "batch": 32,
         "device": "0",
         "workers": 8,
@@ -79,7 +90,16 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
 TRAINING_KEYS = tuple(PROFILE_DEFAULTS["cpu"])
 
 
-SWEEPABLE_KEYS = tuple(k for k in TRAINING_KEYS if k not in ("device", "workers", "cache", "base_weights"))
+SWEEPABLE_KEYS = tuple(
+    k for k in TRAINING_KEYS if k not in ("device", "workers", "cache", "base_weights", "threads", "warm_start")
+)
+
+
+AUTO = "auto"
+
+
+# Not ultralytics arguments: the pipeline applies them itself.
+PIPELINE_KEYS = ("architecture", "base_weights", "hsv", "max_minutes", "threads", "warm_start", "imgsz_max")
 
 
 _HSV_ON = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4}
@@ -146,19 +166,33 @@ def validate_training_args(args: Mapping[str, Any]) -> None:
         arch,
         "is neither a local yaml file nor a model yaml shipped with ultralytics",
     )
-    for key in ("epochs", "imgsz", "batch", "workers", "patience", "seed", "close_mosaic"):
+    for key in ("epochs", "workers", "patience", "seed", "close_mosaic", "threads", "imgsz_max"):
         value = args[key]
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "must be an integer")
+    for key in ("imgsz", "batch"):
+        value = args[key]
+        _check(
+            value == AUTO or (isinstance(value, int) and not isinstance(value, bool)),
+            key,
+            value,
+            "must be an integer or 'auto' (chosen from the dataset and the machine)",
+        )
     _check(args["epochs"] >= 1, "epochs", args["epochs"], "must be at least 1")
+    for key in ("imgsz", "imgsz_max"):
+        _check(
+            args[key] == AUTO or (32 <= args[key] <= 4096 and args[key] % 32 == 0),
+            key,
+            args[key],
+            "must be a multiple of 32 between 32 and 4096",
+        )
     _check(
-        32 <= args["imgsz"] <= 4096 and args["imgsz"] % 32 == 0,
-        "imgsz",
-        args["imgsz"],
-        "must be a multiple of 32 between 32 and 4096",
+        args["batch"] == AUTO or args["batch"] >= 1 or args["batch"] == -1,
+        "batch",
+        args["batch"],
+        "must be >= 1, 'auto', or -1 for ultralytics' GPU auto-batch",
     )
-    _check(args["batch"] >= 1 or args["batch"] == -1, "batch", args["batch"], "must be >= 1 (or -1 for auto on GPU)")
     _check(not (args["batch"] == -1 and str(args["device"]) == "cpu"), "batch", -1, "auto batch needs a GPU device")
-    for key in ("workers", "patience", "seed", "close_mosaic"):
+    for key in ("workers", "patience", "seed", "close_mosaic", "threads"):
         _check(args[key] >= 0, key, args[key], "must be >= 0")
     _check(
         isinstance(args["device"], (str, int)) and str(args["device"]).strip() != "",
@@ -175,7 +209,7 @@ def validate_training_args(args: Mapping[str, Any]) -> None:
         "must be a number in [0, 180]",
     )
     _check(_is_number(args["lr0"]) and 0.0 < args["lr0"] < 1.0, "lr0", args["lr0"], "must be in (0, 1)")
-    for key in ("hsv", "cos_lr"):
+    for key in ("hsv", "cos_lr", "warm_start"):
         _check(isinstance(args[key], bool), key, args[key], "must be true or false")
     _check(args["cache"] in (False, True, "ram", "disk"), "cache", args["cache"], "must be false, 'ram' or 'disk'")
     _check(
@@ -210,8 +244,12 @@ def model_yaml_exists(name: str) -> bool:
 
 
 def ultralytics_train_kwargs(args: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments for ``YOLO.train`` that a resolved config stands for."""
-    out = {k: v for k, v in args.items() if k not in ("architecture", "base_weights", "hsv", "max_minutes")}
+    """The keyword arguments for ``YOLO.train`` that a resolved config stands for (``imgsz`` and ``batch``
+    resolved, see :func:`alumi_pipelines.lib.training.autoconf.resolve_auto`)."""
+    for key in ("imgsz", "batch"):
+        if args[key] == AUTO:
+            raise TrainingConfigError(f"training config {key}='auto': resolve it from the dataset before training")
+    out = {k: v for k, v in args.items() if k not in PIPELINE_KEYS}
     out.update(_HSV_ON if args["hsv"] else _HSV_OFF)
     if args.get("max_minutes"):
         out["time"] = float(args["max_minutes"]) / 60.0

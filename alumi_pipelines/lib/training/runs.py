@@ -79,6 +79,16 @@ class TrainingOutcome:
     train_seconds: float
     train_images: int
     plots: list[Path] = field(default_factory=list)
+    threads: int = 0  # torch threads the epochs ran on
+    workers: int = 0  # dataloader worker processes
+    cpu_seconds: float = 0.0  # CPU time of the training process and its dataloader workers
+
+    @property
+    def cpu_utilisation(self) -> float:
+        """CPU time over wall time × the cores the process may use: 1.0 is every core busy throughout."""
+        from alumi_pipelines.lib.training.autoconf import cpu_count
+
+        return self.cpu_seconds / (self.train_seconds * cpu_count()) if self.train_seconds > 0 else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -129,7 +139,8 @@ def train_detector(
     model.add_callback("on_train_epoch_end", epoch_trained)
     model.add_callback("on_fit_epoch_end", fit_epoch_end)
     kwargs = ultralytics_train_kwargs(args)
-    start = time.perf_counter()
+    used = _use_every_core(model, threads=int(args.get("threads") or 0), workers=int(kwargs["workers"]))
+    start, cpu_start = time.perf_counter(), cpu_time()
     with _no_amp_download(kwargs["device"]):
         model.train(
             data=str(data_yaml),
@@ -141,7 +152,7 @@ def train_detector(
             val=True,
             **kwargs,
         )
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, cpu_time() - cpu_start
     trainer = model.trainer
     save_dir = Path(trainer.save_dir)
     best = save_dir / "weights" / "best.pt"
@@ -158,7 +169,57 @@ def train_detector(
         train_seconds=seconds,
         train_images=train_images,
         plots=plots,
+        threads=used["threads"],
+        workers=used["workers"],
+        cpu_seconds=cpu_seconds,
     )
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process (every thread) and of its children that have ended (dataloader workers)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _use_every_core(model, *, threads: int, workers: int) -> dict[str, int]:
+    """Callbacks that give training the CPU: ``threads`` torch threads and ``workers`` dataloader processes.
+
+    ultralytics sets ``workers=0`` on a CPU and its device selection calls ``torch.set_num_threads(cpu_count - 1)``
+    (one thread on two cores), at the start of training and again before the final validation; these callbacks
+    run after each of those and put the configured values back. Returns what the epochs ran with."""
+    import torch
+
+    used = {"threads": torch.get_num_threads(), "workers": 0}
+
+    def pretrain_start(trainer) -> None:
+        if workers and trainer.device.type == "cpu":
+            trainer.args.workers = workers
+
+    def set_threads(_) -> None:
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        used["threads"] = torch.get_num_threads()
+
+    def pretrain_end(trainer) -> None:
+        set_threads(trainer)
+        used["workers"] = int(getattr(trainer.train_loader, "num_workers", 0) or 0)
+
+    model.add_callback("on_pretrain_routine_start", pretrain_start)
+    model.add_callback("on_pretrain_routine_end", pretrain_end)
+    model.add_callback("on_train_epoch_start", set_threads)
+    model.add_callback("on_val_start", set_threads)
+    return used
+
+
+def checkpoint_classes(weights: Path, *, config_dir: Path) -> list[str]:
+    """The class names a YOLO checkpoint predicts, in id order."""
+    import_ultralytics(config_dir)
+    from ultralytics import YOLO
+
+    names = YOLO(str(check_base_weights(weights))).names
+    return [str(names[i]) for i in sorted(names)]
 
 
 def evaluate_detector(

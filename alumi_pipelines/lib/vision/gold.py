@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from alumi_pipelines.lib.boxes import iou_cxcywh
-from alumi_pipelines.lib.vision.splits import SPLITS, assign_splits, dataset_hash
+from alumi_pipelines.lib.vision.splits import DEFAULT_FRACTIONS, SPLITS, assign_splits, dataset_hash
 
 _ROUND = 6  # decimals kept for box coordinates in the hash and the YOLO files
 AGREE_IOU = 0.5  # two label sets of one image agree when every box has a same-class partner this close
@@ -86,7 +87,14 @@ def held_out_images(features: pl.DataFrame) -> list[dict]:
     ]
 
 
-def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str], *, seed: int = 0) -> GoldPlan:
+def plan_dataset(
+    features: pl.DataFrame,
+    labels: pl.DataFrame,
+    classes: list[str],
+    *,
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> GoldPlan:
     """Choose labels per unique labelled image, split them and hash the result.
 
     Images held out (``held_out`` not empty: annotation records of theirs were rejected) never enter, not even
@@ -108,7 +116,7 @@ def plan_dataset(features: pl.DataFrame, labels: pl.DataFrame, classes: list[str
     image_classes = {
         image_id: [classes[b[0]] for b in chosen.get(image_id, ())] for image_id in images["image_id"].to_list()
     }
-    split = assign_splits(image_classes, seed=seed)
+    split = assign_splits(image_classes, seed=seed, fractions=fractions)
 
     manifest_rows, label_rows, label_text = [], [], {}
     for image_id, width, height in images.iter_rows():

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 SPLITS = ("train", "val", "test")
-DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)  # a new lake's split: training gets the larger share
+EARLIER_FRACTIONS = (0.7, 0.15, 0.15)  # the split of a lake whose gold versions predate the recorded setting
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,34 @@ def stratum(classes: Sequence[str], class_frequency: Mapping[str, int]) -> str:
     if not classes:
         return "background"
     return min(set(classes), key=lambda c: (class_frequency.get(c, 0), c))
+
+
+def parse_fractions(text: str, *, where: str = "split fractions") -> tuple[float, float, float]:
+    """``"0.8,0.1,0.1"`` as three fractions, or ValueError naming ``where`` and the rule broken."""
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(","))
+    except ValueError as exc:
+        raise ValueError(f"{where} {text!r}: must be three numbers such as 0.8,0.1,0.1 (train,val,test)") from exc
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6 or values[0] <= 0:
+        raise ValueError(f"{where} {text!r}: must be three non-negative fractions train,val,test summing to 1")
+    return values  # type: ignore[return-value]
+
+
+def lake_fractions(
+    recorded: Sequence[float] | None, override: Sequence[float] | None, *, has_gold: bool
+) -> tuple[tuple[float, float, float], str]:
+    """The split fractions a gold build uses, and where they come from.
+
+    The lake records its fractions, so its images keep their splits: an explicit override (recorded from then
+    on) wins, then the record, then, for a lake with gold versions built before the record existed, the
+    fractions those versions used, else :data:`DEFAULT_FRACTIONS`."""
+    if override:
+        return tuple(override), "ALUMI_SPLIT_FRACTIONS"  # type: ignore[return-value]
+    if recorded:
+        return tuple(recorded), "the lake's record"  # type: ignore[return-value]
+    if has_gold:
+        return EARLIER_FRACTIONS, "the lake's earlier gold versions"
+    return DEFAULT_FRACTIONS, "the default for a new lake"
 
 
 def assign_splits(
