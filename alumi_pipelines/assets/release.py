@@ -1,8 +1,10 @@
 """Release stage: the exported champion as a signed edge release, and the channel pointers that devices follow.
 
 ``edge_release`` below ``tensorrt_engine`` bundles the alumi-edge wheel, the FP32 and INT8 ONNX models, the
-TensorRT build plan and a self-test sample, signs the manifest and then moves the channels. Releases are
-immutable: a release that is already published only gets its channels moved. Logic lives in ``lib/export/release``.
+TensorRT build plan and a self-test sample, signs the manifest and then moves the channels. An INT8 model that
+``onnx_int8_model`` refused (its verdict in the INT8 record) is left out, and the manifest's ``refused`` says why.
+Releases are immutable: a release that is already published only gets its channels moved.
+Logic lives in ``lib/export/release``.
 """
 
 import datetime as dt
@@ -57,8 +59,9 @@ class EdgeReleaseConfig(Config):
     group_name=GROUP,
     owners=["team:ml-platform"],
     kinds={"python"},
-    description="A signed edge release at releases/<version>/: the alumi-edge wheel, model.onnx, model_int8.onnx, "
-    "the TensorRT build plan, a sample image with its expected detections, manifest.json and its Ed25519 "
+    description="A signed edge release at releases/<version>/: the alumi-edge wheel, model.onnx, model_int8.onnx "
+    "(unless onnx_int8_model refused it: then the manifest's 'refused' says why), the TensorRT build plan, "
+    "a sample image with its expected detections, manifest.json and its Ed25519 "
     "signature; then the channel pointer (releases/channels/stable.json) moves to it.",
 )
 def edge_release(
@@ -71,6 +74,8 @@ def edge_release(
     int8 = latest_record(context, "onnx_int8_model", lake, "int8_record_key")
     version = record["model_version"]
     name = release_version(version, record["dataset_hash"])
+    verdict = int8.get("verdict") or {"accepted": True}  # records written before verdicts: the check blocked
+    refused = {} if verdict["accepted"] else {"model_int8": {k: v for k, v in verdict.items() if k != "accepted"}}
     try:
         key_path, dev_key = release.signing_key_path(
             pipeline_settings.home_path, config.signing_key, pipeline_settings.release_key
@@ -90,6 +95,7 @@ def edge_release(
     if reused:
         context.log.info(f"release {name} already published; releases are immutable, moving the channels only")
         manifest = lake.read_json(manifest_key)
+        refused = manifest.get("refused", {})
         keys = release.move_channels(
             name,
             config.channels,
@@ -103,7 +109,7 @@ def edge_release(
     else:
         with pipeline_settings.scratch(context.run.run_id, "edge_release") as work:
             model = fetch_file(lake, record["onnx_key"], work / "in" / "model.onnx")
-            model_int8 = fetch_file(lake, int8["int8_key"], work / "in" / "model_int8.onnx")
+            model_int8 = None if refused else fetch_file(lake, int8["int8_key"], work / "in" / "model_int8.onnx")
             plan = fetch_file(lake, lake_keys.plan_key(version), work / "in" / "tensorrt_plan.json")
             try:
                 wheel = release.build_edge_wheel(EDGE_SOURCE, work / "wheel")
@@ -147,9 +153,10 @@ def edge_release(
             )
             expected["raw"] = raw
             # The INT8 model's own boxes on the same image: a device self-tests whichever model it serves.
-            found_int8 = predict.predict_onnx(model_int8, [sample], conf=conf)[0]
-            expected["roles"] = {
-                "model_int8": {
+            expected["roles"] = {}
+            if model_int8 is not None:
+                found_int8 = predict.predict_onnx(model_int8, [sample], conf=conf)[0]
+                expected["roles"]["model_int8"] = {
                     "boxes": release.expected_detections(
                         found_int8.boxes.tolist(),
                         found_int8.confidences.tolist(),
@@ -160,7 +167,8 @@ def edge_release(
                     )["boxes"],
                     "raw": release.sample_raw(model_int8, sample),
                 }
-            }
+            else:
+                context.log.warning(f"INT8 model refused ({refused['model_int8']['why']}): releasing FP32 only")
             expected_path = work / "in" / "sample_expected.json"
             expected_path.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
             parity_key = lake_keys.parity_record_key(version)
@@ -168,13 +176,15 @@ def edge_release(
             metrics = {
                 "test_map50_fp32": int8["map50_fp32"],
                 "test_map50_int8": int8["map50_int8"],
+                **({"test_map50_95_fp32": int8["map50_95_fp32"]} if "map50_95_fp32" in int8 else {}),
+                **({"test_map50_95_int8": int8["map50_95_int8"]} if "map50_95_int8" in int8 else {}),
                 "cpu_latency_ms_fp32": int8["latency_fp32"]["median_ms"],
                 "cpu_latency_ms_int8": int8["latency_int8"]["median_ms"],
                 **({"parity_map50_diff": parity["map50_diff"]} if "map50_diff" in parity else {}),
             }
             files = [
                 release.ReleaseInput(model, "model.onnx", "model"),
-                release.ReleaseInput(model_int8, "model_int8.onnx", "model_int8"),
+                *([release.ReleaseInput(model_int8, "model_int8.onnx", "model_int8")] if model_int8 else []),
                 release.ReleaseInput(wheel, wheel.name, "wheel"),
                 release.ReleaseInput(plan, "tensorrt_plan.json", "build_plan"),
                 release.ReleaseInput(sample, f"sample/sample{sample.suffix.lower()}", "sample_image"),
@@ -197,6 +207,7 @@ def edge_release(
                     "model_version": version,
                     "dataset_hash": record["dataset_hash"],
                 },
+                refused=refused,
             )
             keys = release.publish_release(
                 work / "release",
@@ -218,6 +229,14 @@ def edge_release(
             "channels": MetadataValue.json(list(config.channels)),
             "reused": reused,
             "model_version": version,
+            "int8_in_release": "model_int8" not in refused,
+            "int8_refused": MetadataValue.md(
+                "\n".join(
+                    ["| role | why |", "| --- | --- |"] + [f"| {role} | {r['why']} |" for role, r in refused.items()]
+                )
+                if refused
+                else "_none: the release carries the INT8 model_"
+            ),
             "files": MetadataValue.md(
                 "\n".join(
                     ["| file | role | bytes | sha256 |", "| --- | --- | ---: | --- |"]

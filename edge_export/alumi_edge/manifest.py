@@ -2,6 +2,11 @@
 
 The signature covers the exact bytes of ``manifest.json``; it is stored base64-encoded in
 ``manifest.sig``. A manifest names every file of the release with its sha256, size and role.
+
+A release may leave out its INT8 model when the export refused it (its accuracy fell more than the margin below
+the FP32 model's). The optional ``refused`` object then says so, per left-out role, with at least ``why``:
+``{"model_int8": {"why": "...", "margin": 0.01, "map50_fp32": 0.48, "map50_int8": 0.45, "map50_drop": 0.03}}``.
+Older manifests (with their INT8 model, no ``refused``) stay valid; older devices ignore the key.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ import binascii
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 MANIFEST_FORMAT = 1
 ROLES = ("model", "model_int8", "wheel", "sample_image", "sample_expected", "build_plan", "risk_model")
+REFUSABLE_ROLES = ("model_int8",)  # roles the export may refuse and leave out of a release (``refused``)
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -57,6 +63,25 @@ def check_relative_path(path: object) -> str:
     return pure.as_posix()
 
 
+def check_refused(refused: object, roles_present: set[str], where: str = MANIFEST_NAME) -> dict:
+    """The ``refused`` field (absent: ``{}``): role → object with a non-empty ``why``, for a refusable role that
+    the release does not carry; ManifestError naming the field otherwise."""
+    if refused is None:
+        return {}
+    if not isinstance(refused, dict):
+        raise ManifestError(f"{where}: field 'refused' must be an object of role: {{why, ...}}")
+    for role, entry in refused.items():
+        if role not in REFUSABLE_ROLES:
+            raise ManifestError(
+                f"{where}: refused[{role!r}]: only {', '.join(REFUSABLE_ROLES)} can be refused and left out"
+            )
+        if role in roles_present:
+            raise ManifestError(f"{where}: refused[{role!r}]: the release also carries a file with that role")
+        if not isinstance(entry, dict) or not isinstance(entry.get("why"), str) or not entry["why"].strip():
+            raise ManifestError(f"{where}: refused[{role!r}] must be an object with a non-empty 'why'")
+    return dict(refused)
+
+
 @dataclass(frozen=True)
 class ReleaseFile:
     """One file of a release as the manifest lists it."""
@@ -79,6 +104,7 @@ class Manifest:
     source: dict
     files: tuple[ReleaseFile, ...]
     raw: dict
+    refused: dict = field(default_factory=dict)  # role → why the export left that file out (``refused``)
 
     def file_for_role(self, role: str) -> ReleaseFile | None:
         """The first file with ``role``, or None."""
@@ -131,6 +157,7 @@ def parse_manifest(data: bytes) -> Manifest:
         files.append(ReleaseFile(path=path, sha256=sha, size=size, role=role))
     if sum(f.role == "model" for f in files) != 1:
         raise ManifestError(f"{MANIFEST_NAME}: exactly one file must have role 'model'")
+    refused = check_refused(raw.get("refused"), {f.role for f in files})
     return Manifest(
         version=version,
         created_at=str(raw.get("created_at", "")),
@@ -140,6 +167,7 @@ def parse_manifest(data: bytes) -> Manifest:
         source=raw.get("source") if isinstance(raw.get("source"), dict) else {},
         files=tuple(files),
         raw=raw,
+        refused=refused,
     )
 
 

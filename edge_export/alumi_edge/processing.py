@@ -231,11 +231,13 @@ def postprocess(
     max_det: int = 300,
     num_classes: int | None = None,
     end_to_end: bool = False,
+    multi_label: bool = False,
 ) -> Detections:
     """Model output of one image → detections in original-image pixels.
 
     ``output`` is ``(1, 4 + nc, N)`` (YOLOv8/YOLO11) or, for end-to-end models, ``(1, N, 6)`` rows of
-    x1, y1, x2, y2, confidence, class id that need no NMS.
+    x1, y1, x2, y2, confidence, class id that need no NMS. Each box keeps its best class (as ultralytics
+    predict), or with ``multi_label`` every class scoring above the threshold (as ultralytics val, for mAP).
     """
     if not 0.0 <= conf_threshold <= 1.0:
         raise ValueError(f"conf threshold {conf_threshold}: must be between 0 and 1")
@@ -263,11 +265,15 @@ def postprocess(
         if len(candidates) == 0:
             return Detections.empty()
         class_scores = candidates[:, 4 : 4 + nc]
-        class_ids = class_scores.argmax(axis=1)
-        confidences = class_scores[np.arange(len(class_ids)), class_ids]
-        boxes = xywh_to_xyxy(candidates[:, :4])
-        ok = confidences > conf_threshold
-        boxes, confidences, class_ids = boxes[ok], confidences[ok], class_ids[ok]
+        if multi_label:  # one candidate per (box, class) above the threshold
+            rows, class_ids = np.nonzero(class_scores > conf_threshold)
+            boxes, confidences = xywh_to_xyxy(candidates[rows, :4]), class_scores[rows, class_ids]
+        else:
+            class_ids = class_scores.argmax(axis=1)
+            confidences = class_scores[np.arange(len(class_ids)), class_ids]
+            boxes = xywh_to_xyxy(candidates[:, :4])
+            ok = confidences > conf_threshold
+            boxes, confidences, class_ids = boxes[ok], confidences[ok], class_ids[ok]
         if len(confidences) > MAX_NMS_CANDIDATES:
             top = np.argsort(-confidences, kind="stable")[:MAX_NMS_CANDIDATES]
             boxes, confidences, class_ids = boxes[top], confidences[top], class_ids[top]

@@ -67,9 +67,18 @@ def serving_role(settings: EdgeSettings, manifest, release_dir: Path) -> str:
 
     TensorRT builds its own engine (FP16/INT8) from the FP32 ONNX, and a GPU runs the FP32 ONNX; on a CPU
     the INT8 model (held at export to lose at most the configured mAP50 margin) is the faster one. Only an
-    INT8 model that has its own expected boxes, and so was self-tested at pull, is chosen on ``auto``.
+    INT8 model that has its own expected boxes, and so was self-tested at pull, is chosen on ``auto``; a release
+    whose INT8 model the export refused carries none, so ``auto`` serves its FP32 model and a pinned role it
+    lacks is a NoModel naming why.
     """
     if settings.model_role != "auto":
+        if manifest.file_for_role(settings.model_role) is None:
+            refused = manifest.refused.get(settings.model_role)
+            reason = f"the export refused it ({refused['why']})" if refused else "it was not exported"
+            raise NoModel(
+                f"release {manifest.version} has no {settings.model_role} file: {reason}; set "
+                "ALUMI_EDGE_MODEL_ROLE=auto or model to serve its FP32 model"
+            )
         return settings.model_role
     expected = manifest.file_for_role("sample_expected")
     if manifest.file_for_role("model_int8") is None or expected is None:
@@ -117,6 +126,7 @@ class ModelHolder:
             "created_at": manifest.created_at,
             "metrics": manifest.metrics,
             "source": manifest.source,
+            "refused": manifest.refused,
         }
         return path, manifest.version, summary
 

@@ -116,6 +116,20 @@ def test_postprocess_decodes_yolo_output_to_original_pixels():
     assert sorted(det.class_ids.tolist()) == [0, 1]
 
 
+def test_postprocess_multi_label_keeps_every_class_above_the_threshold_as_ultralytics_val():
+    params = letterbox_params((64, 64), (64, 64))
+    # two far-apart candidates; the first scores 0.9 for class 0 and 0.6 for class 1
+    output = np.array([[[16.0, 48.0], [16.0, 48.0], [8.0, 8.0], [8.0, 8.0], [0.9, 0.05], [0.6, 0.7]]], np.float32)
+    single = postprocess(output, params, conf_threshold=0.25)
+    found = sorted(zip(single.class_ids.tolist(), single.confidences.tolist()))
+    assert [c for c, _ in found] == [0, 1] and [v for _, v in found] == pytest.approx([0.9, 0.7])
+    multi = postprocess(output, params, conf_threshold=0.25, multi_label=True)
+    found = sorted(zip(multi.class_ids.tolist(), multi.confidences.tolist()))
+    assert [c for c, _ in found] == [0, 1, 1]  # the first box once per class: NMS is class-wise
+    assert [v for _, v in found] == pytest.approx([0.9, 0.6, 0.7])
+    assert len(postprocess(output, params, conf_threshold=0.25, multi_label=True, max_det=2)) == 2
+
+
 def test_postprocess_clips_and_honours_max_det_and_strict_threshold():
     params = Letterbox(
         orig_height=64,

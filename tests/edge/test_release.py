@@ -218,3 +218,39 @@ def test_signing_key_prefers_config_then_setting_else_the_development_key(tmp_pa
     assert (tmp_path / "keys" / "release-dev.key.pub").read_bytes() == dev_public  # what the README has devices pin
     with pytest.raises(release.ReleaseError, match="config signing_key=.*missing.key.*no such file"):
         release.signing_key_path(tmp_path, str(tmp_path / "missing.key"))
+
+
+def test_a_manifest_may_leave_out_a_refused_int8_model_and_says_why(tmp_path):
+    private_pem, public_pem = release.load_or_create_signing_key(tmp_path / "k.key")
+    files = _files(tmp_path)
+    why = {"why": "mAP50 FP32 0.4850 vs INT8 0.4550: drop +0.0300 exceeds the margin 0.01", "margin": 0.01}
+    manifest = release.write_release(
+        tmp_path / "rel",
+        files,
+        version="2.0.0",
+        classes=["a"],
+        imgsz=96,
+        private_key_pem=private_pem,
+        refused={"model_int8": why},
+    )
+    assert manifest["refused"] == {"model_int8": why}
+    parsed = verify_release_dir(tmp_path / "rel", public_pem)
+    assert parsed.refused == {"model_int8": why} and parsed.file_for_role("model_int8") is None
+    older = dict(manifest)
+    del older["refused"]
+    assert parse_manifest(json.dumps(older).encode()).refused == {}  # manifests without the key stay valid
+    for refused, rule in [
+        ({"model": why}, "only model_int8 can be refused"),
+        ({"model_int8": {"margin": 0.01}}, "non-empty 'why'"),
+        ([], "must be an object"),
+    ]:
+        with pytest.raises(ManifestError, match=rule):
+            parse_manifest(json.dumps({**manifest, "refused": refused}).encode())
+    with pytest.raises(release.ReleaseError, match="also carries a file with that role"):
+        release.build_manifest(
+            "2.0.1",
+            [*files, (tmp_path / "in" / "model.onnx", "model_int8.onnx", "model_int8")],
+            ["a"],
+            96,
+            refused={"model_int8": why},
+        )

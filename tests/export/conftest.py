@@ -94,21 +94,50 @@ def export_settings(_isolated_home):
     return PipelineSettings(classes=list(CLASSES), home=str(_isolated_home), profile="ci")
 
 
-@pytest.fixture(scope="session")
-def export_run(trained_champion, export_settings) -> ExportSetup:
-    """``export_job`` executed once end to end (checks included) on the trained champion."""
+def run_export_job(lake, registry, settings, ops: dict):
+    """``export_job`` (checks included) on a fresh ephemeral instance; returns (instance, result)."""
     from dagster import DagsterInstance, Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
     from alumi_pipelines.assets import export, release
     from alumi_pipelines.jobs import export_job
 
-    root, lake, registry, pointer, version, run_id = trained_champion
     instance = DagsterInstance.ephemeral()
     defs = Definitions(
         assets=load_assets_from_modules([export, release]),
         asset_checks=load_asset_checks_from_modules([export, release]),
         jobs=[export_job],
-        resources={"lake": lake, "mlflow": registry, "pipeline_settings": export_settings},
+        resources={"lake": lake, "mlflow": registry, "pipeline_settings": settings},
     )
-    result = defs.resolve_job_def("export_job").execute_in_process(instance=instance, run_config={"ops": FAST_CONFIG})
+    result = defs.resolve_job_def("export_job").execute_in_process(instance=instance, run_config={"ops": ops})
+    return instance, result
+
+
+@pytest.fixture(scope="session")
+def export_run(trained_champion, export_settings) -> ExportSetup:
+    """``export_job`` executed once end to end (checks included) on the trained champion."""
+    root, lake, registry, pointer, version, run_id = trained_champion
+    instance, result = run_export_job(lake, registry, export_settings, FAST_CONFIG)
     return ExportSetup(root, lake, registry, instance, pointer, version, run_id, result, export_settings)
+
+
+@pytest.fixture(scope="session")
+def refused_int8_run(export_run, tmp_path_factory) -> ExportSetup:
+    """``export_job`` again on a copy of the export lake without its releases, with an INT8 margin no model meets
+    (-1 mAP50 point, so INT8 is refused): the release must ship the FP32 model alone."""
+    import shutil
+
+    from alumi_pipelines.resources.lake import Lake
+
+    copy = tmp_path_factory.mktemp("refused") / "lake"
+    shutil.copytree(export_run.root / "lake", copy, ignore=shutil.ignore_patterns("releases"))
+    lake = Lake(base_uri=str(copy))
+    ops = {**FAST_CONFIG, "onnx_int8_model": {"config": {**FAST_CONFIG["onnx_int8_model"]["config"], "margin": -1.0}}}
+    instance, result = run_export_job(lake, export_run.registry, export_run.settings, ops)
+    r = export_run
+    return ExportSetup(r.root, lake, r.registry, instance, r.pointer, r.version, r.run_id, result, r.settings)
+
+
+@pytest.fixture(scope="session")
+def ultralytics_dir(_isolated_home) -> Path:
+    """The session's offline ultralytics config folder."""
+    return _isolated_home / "ultralytics"

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from alumi_pipelines.lib.export.accuracy import map50, match_detections
+from alumi_pipelines.lib.export.accuracy import MapResult, detection_map, int8_verdict, match_detections
 from alumi_pipelines.lib.export.dfl import rewrite_dfl
 from alumi_pipelines.lib.export.int8 import head_decode_nodes
 from alumi_pipelines.lib.export.latency import time_calls
@@ -124,23 +124,59 @@ def _pred(boxes, confs, classes):
     )
 
 
-def test_map50_values():
+def _map(predictions, truths, config_dir):
+    return detection_map(predictions, truths, config_dir=config_dir)
+
+
+def test_detection_map_on_hand_built_boxes(ultralytics_dir):
     truths = [_truth([[10, 10, 50, 50], [60, 60, 90, 90]], [0, 1])]
-    perfect = [_pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.8], [0, 1])]
-    # 0.995, not 1: the 101-point curve ends at precision 0 past full recall, as in ultralytics val.
-    assert map50(perfect, truths, 2) == (pytest.approx(0.995), {0: pytest.approx(0.995), 1: pytest.approx(0.995)})
-    wrong_class = [_pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.8], [1, 0])]
-    assert map50(wrong_class, truths, 2)[0] == 0.0
-    assert map50([_pred([], [], [])], truths, 2)[0] == 0.0
-    # A false positive ranked above the true positive halves precision at full recall for class 0.
-    fp_first = [_pred([[70, 0, 99, 20], [10, 10, 50, 50], [60, 60, 90, 90]], [0.95, 0.9, 0.8], [0, 0, 1])]
-    value, per_class = map50(fp_first, truths, 2)
-    assert per_class[1] == pytest.approx(0.995)
-    assert per_class[0] == pytest.approx(0.5, abs=0.01)
-    assert value == pytest.approx((per_class[0] + per_class[1]) / 2)
-    # Boxes overlapping a truth with IoU below 0.5 do not count.
-    shifted = [_pred([[30, 30, 70, 70]], [0.9], [0])]
-    assert map50(shifted, [_truth([[10, 10, 50, 50]], [0])], 1)[0] == 0.0
+    perfect = _map([_pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.8], [0, 1])], truths, ultralytics_dir)
+    # 0.995, not 1: ultralytics' 101-point curve ends at precision 0 past full recall; IoU 1 at every threshold.
+    assert (perfect.map50, perfect.map50_95) == (pytest.approx(0.995), pytest.approx(0.995))
+    assert perfect.per_class50 == {0: pytest.approx(0.995), 1: pytest.approx(0.995)}
+    assert (perfect.images, perfect.instances) == (1, 2)
+    wrong_class = _map([_pred([[10, 10, 50, 50], [60, 60, 90, 90]], [0.9, 0.8], [1, 0])], truths, ultralytics_dir)
+    assert (wrong_class.map50, wrong_class.map50_95) == (0.0, 0.0)
+    assert _map([_pred([], [], [])], truths, ultralytics_dir).map50 == 0.0
+    # A false positive ranked above the true positive: precision 1/2 at full recall for class 0.
+    fp_first = _map(
+        [_pred([[70, 0, 99, 20], [10, 10, 50, 50], [60, 60, 90, 90]], [0.95, 0.9, 0.8], [0, 0, 1])],
+        truths,
+        ultralytics_dir,
+    )
+    assert fp_first.per_class50[1] == pytest.approx(0.995)
+    assert fp_first.per_class50[0] == pytest.approx(0.5, abs=0.01)
+    assert fp_first.map50 == pytest.approx((fp_first.per_class50[0] + 0.995) / 2)
+    # IoU 0.76 is a hit at the six thresholds 0.50 ... 0.75 of ten: mAP50-95 = 0.995 * 6 / 10.
+    square = [_truth([[0, 0, 100, 100]], [0])]
+    partial = _map([_pred([[0, 0, 100, 76]], [0.9], [0])], square, ultralytics_dir)
+    assert partial.map50 == pytest.approx(0.995) and partial.map50_95 == pytest.approx(0.995 * 0.6)
+    # Below IoU 0.5 is a miss; a second box on a matched truth is a false positive ranked below it (AP unchanged);
+    # a class without ground truth is not averaged in.
+    assert _map([_pred([[30, 30, 70, 70]], [0.9], [0])], [_truth([[10, 10, 50, 50]], [0])], ultralytics_dir).map50 == 0
+    duplicate = _map([_pred([[0, 0, 100, 100], [0, 0, 100, 98]], [0.9, 0.8], [0, 0])], square, ultralytics_dir)
+    assert duplicate.map50 == pytest.approx(0.995)
+    extra_class = _map([_pred([[0, 0, 100, 100], [5, 5, 20, 20]], [0.9, 0.95], [0, 2])], square, ultralytics_dir)
+    assert extra_class.per_class50 == {0: pytest.approx(0.995)} and extra_class.map50 == pytest.approx(0.995)
+    # Two images, one truth each, the detection of the second ranked first: both hits, still 0.995.
+    two = _map(
+        [_pred([[0, 0, 100, 100]], [0.4], [0]), _pred([[10, 10, 50, 50]], [0.9], [0])],
+        [square[0], _truth([[10, 10, 50, 50]], [0])],
+        ultralytics_dir,
+    )
+    assert two.map50 == pytest.approx(0.995) and two.instances == 2
+    with pytest.raises(ExportError, match="2 prediction sets for 1 images"):
+        _map([_pred([], [], []), _pred([], [], [])], square, ultralytics_dir)
+
+
+def test_int8_verdict_refuses_a_drop_beyond_the_margin():
+    fp32 = MapResult(0.485, 0.30, {}, 10, 20)
+    within = int8_verdict(fp32, MapResult(0.478, 0.29, {}, 10, 20), margin=0.01)
+    assert within["accepted"] and within["map50_drop"] == pytest.approx(0.007)
+    refused = int8_verdict(fp32, MapResult(0.455, 0.27, {}, 10, 20), margin=0.01)
+    assert not refused["accepted"]
+    assert (refused["map50_fp32"], refused["map50_int8"], refused["margin"]) == (0.485, 0.455, 0.01)
+    assert refused["why"] == "mAP50 FP32 0.4850 vs INT8 0.4550: drop +0.0300 exceeds the margin 0.01"
 
 
 def test_match_detections_pairs_boxes_greedily_by_class_and_iou():

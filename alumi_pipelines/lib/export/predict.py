@@ -34,9 +34,16 @@ class ImageDetections:
 
 
 def predict_onnx(
-    model_path: Path, images: Sequence[Path], *, conf: float, iou: float = NMS_IOU, max_det: int = MAX_DET
+    model_path: Path,
+    images: Sequence[Path],
+    *,
+    conf: float,
+    iou: float = NMS_IOU,
+    max_det: int = MAX_DET,
+    multi_label: bool = False,
 ) -> list[ImageDetections]:
-    """Detections of the edge runtime (ONNX Runtime, CPU, the edge package's pre/post-processing)."""
+    """Detections of the edge runtime (ONNX Runtime, CPU, the edge package's pre/post-processing); ``multi_label``
+    keeps every class above ``conf`` per box, as ultralytics val does for mAP."""
     from alumi_edge.runtimes.onnx import OnnxRuntime
 
     runtime = OnnxRuntime(model_path, device="cpu").load()
@@ -44,7 +51,9 @@ def predict_onnx(
     for path in images:
         image = read_bgr(path)
         tensor, params = runtime.preprocess(image)
-        found = runtime.postprocess(runtime.forward(tensor), params, conf=conf, iou=iou, max_det=max_det)
+        found = runtime.postprocess(
+            runtime.forward(tensor), params, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label
+        )
         out.append(ImageDetections(found.boxes, found.confidences, found.class_ids))
     return out
 
@@ -70,12 +79,30 @@ def predict_torch(
     conf: float,
     iou: float = NMS_IOU,
     max_det: int = MAX_DET,
+    multi_label: bool = False,
 ) -> list[ImageDetections]:
-    """Detections of the PyTorch checkpoint through ultralytics predict (square letterbox, CPU, FP32)."""
+    """Detections of the PyTorch checkpoint through ultralytics predict (square letterbox, CPU, FP32); with
+    ``multi_label`` its NMS keeps every class above ``conf`` per box, as ultralytics val does for mAP."""
     from alumi_pipelines.lib.training.offline import import_ultralytics
 
     import_ultralytics(config_dir)
     from ultralytics import YOLO
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils import nms
+
+    class MultiLabelPredictor(DetectionPredictor):
+        """ultralytics predict with the NMS of ultralytics val (``multi_label=True``)."""
+
+        def postprocess(self, preds, img, orig_imgs, **kwargs):
+            kept = nms.non_max_suppression(
+                preds,
+                self.args.conf,
+                self.args.iou,
+                multi_label=True,
+                max_det=self.args.max_det,
+                end2end=getattr(self.model, "end2end", False),
+            )
+            return self.construct_results(kept, img, orig_imgs)
 
     model = YOLO(str(weights))
     out = []
@@ -91,6 +118,7 @@ def predict_torch(
             half=False,
             verbose=False,
             save=False,
+            predictor=MultiLabelPredictor if multi_label else None,
         )[0]
         boxes = result.boxes
         out.append(

@@ -39,6 +39,7 @@ from alumi_edge.manifest import (
     ROLES,
     SIGNATURE_NAME,
     ManifestError,
+    check_refused,
     check_relative_path,
     check_version,
     key_id,
@@ -109,8 +110,10 @@ def build_manifest(
     metrics: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     created_at: datetime | str | None = None,
+    refused: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict:
-    """The manifest dict for local files: sha256, size and role of each, plus model facts and provenance."""
+    """The manifest dict for local files: sha256, size and role of each, plus model facts and provenance, and
+    ``refused``: the roles the export left out and why (the device's rule, ``alumi_edge.manifest.check_refused``)."""
     _check_version(version)
     inputs = _as_inputs(files)
     entries, seen = [], set()
@@ -138,7 +141,14 @@ def build_manifest(
     if isinstance(created_at, datetime):
         created_at = created_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     source = dict(source or {})
+    try:
+        refused = check_refused(
+            {k: dict(v) for k, v in refused.items()} if refused else None, {e["role"] for e in entries}, "release"
+        )
+    except ManifestError as exc:
+        raise ReleaseError(str(exc)) from None
     return {
+        **({"refused": refused} if refused else {}),
         "format": MANIFEST_FORMAT,
         "version": version,
         "created_at": created_at,
@@ -334,6 +344,7 @@ def write_release(
     metrics: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     created_at: datetime | str | None = None,
+    refused: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict:
     """Copy the files into ``dest_dir`` (the release's own folder), write manifest.json and manifest.sig.
 
@@ -343,7 +354,7 @@ def write_release(
     if dest.exists() and any(dest.iterdir()):
         raise ReleaseError(f"release folder {dest} is not empty; releases are immutable, pick a new version")
     inputs = _as_inputs(files)
-    manifest = build_manifest(version, inputs, classes, imgsz, metrics, source, created_at)
+    manifest = build_manifest(version, inputs, classes, imgsz, metrics, source, created_at, refused)
     check_sample_expected(inputs)
     data = manifest_bytes(manifest)
     signature = sign_manifest(data, private_key_pem)

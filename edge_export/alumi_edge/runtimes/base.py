@@ -69,9 +69,15 @@ class Runtime(ABC):
         return preprocess(image_bgr, self.info.input_hw, self.info.input_format)
 
     def postprocess(
-        self, output: np.ndarray, params: Letterbox, conf: float = 0.25, iou: float = 0.7, max_det: int = 300
+        self,
+        output: np.ndarray,
+        params: Letterbox,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        multi_label: bool = False,
     ) -> Detections:
-        """Raw output → detections in original-image pixels."""
+        """Raw output → detections in original-image pixels (``multi_label``: every class above ``conf``)."""
         return postprocess(
             output,
             params,
@@ -80,6 +86,7 @@ class Runtime(ABC):
             max_det=max_det,
             num_classes=self.info.num_classes,
             end_to_end=self.info.end_to_end,
+            multi_label=multi_label,
         )
 
     def to_boxes(self, detections: Detections) -> list[Box]:
