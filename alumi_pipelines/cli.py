@@ -57,17 +57,32 @@ def register_batches(batch_ids: list[str]) -> list[str]:
     return new
 
 
+def command_progress(label: str, settings: Settings, total: int | None = None, unit: str = "files"):
+    """Progress of a long command on stderr: a bar on a terminal, a plain line every ALUMI_PROGRESS_SECONDS else."""
+    from alumi_pipelines.lib.progress import terminal_progress
+
+    return terminal_progress(label, total, unit=unit, every_s=settings.progress_seconds)
+
+
 def cmd_demo_data(args, settings: Settings) -> int:
+    from alumi_pipelines.lib.vision.formats import IMAGE_SUFFIXES
     from alumi_pipelines.lib.vision.synth import write_landing_batch
 
     lake = _lake(settings)
+    progress = command_progress("demo-data", settings, args.images * args.days, "images")
+
+    def write(batch: str, key: str, data: bytes) -> None:
+        write_landing_file(lake, batch, key, data)
+        if PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES:
+            progress.advance(1, len(data))
+
     start = dt.date.fromisoformat(args.start) if args.start else dt.date.today() - dt.timedelta(days=args.days - 1)
     batches = []
     for d in range(args.days):
         day = start + dt.timedelta(days=d)
         batch = f"day-{day.isoformat()}" + (f"-{args.condition}" if args.condition != "nominal" else "")
         summary = write_landing_batch(
-            lambda key, data, b=batch: write_landing_file(lake, b, key, data),
+            lambda key, data, b=batch: write(b, key, data),
             batch,
             args.images,
             day=day,
@@ -76,6 +91,8 @@ def cmd_demo_data(args, settings: Settings) -> int:
             condition=args.condition,
         )
         batches.append(batch)
+        if d == args.days - 1:
+            progress.finish()
         print(
             f"{batch}: {summary['images']} images, {summary['boxes']} boxes "
             f"-> {lake.uri(lake_keys.landing_prefix(batch))}"
@@ -93,8 +110,9 @@ def _safe_member(name: str) -> str | None:
     return path.as_posix()
 
 
-def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] | None) -> dict:
-    """Copy a dataset folder or .zip archive verbatim into landing/<batch>/, then write its marker."""
+def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] | None, progress=None) -> dict:
+    """Copy a dataset folder or .zip archive verbatim into landing/<batch>/, then write its marker; ``progress``
+    (a :mod:`lib.progress` reporter) counts the files copied."""
     from alumi_pipelines.lib.vision.formats import BATCH_MARKER
     from alumi_pipelines.lib.vision.ingest import check_batch_id
 
@@ -103,9 +121,10 @@ def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] 
     copied = 0
     if source.is_file() and zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as archive:
-            for info in archive.infolist():
-                if info.is_dir():
-                    continue
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            if progress is not None:
+                progress.total = len(members)
+            for info in members:
                 safe = _safe_member(info.filename)
                 if safe is None:
                     rejected.append(
@@ -116,13 +135,24 @@ def import_dataset(lake, source: Path, fmt: str, batch: str, classes: list[str] 
                             "reason": "archive member name leaves the batch folder (absolute or '..')",
                         }
                     )
+                    if progress is not None:
+                        progress.advance()
                     continue
-                write_landing_file(lake, batch, safe, archive.read(info))
+                data = archive.read(info)
+                write_landing_file(lake, batch, safe, data)
                 copied += 1
+                if progress is not None:
+                    progress.advance(1, len(data))
     elif source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            write_landing_file(lake, batch, path.relative_to(source).as_posix(), path.read_bytes())
+        paths = sorted(p for p in source.rglob("*") if p.is_file())
+        if progress is not None:
+            progress.total = len(paths)
+        for path in paths:
+            data = path.read_bytes()
+            write_landing_file(lake, batch, path.relative_to(source).as_posix(), data)
             copied += 1
+            if progress is not None:
+                progress.advance(1, len(data))
     else:
         raise CliError(f"{source} is neither a folder nor a .zip archive: give a dataset folder or a .zip file")
     if rejected:
@@ -222,7 +252,8 @@ def cmd_import(args, settings: Settings) -> int:
     lake = _lake(settings)
     names = dataset_class_names(source, args.format, classes)
     said = check_import_classes(lake, settings, names, batch, args.extend_classes)
-    result = import_dataset(lake, source, args.format, batch, classes)
+    with command_progress(f"import {batch}", settings) as progress:
+        result = import_dataset(lake, source, args.format, batch, classes, progress)
     print(
         f"{result['batch']}: copied {result['files']} files into landing "
         f"({result['rejected']} archive members rejected); {said}"
@@ -335,15 +366,17 @@ def cmd_export_labels(args, settings: Settings) -> int:
 
     try:
         copy_images = check_image_mode(args.images) == "copy"
-        result = export_gold_labels(
-            _lake(settings),
-            args.out,
-            args.format,
-            dataset_hash=args.dataset,
-            splits=args.split,
-            copy_images=copy_images,
-            force=args.force,
-        )
+        with command_progress(f"export-labels {args.format}", settings) as progress:
+            result = export_gold_labels(
+                _lake(settings),
+                args.out,
+                args.format,
+                dataset_hash=args.dataset,
+                splits=args.split,
+                copy_images=copy_images,
+                force=args.force,
+                progress=progress,
+            )
     except LabelExportError as exc:
         print(f"alumi export-labels: {exc}", file=sys.stderr)
         return 2

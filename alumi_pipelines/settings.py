@@ -88,6 +88,12 @@ class Settings:
     lake_concurrency: int = field(
         metadata={"env": "ALUMI_LAKE_CONCURRENCY", "doc": "storage requests in flight when a step moves many objects"}
     )
+    progress_seconds: float = field(
+        metadata={
+            "env": "ALUMI_PROGRESS_SECONDS",
+            "doc": "seconds between progress lines of long steps and commands (0: every item)",
+        }
+    )
     backfill_partitions_per_run: int = field(
         metadata={
             "env": "ALUMI_BACKFILL_PARTITIONS_PER_RUN",
@@ -141,6 +147,7 @@ class Settings:
             cache_dir=Path(_env("ALUMI_CACHE_DIR", str(home / "cache"))).expanduser().resolve(),
             cache_max_gb=_number("ALUMI_CACHE_MAX_GB", "50", float),
             lake_concurrency=_number("ALUMI_LAKE_CONCURRENCY", "16", int),
+            progress_seconds=_not_negative("ALUMI_PROGRESS_SECONDS", "10"),
             backfill_partitions_per_run=backfill_partitions_per_run(),
             executor=_executor(_env("ALUMI_EXECUTOR", "multiprocess")),
             k8s_step_config=_k8s_config("ALUMI_K8S_STEP_CONFIG", _env("ALUMI_K8S_STEP_CONFIG", "")),
@@ -173,6 +180,13 @@ def _positive(name: str, default: str) -> int:
     value = _number(name, default, int)
     if value <= 0:
         raise ValueError(f"{name}={value}: must be a positive integer")
+    return value
+
+
+def _not_negative(name: str, default: str) -> float:
+    value = _number(name, default, float)
+    if value < 0:
+        raise ValueError(f"{name}={value:g}: must be 0 or more")
     return value
 
 

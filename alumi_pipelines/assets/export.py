@@ -254,6 +254,7 @@ def onnx_int8_model(
     from alumi_pipelines.lib.export import accuracy, latency, yolo_data
     from alumi_pipelines.lib.export.int8 import quantize_int8
     from alumi_pipelines.lib.files import file_sha256
+    from alumi_pipelines.lib.progress import Tracked
 
     record = latest_record(context, "onnx_model", lake, "export_key")
     version = record["model_version"]
@@ -272,7 +273,9 @@ def onnx_int8_model(
             cache=pipeline_settings.cache(),
             log=context.log.info,
         )
-        calibration = [root / rel for rel in chosen]
+        calibration = Tracked(
+            [root / rel for rel in chosen], pipeline_settings.progress("INT8 calibration", None, context.log.info)
+        )
         quant = quantize_int8(
             fp32,
             work / "model_int8.onnx",

@@ -325,6 +325,7 @@ def stage_gold(
     """
     import polars as pl
 
+    from alumi_pipelines.lib.progress import Progress
     from alumi_pipelines.lib.vision import gold
     from alumi_pipelines.resources.cache import ContentCache, link_or_copy
 
@@ -353,7 +354,8 @@ def stage_gold(
     local = lake.local_path(prefix)
     fetched = None
     if local is None:
-        fetched = cache.fetch(dict(zip(rows["sha256"], rows["image_key"])), lake.read_bytes, lake.map)
+        progress = Progress(f"stage gold {name[:12]}", emit=log) if log is not None else None
+        fetched = cache.fetch(dict(zip(rows["sha256"], rows["image_key"])), lake.read_bytes, lake.map, progress)
     texts = gold.label_texts(labels, rows["image_id"].to_list())
     for image_id, file, label_file, image_key, sha in rows.select(
         "image_id", "file", "label_file", "image_key", "sha256"
@@ -506,13 +508,15 @@ def export_gold_labels(
     splits: list[str] | tuple[str, ...] | None = None,
     copy_images: bool = True,
     force: bool = False,
+    progress=None,
 ) -> dict:
     """Write the current gold dataset (or version ``dataset_hash``) as COCO, YOLO or Label Studio files.
 
     The folder is built under a temporary name and renamed into place, so ``out_dir`` never holds a half
     export. ``force`` replaces an earlier export (a folder holding ``alumi_export.json``), nothing else.
     Images are read through the lake (local or Azure). Bad input raises ``LabelExportError`` naming the fix.
-    Returns the summary also written to ``alumi_export.json`` (plus ``out``).
+    Returns the summary also written to ``alumi_export.json`` (plus ``out``). ``progress`` (a ``lib.progress``
+    reporter) counts the image and label files copied.
     """
     import json
 
@@ -559,6 +563,8 @@ def export_gold_labels(
         "boxes": labels.height,
         "images_copied": images.height if copy_images else 0,
     }
+    if progress is not None:
+        progress.total = images.height * ((fmt == "yolo") + copy_images)
     with atomic_dir(out, replace=force) as tmp:
         if fmt == "coco":
             doc = lx.coco_document(images, labels, classes, dataset_hash)
@@ -574,9 +580,9 @@ def export_gold_labels(
             else:
                 doc = lx.yolo_data_yaml(data_yaml, chosen)
                 _write_text(tmp / lx.DATA_YAML, yaml.safe_dump(doc, sort_keys=False))
-            _copy_gold_files(lake, sources, images["label_file"].to_list(), tmp)
+            _copy_gold_files(lake, sources, images["label_file"].to_list(), tmp, progress)
         if copy_images:
-            _copy_gold_files(lake, sources, images["file"].to_list(), tmp)
+            _copy_gold_files(lake, sources, images["file"].to_list(), tmp, progress)
         _write_text(tmp / lx.EXPORT_RECORD, json.dumps(record, indent=2))
     return {**record, "out": str(out)}
 
@@ -632,7 +638,7 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
-def _copy_gold_files(lake: Lake, sources: dict[str, str | bytes], rels: list[str], root: Path) -> None:
+def _copy_gold_files(lake: Lake, sources: dict[str, str | bytes], rels: list[str], root: Path, progress=None) -> None:
     """Write files of a gold version (paths relative to it) under ``root``: ``sources`` gives each one's lake key
     (read through the lake's bounded pool) or its bytes."""
 
@@ -642,5 +648,7 @@ def _copy_gold_files(lake: Lake, sources: dict[str, str | bytes], rels: list[str
         target = root / check_key(rel)  # a manifest path that would leave the folder ('..', absolute) is refused
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+        if progress is not None:
+            progress.advance(1, len(data))
 
     lake.map(copy, rels)

@@ -4,6 +4,7 @@
 ``images_valid``) calls :func:`process_batch`: raw objects in, ``lib.vision.imaging`` for the pixels.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -73,7 +74,7 @@ def processing(context: AssetExecutionContext, lake: Lake, pipeline_settings: Pi
     classes: dict[str, int] = {}
     means: dict[str, float] = {}
     for batch in context.partition_keys:
-        result = process_batch(lake, batch, pipeline_settings)
+        result = process_batch(lake, batch, pipeline_settings, log=context.log.info)
         images, written, boxes = images + result.images, written + result.written, boxes + result.boxes
         quarantined += len(result.rejected)
         for rejected in result.rejected[:20]:
@@ -137,8 +138,9 @@ class ProcessedBatch:
     rejected: list[dict] = field(default_factory=list)  # quarantine rows of images that could not be processed
 
 
-def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> ProcessedBatch:
-    """raw images of a batch → normalised JPEGs + a features table; raw labels → processed labels."""
+def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Callable | None = None) -> ProcessedBatch:
+    """raw images of a batch → normalised JPEGs + a features table; raw labels → processed labels (progress of
+    the images through ``log``)."""
     import polars as pl
 
     from alumi_pipelines.lib.files import sha256_hex
@@ -194,9 +196,8 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings) -> Process
         # not the bytes: a batch can be large
         return processed.width, processed.height, processed.features, new, digest, len(processed.data)
 
-    outcomes = list(
-        imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers), chunk=lake.io_chunk())
-    )
+    outcomes = imaging.parallel_map(work, range(len(ids)), lake.io_workers(settings.workers), chunk=lake.io_chunk())
+    outcomes = list(settings.progress(f"processed {batch}", len(ids), log).track(outcomes) if log else outcomes)
     if cache is not None:
         cache.prune()
     refused = {ids[i]: reason for i, reason in enumerate(outcomes) if isinstance(reason, str)}

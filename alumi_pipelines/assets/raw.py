@@ -4,6 +4,7 @@
 ``landing/<batch>/`` through the lake and hands the bytes to ``lib.vision.ingest``.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -50,7 +51,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
     totals = {"files": 0, "images": 0, "unique": 0, "boxes": 0, "quarantined": 0, "held_out": 0}
     classes: dict[str, int] = {}
     for batch in context.partition_keys:
-        result = ingest_landing_batch(lake, batch, pipeline_settings)
+        result = ingest_landing_batch(lake, batch, pipeline_settings, log=context.log.info)
         totals["images"] += len(result.manifest)
         totals["unique"] += len({m["image_id"] for m in result.manifest})
         totals["boxes"] += len(result.labels)
@@ -120,11 +121,13 @@ def write_landing_file(lake: Lake, batch: str, path: str, data: bytes) -> str:
     return lake.write_bytes(lake_keys.landing_key(batch, path), data)
 
 
-def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
-    """landing/<batch> → raw images, raw manifest, raw labels and quarantine (tables always written)."""
+def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Callable | None = None):
+    """landing/<batch> → raw images, raw manifest, raw labels and quarantine (tables always written); progress of
+    the images read through ``log``."""
     import polars as pl
 
     from alumi_pipelines.lib.vision import ingest
+    from alumi_pipelines.lib.vision.formats import IMAGE_SUFFIXES
     from alumi_pipelines.lib.vision.labels import label_schema
 
     ingest.check_batch_id(batch)
@@ -145,10 +148,18 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
         if PurePosixPath(p).suffix.lower() in ingest.ANNOTATION_SUFFIXES and p != ingest.BATCH_MARKER
     )
 
+    images = sum(PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES for p in rel)
+    progress = settings.progress(f"ingest {batch}", images, log) if log else None
+
     def read(path: str) -> bytes:
         key = lake_keys.landing_key(batch, path)
         data = annotations.get(key)
-        return data if data is not None else lake.read_bytes(key)
+        if data is not None:
+            return data
+        data = lake.read_bytes(key)
+        if progress is not None and PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES:
+            progress.advance(1, len(data))
+        return data
 
     may_be_absent = lake.absent_filter(lake_keys.RAW_IMAGES)  # listed once: a known image costs no request
     cache = None if lake.is_local else settings.cache()  # processing on this machine then reads no raw image
@@ -173,6 +184,8 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings):
             chunk=lake.io_chunk(),
             limits=image_limits(settings),
         )
+    if progress is not None:
+        progress.finish()
     manifest_schema = {
         c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
         for c in ingest.MANIFEST_COLUMNS

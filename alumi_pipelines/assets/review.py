@@ -65,6 +65,8 @@ def review_queue(
 
     with pipeline_settings.scratch(context.run.run_id, "review_queue") as work:
         detector = champion_detector(lake, mlflow, pipeline_settings, work)
+        if detector is not None:
+            detector.log = context.log.info
         summary = build_review_queue(lake, pipeline_settings, config, detector, work)
     if detector is None:
         context.log.warning("no champion model yet: no disagreement candidates and no pre-annotations")
@@ -89,6 +91,7 @@ class ChampionDetector:
 
     version: str
     run: Callable[..., list[Any]]  # (image paths, conf=, max_det=) -> ImageDetections per image
+    log: Callable[[str], Any] | None = None  # progress lines of the scoring loop
 
 
 def champion_detector(lake: Lake, mlflow: MlflowRegistry, settings: PipelineSettings, work: Path):
@@ -245,6 +248,8 @@ def detect(
     an image without boxes keeps one row of nulls."""
     import polars as pl
 
+    from alumi_pipelines.lib.progress import Tracked
+
     sizes = {i: (w, h) for i, w, h in images.select("image_id", "width", "height").iter_rows()}
     paths = []
     for image_id in ids:
@@ -255,6 +260,8 @@ def detect(
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(lake.read_bytes(key))
         paths.append(local)
+    if detector.log is not None:
+        paths = Tracked(paths, settings.progress(f"review scoring (champion v{detector.version})", None, detector.log))
     rows = []
     for image_id, found in zip(
         ids, detector.run(paths, conf=config.confidence, max_det=config.max_boxes) if paths else []

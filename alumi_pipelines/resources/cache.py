@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alumi_pipelines.lib.files import TMP_PREFIX, sha256_hex, write_if_absent
+from alumi_pipelines.lib.progress import Progress
 
 USED_STAMP = ".used"  # touched whenever a dataset folder is staged or reused: its last use, for eviction
 STALE_TMP_S = 3600.0  # temporary files older than this belong to a killed fetch
@@ -98,9 +99,11 @@ class ContentCache:
         wanted: dict[str, str],
         read: Callable[[str], bytes],
         map_fn: Callable[[Callable[[str], None], list[str]], object] = lambda fn, xs: [fn(x) for x in xs],
+        progress: Progress | None = None,
     ) -> FetchStats:
         """Make every object of ``wanted`` ({sha256: source key}) present; only missing ones are read (through
-        ``map_fn``, e.g. the lake's bounded pool), each checked against its sha256 before it gets its name."""
+        ``map_fn``, e.g. the lake's bounded pool), each checked against its sha256 before it gets its name.
+        ``progress`` counts the objects read (its total: how many were missing)."""
         stats = FetchStats(wanted=len(wanted))
         missing = []
         for sha in wanted:
@@ -121,8 +124,14 @@ class ContentCache:
                 )
             write_if_absent(self.object_path(sha), data, fsync=False)
             sizes.append(len(data))
+            if progress is not None:
+                progress.advance(1, len(data))
 
+        if progress is not None:
+            progress.total = len(missing)
         map_fn(one, missing)
+        if progress is not None and missing:
+            progress.finish()
         stats.fetched, stats.fetched_bytes = len(sizes), sum(sizes)
         return stats
 

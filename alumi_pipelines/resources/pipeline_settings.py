@@ -6,6 +6,7 @@ nothing below the code location reads the environment itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -17,6 +18,7 @@ from alumi_pipelines.lib.vision.labels import ClassMap
 from alumi_pipelines.settings import Settings
 
 if TYPE_CHECKING:
+    from alumi_pipelines.lib.progress import Progress
     from alumi_pipelines.resources.cache import ContentCache
 
 
@@ -51,6 +53,9 @@ class PipelineSettings(ConfigurableResource):
     )
     cache_dir: str = Field(default="", description="ALUMI_CACHE_DIR: staged gold images; empty: <home>/cache")
     cache_max_gb: float = Field(default=50.0, description="size bound of the cache, least recently used evicted")
+    progress_seconds: float = Field(
+        default=10.0, ge=0, description="seconds between the progress lines of a long step (0: every item)"
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineSettings:
@@ -71,7 +76,14 @@ class PipelineSettings(ConfigurableResource):
             release_key=settings.release_key,
             cache_dir=str(settings.cache_dir),
             cache_max_gb=settings.cache_max_gb,
+            progress_seconds=settings.progress_seconds,
         )
+
+    def progress(self, label: str, total: int | None, log: Callable[[str], object], unit: str = "images") -> Progress:
+        """A progress reporter of a long step: a line through ``log`` at most every ``progress_seconds``."""
+        from alumi_pipelines.lib.progress import Progress
+
+        return Progress(label, total, unit=unit, emit=log, every_s=self.progress_seconds)
 
     def class_map(self, source_names: list[str] | None = None) -> ClassMap:
         """The class map, with a batch's own numeric ids aliased when it names its classes."""

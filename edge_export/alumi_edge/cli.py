@@ -1,9 +1,15 @@
 """``alumi-edge`` command line: pull, verify, serve, sync, rollback, info.
 
-Exit codes: 0 success; 1 operational failure (source or target unreachable, nothing installed);
-2 a release or channel pointer was refused (bad checksum, bad signature, failing self-test, unsigned, expired or
-older pointer), or ``verify`` found the installed files differ from their manifest; 3 sync stopped early
-(feedback, frames or prediction logs left queued; ``sync`` prints one JSON summary line either way).
+An expected failure is one line on stderr, ``alumi-edge <command>: <cause>: <fix>``, and an exit code:
+
+    0  done
+    1  nothing to do: no release installed, no previous version to roll back to
+    2  usage: an unknown or missing option, a bad ALUMI_EDGE_* setting, a public key file that does not exist
+    3  release refused, current version unchanged: bad checksum or signature, failing self-test, an unsigned,
+       expired or older channel pointer; or verify found installed files that differ from their manifest
+    4  unreachable: the release source could not be read, or the server could not listen on its address
+    5  sync stopped early: feedback, frames or prediction logs stay queued (it prints its JSON summary either way)
+    6  the device folder (--home) cannot be used: not writable, a full disk, a damaged state file
 """
 
 from __future__ import annotations
@@ -17,9 +23,31 @@ from pathlib import Path
 
 from alumi_edge import __version__
 
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_QUEUED, EXIT_HOME = 0, 1, 2, 3, 4, 5, 6
+
+
+class EdgeCliError(Exception):
+    """An expected failure of a command: its exit code, its cause and the fix."""
+
+    def __init__(self, code: int, cause: object, fix: str):
+        super().__init__(f"{cause}: {fix}")
+        self.code, self.cause, self.fix = code, str(cause), fix
+
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _home_error(exc: OSError, home: Path) -> EdgeCliError:
+    return EdgeCliError(
+        EXIT_HOME,
+        f"device folder {home}: {exc.strerror or exc}",
+        "give a writable --home (ALUMI_EDGE_HOME) with free space",
+    )
 
 
 def _settings(**overrides):
@@ -28,14 +56,16 @@ def _settings(**overrides):
     return EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _read_pubkey(values: list[str] | str | None, command: str = "pull") -> bytes:
+def _read_pubkey(values: list[str] | str | None) -> bytes:
     """The pinned key set: every PEM block of every --pubkey (file or PEM text), joined."""
     if isinstance(values, str):
         values = [values]
     values = [v for v in values or [] if v]
     if not values:
-        raise SystemExit(
-            f"alumi-edge {command}: --pubkey (or ALUMI_EDGE_PUBKEY) must name the pinned Ed25519 public key PEM"
+        raise EdgeCliError(
+            EXIT_USAGE,
+            "no pinned public key",
+            "give --pubkey with the release's Ed25519 public key PEM file (or set ALUMI_EDGE_PUBKEY)",
         )
     pems = []
     for value in values:
@@ -44,7 +74,9 @@ def _read_pubkey(values: list[str] | str | None, command: str = "pull") -> bytes
             continue
         path = Path(value).expanduser()
         if not path.is_file():
-            raise SystemExit(f"alumi-edge {command}: public key file {path} does not exist")
+            raise EdgeCliError(
+                EXIT_USAGE, f"public key file {path} does not exist", "give the path of the release's .pub PEM file"
+            )
         pems.append(path.read_bytes())
     return b"\n".join(pems)
 
@@ -58,20 +90,35 @@ def cmd_pull(args) -> int:
     settings = _settings(home=args.home)
     source = args.source or os.environ.get("ALUMI_EDGE_SOURCE")
     if not source:
-        raise SystemExit("alumi-edge pull: --source (or ALUMI_EDGE_SOURCE) is required")
+        raise EdgeCliError(
+            EXIT_USAGE,
+            "no release source",
+            "give --source (a folder, file:// or https:// URL) or set ALUMI_EDGE_SOURCE",
+        )
     pubkey = _read_pubkey(args.pubkey or settings.pubkey)
     try:
         result = pull(
             source, settings.home, pubkey, channel=args.channel, keep=args.keep, force=args.force, log=_stderr
         )
     except ReleaseError as exc:
-        _stderr(f"release refused, current version unchanged: {exc}")
-        return 2
-    except (SourceError, HomeError, OSError) as exc:
-        _stderr(f"pull failed, current version unchanged: {exc}")
-        return 1
+        raise EdgeCliError(
+            EXIT_REFUSED,
+            f"release refused, current version unchanged: {exc}",
+            "check that --pubkey pins the key the release is signed with; else publish a fresh release "
+            "(materialise edge_release) and pull again",
+        ) from None
+    except SourceError as exc:
+        raise EdgeCliError(
+            EXIT_UNREACHABLE,
+            f"source unreachable, current version unchanged: {exc}",
+            "check --source (ALUMI_EDGE_SOURCE), the network and the SAS token, then pull again",
+        ) from None
+    except HomeError as exc:
+        raise EdgeCliError(EXIT_HOME, f"pull failed, current version unchanged: {exc}", "repair --home") from None
+    except OSError as exc:
+        raise _home_error(exc, settings.home) from None
     print(json.dumps(result.to_dict()))
-    return 0
+    return EXIT_OK
 
 
 def cmd_verify(args) -> int:
@@ -81,15 +128,19 @@ def cmd_verify(args) -> int:
 
     settings = _settings(home=args.home)
     values = args.pubkey or ([settings.pubkey] if settings.pubkey else [])
-    pubkey = _read_pubkey(values, "verify") if values else None
+    pubkey = _read_pubkey(values) if values else None
     try:
         result = verify_installed(settings.home, pubkey, args.version)
     except ReleaseError as exc:
-        _stderr(f"verify failed: {exc} (reinstall it: alumi-edge rollback, or pull after removing the version)")
-        return 2
+        raise EdgeCliError(
+            EXIT_REFUSED,
+            f"verify failed: {exc}",
+            "reinstall it: alumi-edge rollback, or pull after removing the version",
+        ) from None
     except HomeError as exc:
-        _stderr(f"verify failed: {exc}")
-        return 1
+        raise EdgeCliError(
+            EXIT_NOTHING, f"nothing to verify: {exc}", "pull a release first, or name an installed --version"
+        ) from None
     if not result.signature_checked:
         _stderr("no pinned key (--pubkey or ALUMI_EDGE_PUBKEY): file hashes checked, manifest signature not")
     print(json.dumps(result.to_dict()))
@@ -97,25 +148,46 @@ def cmd_verify(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import socket
+
     import uvicorn
 
     from alumi_edge.main import create_app
 
     settings = _settings(home=args.home, host=args.host, port=args.port, model_path=args.model)
+    if args.model is not None and not args.model.is_file():
+        raise EdgeCliError(EXIT_USAGE, f"--model {args.model} does not exist", "give an ONNX file, or drop --model")
     try:
         app = create_app(settings)
     except ValueError as exc:
-        _stderr(f"alumi-edge serve: {exc}")
-        return 1
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
-    return 0
+        raise EdgeCliError(EXIT_USAGE, exc, "fix the setting, then start serve again") from None
+    # bound here, not by uvicorn: an address in use is one line and its own exit code, not a log record
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise EdgeCliError(
+            EXIT_UNREACHABLE,
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            "stop what holds the port, or choose another with --port (ALUMI_EDGE_PORT) or --host",
+        ) from None
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+    return EXIT_OK
 
 
 @contextmanager
 def _sync_lock(home: Path):
     """One sync per device home at a time (a second one waits): two would upload the same batches twice."""
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "sync.lock", "a+b") as fh:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fh = open(home / "sync.lock", "a+b")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise _home_error(exc, home) from None
+    with fh:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -135,8 +207,15 @@ def cmd_sync(args) -> int:
     settings = _settings(home=args.home)
     target_uri = args.target or os.environ.get("ALUMI_EDGE_SYNC_TARGET")
     if not target_uri:
-        raise SystemExit("alumi-edge sync: --target (or ALUMI_EDGE_SYNC_TARGET) is required")
-    target = open_target(target_uri)
+        raise EdgeCliError(
+            EXIT_USAGE,
+            "no sync target",
+            "give --target (the lake: a folder, file:// or https:// URL) or set ALUMI_EDGE_SYNC_TARGET",
+        )
+    try:
+        target = open_target(target_uri)
+    except ValueError as exc:
+        raise EdgeCliError(EXIT_USAGE, exc, "give a folder, a file:// URI or an https:// URL") from None
     retry = {"attempts": args.attempts, "backoff_s": args.backoff, "log": _stderr}
     capture = CaptureSyncResult()
     with _sync_lock(settings.home):
@@ -175,12 +254,13 @@ def cmd_sync(args) -> int:
     for skipped in capture.skipped:
         _stderr(f"frame {skipped['id']} not uploaded: {skipped['reason']}")
     if error:
-        _stderr(
+        raise EdgeCliError(
+            EXIT_QUEUED,
             f"sync stopped, {result.pending} records, {capture.pending_frames} frames and {capture.pending_logs} "
-            f"prediction logs stay queued: {error}"
+            f"prediction logs stay queued: {error}",
+            "check --target (ALUMI_EDGE_SYNC_TARGET) and the network; the next sync sends them",
         )
-        return 3
-    return 0
+    return EXIT_OK
 
 
 def cmd_rollback(args) -> int:
@@ -191,8 +271,11 @@ def cmd_rollback(args) -> int:
         with home.lock():
             from_version, to_version = home.rollback()
     except HomeError as exc:
-        _stderr(f"rollback failed: {exc}")
-        return 1
+        raise EdgeCliError(
+            EXIT_NOTHING, f"nothing to roll back to: {exc}", "pull a newer release first (alumi-edge pull)"
+        ) from None
+    except OSError as exc:
+        raise _home_error(exc, home.root) from None
     print(json.dumps({"status": "rolled-back", "from": from_version, "to": to_version}))
     _stderr(f"current is now {to_version}; POST /admin/reload (or restart) makes a running server use it")
     return 0
@@ -243,15 +326,30 @@ def cmd_info(args) -> int:
                 )
             if check.get("status") == "refused":
                 print(f"channel {channel}: last pull at {check['checked_at']} REFUSED: {check['detail']}")
-    return 0 if current else 1
+    if not current:
+        _stderr(
+            f"alumi-edge info: no release installed in {home.root}: run alumi-edge pull --source ... --pubkey ... "
+            "--home ... first"
+        )
+        return EXIT_NOTHING
+    return EXIT_OK
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the option and the way to the help, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {_one_line(message)}: see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="alumi-edge", description="Pull, verify and serve signed defect-detection releases."
+    parser = _Parser(
+        prog="alumi-edge",
+        description="Pull, verify and serve signed defect-detection releases.\n\n" + __doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"alumi-edge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_home(p):
         p.add_argument("--home", type=Path, help="device folder (default ALUMI_EDGE_HOME or ~/.alumi-edge)")
@@ -307,15 +405,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_error(exc) -> str:
+    """The first invalid setting of a pydantic ValidationError, as ``ALUMI_EDGE_X='value': why``."""
+    errors = exc.errors()
+    if not errors:
+        return _one_line(str(exc))
+    first = errors[0]
+    name = "ALUMI_EDGE_" + "_".join(str(p) for p in first.get("loc", ())).upper()
+    value = first.get("input")
+    shown = f"{name}={value!r}" if name != "ALUMI_EDGE_" and not isinstance(value, dict) else "ALUMI_EDGE_* settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{shown}: {_one_line(first.get('msg', ''))}{more}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # named with the command they were given to
+        command = f"alumi-edge {args.command}"
+        _stderr(f"{command}: unrecognized arguments: {' '.join(unknown)}: see {command} --help")
+        return EXIT_USAGE
     try:
         return args.func(args)
+    except EdgeCliError as exc:
+        _stderr(f"alumi-edge {args.command}: {_one_line(exc.cause)}: {exc.fix}")
+        return exc.code
     except ValidationError as exc:
-        _stderr(f"alumi-edge {args.command}: invalid ALUMI_EDGE_* setting:\n{exc}")
-        return 1
+        _stderr(f"alumi-edge {args.command}: {_setting_error(exc)}: fix or unset the variable")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

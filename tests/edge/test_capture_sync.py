@@ -272,7 +272,7 @@ def test_an_outage_leaves_everything_queued_and_a_later_sync_completes(tmp_path,
     lake = tmp_path / "lake"  # the share is not mounted
 
     code, summary = _sync(home, lake, capsys, "--attempts", "2")
-    assert code == 3 and "does not exist" in summary["error"]
+    assert code == 5 and "does not exist" in summary["error"]
     assert summary["pending"] == 2 and summary["frames_pending"] == len(kept) and summary["frames"] == 0
     assert summary["prediction_logs_pending"] == len(CAPTURE_HOURS)
     assert not lake.exists() and len(list(store.logs_dir.glob("*.jsonl"))) == len(CAPTURE_HOURS)

@@ -75,7 +75,8 @@ def test_a_pointer_edited_by_hand_is_refused_and_the_device_keeps_its_version(in
     assert DeviceHome(home).current_version() == "2.0.0"
 
     cli = _edge_cli("pull", "--home", str(home), "--source", str(release_store.root), "--pubkey", str(signing_keys[2]))
-    assert cli.returncode == 2 and cli.stderr.strip().splitlines()[-1].startswith("release refused, current version")
+    assert cli.returncode == 3
+    assert cli.stderr.strip().splitlines()[-1].startswith("alumi-edge pull: release refused, current version")
     info = json.loads(_edge_cli("info", "--home", str(home), "--json").stdout)
     assert info["current"] == "2.0.0"
     assert info["channels"]["stable"]["last_check"]["status"] == "refused"

@@ -200,7 +200,7 @@ def test_sync_cli_exit_codes_and_output(tmp_path, client):
     target = tmp_path / "central-lake"
     cmd = [sys.executable, "-m", "alumi_edge", "sync", "--home", str(home), "--target", str(target), "--backoff", "0"]
     offline = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    assert offline.returncode == 3 and json.loads(offline.stdout)["pending"] == 3
+    assert offline.returncode == 5 and json.loads(offline.stdout)["pending"] == 3
     target.mkdir()
     online = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert online.returncode == 0, online.stderr

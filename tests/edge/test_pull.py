@@ -95,7 +95,7 @@ def test_tampered_file_is_refused_and_current_stays(tmp_path, release_store, sig
     result = _edge_cli(
         "pull", "--source", str(release_store.root), "--pubkey", str(signing_keys[2]), "--home", str(home)
     )
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "release refused, current version unchanged" in result.stderr and "model.onnx" in result.stderr
 
 
@@ -274,5 +274,5 @@ def test_unreachable_source_fails_cleanly(tmp_path, signing_keys):
         "--home",
         str(tmp_path / "device"),
     )
-    assert result.returncode == 1
-    assert "pull failed, current version unchanged" in result.stderr and "channels/stable.json" in result.stderr
+    assert result.returncode == 4
+    assert "source unreachable, current version unchanged" in result.stderr and "channels/stable.json" in result.stderr

@@ -37,11 +37,11 @@ def test_verify_passes_on_an_intact_install_and_names_the_corrupted_file(edge_ho
 
     _flip_a_byte(edge_home / "current" / "sample.png")  # an SD card's bad block
     bad = _edge_cli("verify", "--home", str(edge_home), "--pubkey", str(signing_keys[2]))
-    assert bad.returncode == 2
+    assert bad.returncode == 3
     [line] = bad.stderr.strip().splitlines()
-    assert line.startswith("verify failed: installed version 1.0.0 does not verify: sample.png: sha256")
+    assert line.startswith("alumi-edge verify: verify failed: installed version 1.0.0 does not verify: sample.png")
     # without a pinned key the hashes are still checked (and it says the signature was not)
-    assert _edge_cli("verify", "--home", str(edge_home), ALUMI_EDGE_PUBKEY="").returncode == 2
+    assert _edge_cli("verify", "--home", str(edge_home), ALUMI_EDGE_PUBKEY="").returncode == 3
 
 
 def test_a_locally_edited_manifest_fails_verify_with_the_pinned_key(edge_home, signing_keys):

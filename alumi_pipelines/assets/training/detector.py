@@ -12,6 +12,7 @@ from pydantic import Field
 
 from alumi_pipelines.assets.gold import read_gold_pointer, stage_gold
 from alumi_pipelines.lib import training
+from alumi_pipelines.lib.progress import EpochClock
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
@@ -171,9 +172,10 @@ def _history_md(history: list[dict[str, float]]) -> str:
 def _train_trial(context, run, args, summary, work, base_weights, config_dir, name):
     """One training run logged to ``run``: params, per-epoch metrics (also to the run log), artifacts."""
     run.log_params({**args, **training.ultralytics_train_kwargs(args)})
+    timing = EpochClock()  # time per epoch and time left, in each epoch's line
 
     def on_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        context.log.info(f"[{name}] " + _epoch_line(epoch, epochs, metrics))
+        context.log.info(f"[{name}] " + _epoch_line(epoch, epochs, metrics) + f"; {timing(epoch, epochs)}")
         run.log_metrics(metrics, step=epoch)
 
     outcome = training.train_detector(
