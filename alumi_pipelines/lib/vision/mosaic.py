@@ -231,7 +231,7 @@ def encode_png(image: np.ndarray, max_bytes: int = MAX_BYTES) -> bytes:
         if scale < 1.0:
             size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
             current = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        ok, data = cv2.imencode(".png", current, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        ok, data = cv2.imencode(".png", current, [cv2.IMWRITE_PNG_COMPRESSION, 6])
         if not ok:  # pragma: no cover - cv2 encodes any uint8 BGR array
             raise ValueError("mosaic: the PNG encoder failed")
         if len(data) <= max_bytes or min(current.shape[:2]) <= 32:
