@@ -32,6 +32,12 @@ class Settings:
     mlflow_artifacts_uri: str = field(
         metadata={"env": "ALUMI_MLFLOW_ARTIFACTS", "doc": "MLflow artifact root for new experiments"}
     )
+    mlflow_ui_url: str = field(
+        metadata={
+            "env": "ALUMI_MLFLOW_UI_URL",
+            "doc": "MLflow UI that asset metadata links runs to; empty: the tracking URI when it is http(s)",
+        }
+    )
     profile: str = field(metadata={"env": "ALUMI_PROFILE", "doc": "ci | cpu | gpu"})
     classes: tuple[str, ...] = field(
         metadata={
@@ -127,6 +133,7 @@ class Settings:
             lake_uri=_env("ALUMI_LAKE_URI", str(home / "lake")),
             mlflow_uri=_env("ALUMI_MLFLOW_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
             mlflow_artifacts_uri=_env("ALUMI_MLFLOW_ARTIFACTS", str(home / "mlflow" / "artifacts")),
+            mlflow_ui_url=_http_url("ALUMI_MLFLOW_UI_URL", _env("ALUMI_MLFLOW_UI_URL", "")),
             profile=_profile(_env("ALUMI_PROFILE", "cpu")),
             classes=classes,
             class_source=class_source,
@@ -216,6 +223,13 @@ def _k8s_config(name: str, value: str) -> str:
 
 
 EXECUTORS = ("multiprocess", "k8s")
+
+
+def _http_url(name: str, value: str) -> str:
+    value = value.strip().rstrip("/")
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"{name}={value!r}: must be an http:// or https:// URL (e.g. http://mlflow.example:5000)")
+    return value
 
 
 def _executor(value: str) -> str:

@@ -23,10 +23,11 @@ from pydantic import Field
 
 from alumi_pipelines.assets.gold import read_gold_pointer
 from alumi_pipelines.assets.processed import read_processed
-from alumi_pipelines.assets.reports import publish_report
+from alumi_pipelines.assets.reports import REPORT_LINK_HOURS, log_report_run, publish_report, report_links
 from alumi_pipelines.assets.training.champion import champion_record
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
 
@@ -40,6 +41,11 @@ class DriftConfig(Config):
         "pipeline_settings resource's drift_share, env ALUMI_DRIFT_SHARE)",
     )
     max_rows: int = Field(default=5000, ge=1000, description="rows per side given to evidently (bounded sample)")
+    report_link_hours: int = Field(
+        default=REPORT_LINK_HOURS,
+        ge=1,
+        description="on an object-store lake, how long the report's read-only link stays valid (hours)",
+    )
 
 
 @asset(
@@ -49,7 +55,8 @@ class DriftConfig(Config):
     kinds={"evidently", "html"},
     description="Evidently data-drift report of per-image features (brightness, contrast, sharpness, colour "
     "statistics, size) of the newest processed batches against the champion's training split, on a bounded "
-    "sample; HTML and JSON in reports/drift/, latest.json for drift_sensor.",
+    "sample; HTML and JSON in reports/drift/, latest.json for drift_sensor. The report is linked as a URL a browser "
+    "opens (a read-only SAS link on Azure) and logged to a run of the MLflow experiment alumi-drift.",
     check_specs=[
         AssetCheckSpec(
             "image_feature_drift",
@@ -62,7 +69,11 @@ class DriftConfig(Config):
     ],
 )
 def image_drift_report(
-    context: AssetExecutionContext, config: DriftConfig, lake: Lake, pipeline_settings: PipelineSettings
+    context: AssetExecutionContext,
+    config: DriftConfig,
+    lake: Lake,
+    mlflow: MlflowRegistry,
+    pipeline_settings: PipelineSettings,
 ):
     from alumi_pipelines.lib.drift import feature_drift
 
@@ -73,6 +84,22 @@ def image_drift_report(
     report_id = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:16]
     latest = write_drift_report(lake, report_id, result.html, summary)
     drifted = ", ".join(result.drifted_columns) or "none"
+    champion = champion_record(lake) or {}
+    logged = log_report_run(
+        mlflow,
+        report_id,
+        result.html,
+        run_name=f"image drift {report_id}",
+        tags={
+            "alumi.report": "image_drift_report",
+            "alumi.champion_version": champion.get("version") or "none",
+            "alumi.champion_run_id": champion.get("run_id") or "none",
+            "alumi.batches": ", ".join(batches),
+            "alumi.reference": reference_name,
+            "dagster_run_id": context.run_id,
+        },
+        metrics={"drift_share": result.drift_share, "passed": float(result.passed)},
+    )
     context.log.info(f"drift share {result.drift_share:.2f} ({drifted}) for {', '.join(batches)} vs {reference_name}")
     yield MaterializeResult(
         metadata={
@@ -83,8 +110,9 @@ def image_drift_report(
             "rows_compared": MetadataValue.text(
                 f"{result.reference_sampled} reference / {result.current_sampled} current"
             ),
-            "report_html": MetadataValue.path(lake.uri(latest["html"])),
+            **report_links(lake, latest["html"], config.report_link_hours),
             "report_json": MetadataValue.path(lake.uri(latest["json"])),
+            **logged,
         }
     )
     yield AssetCheckResult(
@@ -95,7 +123,7 @@ def image_drift_report(
             "drift_share": result.drift_share,
             "threshold_share": threshold,
             "drifted_features": MetadataValue.text(drifted),
-            "report": MetadataValue.path(lake.uri(latest["html"])),
+            **report_links(lake, latest["html"], config.report_link_hours),
             "report_id": report_id,
         },
     )

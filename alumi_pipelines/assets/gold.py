@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from alumi_pipelines.assets.metadata import histogram_md
+from alumi_pipelines.assets.pictures import gold_samples
 from alumi_pipelines.assets.processed import read_processed
 from alumi_pipelines.lib.files import write_if_absent
 from alumi_pipelines.lib.vision.splits import SPLITS
@@ -66,6 +67,7 @@ def gold_dataset(context: AssetExecutionContext, lake: Lake, pipeline_settings: 
             "class_histogram": MetadataValue.md(histogram_md(totals)),
             "splits": MetadataValue.md(split_md),
             "data_yaml": MetadataValue.path(lake.uri(lake_keys.gold_data_yaml_key(info.prefix))),
+            **gold_samples(lake, info.prefix, info.classes),
         },
     )
 

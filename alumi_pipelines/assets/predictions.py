@@ -37,7 +37,7 @@ from dagster import (
 from pydantic import Field
 
 from alumi_pipelines.assets.metadata import counts_md, histogram_md, md_table
-from alumi_pipelines.assets.reports import publish_report
+from alumi_pipelines.assets.reports import publish_report, report_links
 from alumi_pipelines.assets.training.champion import champion_record
 from alumi_pipelines.partitions import prediction_days
 from alumi_pipelines.resources import lake_keys
@@ -253,7 +253,7 @@ class PredictionVerdict:
                     "boxes_compared": MetadataValue.text(
                         f"{self.summary['reference_rows']} reference / {self.summary['current_rows']} current"
                     ),
-                    "report": MetadataValue.path(lake.uri(self.latest["html"])),
+                    **report_links(lake, self.latest["html"]),
                     "report_id": self.latest["report_id"],
                 }
             )

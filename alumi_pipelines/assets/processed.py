@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from alumi_pipelines.assets.metadata import histogram_md
+from alumi_pipelines.assets.pictures import processed_samples
 from alumi_pipelines.assets.raw import image_limits
 from alumi_pipelines.partitions import ingestion_backfill, landing_batches
 from alumi_pipelines.resources import lake_keys
@@ -94,6 +95,7 @@ def processing(context: AssetExecutionContext, lake: Lake, pipeline_settings: Pi
             "image_size": pipeline_settings.image_size,
             **{f"mean_{k}": v for k, v in means.items() if k in ("brightness", "contrast", "sharpness")},
             "features": MetadataValue.path(lake.uri(lake_keys.processed_features_key(first))),
+            **processed_samples(lake, list(context.partition_keys), pipeline_settings.classes),
         },
     )
     yield MaterializeResult(

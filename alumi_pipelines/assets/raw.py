@@ -17,6 +17,7 @@ from dagster import (
 )
 
 from alumi_pipelines.assets.metadata import histogram_md
+from alumi_pipelines.assets.pictures import quarantine_samples
 from alumi_pipelines.partitions import ingestion_backfill, landing_batches
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
@@ -77,6 +78,7 @@ def raw_ingestion(context: AssetExecutionContext, lake: Lake, pipeline_settings:
             "quarantined": totals["quarantined"],
             "held_out_of_gold": totals["held_out"],
             "manifest": MetadataValue.path(lake.uri(lake_keys.raw_manifest_key(batches[0]))),
+            **quarantine_samples(lake, batches, image_limits(pipeline_settings)),
         },
     )
     yield MaterializeResult(

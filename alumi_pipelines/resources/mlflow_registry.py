@@ -141,6 +141,11 @@ class MlflowRegistry(ConfigurableResource):
     artifact_location: str = Field(description="artifact root for the experiment (folder or URI)")
     experiment_name: str = Field(default=EXPERIMENT, description="MLflow experiment of training runs")
     model_name: str = Field(default="alumi-detector", description="registered model name")
+    ui_url: str = Field(
+        default="",
+        description="MLflow UI base URL for run links (ALUMI_MLFLOW_UI_URL); empty: the tracking URI "
+        "when it is http(s), else no link",
+    )
 
     _client: Any = PrivateAttr(default=None)
 
@@ -150,6 +155,7 @@ class MlflowRegistry(ConfigurableResource):
             tracking_uri=settings.mlflow_uri,
             artifact_location=settings.mlflow_artifacts_uri,
             model_name=settings.model_name,
+            ui_url=settings.mlflow_ui_url,
         )
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -203,6 +209,24 @@ class MlflowRegistry(ConfigurableResource):
         """An existing run, to add metrics or artifacts to it (e.g. test-split results after training)."""
         run = self.client().get_run(run_id)
         return TrackedRun(self.client(), run.info.run_id, run.info.artifact_uri)
+
+    def find_run(self, tag: str, value: str) -> TrackedRun | None:
+        """The newest run of this resource's experiment whose ``tag`` is ``value``, or None."""
+        found = self.client().search_runs(
+            [self.experiment_id()],
+            filter_string=f"tags.`{tag}` = '{value}'",
+            order_by=["start_time DESC"],
+            max_results=1,
+        )
+        return TrackedRun(self.client(), found[0].info.run_id, found[0].info.artifact_uri) if found else None
+
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page in the MLflow UI (``ui_url``, else an http(s) tracking URI), or None without a UI."""
+        base = self.ui_url or (self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else "")
+        if not base:
+            return None
+        experiment = self.client().get_run(run_id).info.experiment_id
+        return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """Latest value of every metric of a run."""

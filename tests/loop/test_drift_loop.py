@@ -9,6 +9,7 @@ from alumi_pipelines.assets import drift, gold, processed, raw
 from alumi_pipelines.assets.raw import write_landing_file
 from alumi_pipelines.partitions import landing_batches
 from alumi_pipelines.resources import lake_keys
+from alumi_pipelines.resources.mlflow_registry import MlflowRegistry
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 from alumi_pipelines.sensors.drift import drift_sensor
 
@@ -29,9 +30,12 @@ def _land(lake, batch, seed, day, **kwargs):
     )
 
 
-def test_dark_blurred_batch_fails_drift_and_requests_retraining(lake):
+def test_dark_blurred_batch_fails_drift_and_requests_retraining(lake, tmp_path):
     settings = PipelineSettings(classes=["scratch", "dent", "pit", "crack", "stain"], image_size=160, workers=2)
-    resources = {"lake": lake, "pipeline_settings": settings}
+    mlflow = MlflowRegistry(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "mlflow-artifacts")
+    )
+    resources = {"lake": lake, "pipeline_settings": settings, "mlflow": mlflow}
     instance = DagsterInstance.ephemeral()
 
     def ingest(batch):

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from alumi_pipelines.assets.plant.risk_champion import champion_days
 from alumi_pipelines.assets.plant.sensor_features import plant_sensor_features, read_plant_features
-from alumi_pipelines.assets.reports import publish_report
+from alumi_pipelines.assets.reports import publish_report, report_links
 from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.lake import Lake
 
@@ -120,7 +120,7 @@ def plant_feature_drift(context: AssetExecutionContext, config: PlantDriftConfig
                 f"{reference_source}: {', '.join(reference_days)} ({reference.height} parts)"
             ),
             "current": MetadataValue.text(f"{', '.join(current_days)} ({current.height} parts)"),
-            "report": MetadataValue.path(lake.uri(latest["html"])),
+            **report_links(lake, latest["html"]),
         }
     )
     yield AssetCheckResult(

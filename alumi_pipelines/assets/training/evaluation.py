@@ -24,6 +24,7 @@ from pydantic import Field
 
 from alumi_pipelines.assets.gold import read_gold_pointer, stage_gold
 from alumi_pipelines.assets.metadata import png_md
+from alumi_pipelines.assets.pictures import evaluation_errors
 from alumi_pipelines.assets.records import latest_record
 from alumi_pipelines.lib import training
 from alumi_pipelines.lib.training import gate
@@ -184,6 +185,13 @@ def detector_evaluation(
         summary = training.check_yolo_dataset(work / "dataset")
         config_dir = pipeline_settings.ultralytics_dir
         challenger = _evaluate_version(mlflow, challenger_version, data_yaml, work, config_dir, config, defaults)
+        pictures = evaluation_errors(
+            mlflow.download_weights(challenger_version, work / f"v{challenger_version}" / "weights"),
+            data_yaml.parent,
+            summary.classes,
+            imgsz=challenger["metrics"]["imgsz"],
+            config_dir=config_dir,
+        )
         champion, incomparable = None, None
         if champion_version is not None and champion_version != challenger_version:
             try:
@@ -248,6 +256,7 @@ def detector_evaluation(
         metadata["champion_mAP50_95"] = champion["metrics"]["map50_95"]
     if incomparable:
         metadata["champion_not_comparable"] = MetadataValue.text(incomparable)
+    metadata.update(pictures)
     for name, (plot, data) in plot_keys.items():
         metadata[f"plot_{name}"] = MetadataValue.md(png_md(name, data))
         metadata[f"plot_{name}_path"] = MetadataValue.path(lake.uri(plot))

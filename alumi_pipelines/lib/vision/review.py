@@ -93,7 +93,7 @@ def _boxes_by_image(table: pl.DataFrame, ids: list[str], order: Sequence) -> dic
     return grouped
 
 
-def _greedy_matches(labels: list[tuple], predictions: list[tuple], iou: float) -> list[tuple[int, int]]:
+def greedy_matches(labels: list[tuple], predictions: list[tuple], iou: float) -> list[tuple[int, int]]:
     """(label index, prediction index) pairs: IoU descending over all pairs with IoU ≥ ``iou`` (and > 0)."""
     pairs = []
     for i, label in enumerate(labels):
@@ -160,7 +160,7 @@ def disagreements(
     rows = []
     for image_id in ids:
         boxes, guesses = truth.get(image_id, []), predicted.get(image_id, [])
-        matches = _greedy_matches(boxes, guesses, iou)
+        matches = greedy_matches(boxes, guesses, iou)
         matched_labels = {i for i, _ in matches}
         matched_predictions = {j for _, j in matches}
         missed = [b[0] for i, b in enumerate(boxes) if i not in matched_labels]
