@@ -144,7 +144,11 @@ def test_asset_fails_fast_without_training(lake, tiny_gold, registry, config, me
     assert experiment is None or not registry.client().search_runs([experiment.experiment_id])
 
 
-def test_asset_fails_fast_on_empty_split(lake, tiny_gold, registry):
+def test_asset_fails_fast_on_empty_split(lake, registry):
+    from gold_factory import write_tiny_gold
+
+    # a dataset of its own (seed 11): the session's staging cache may hold the shared tiny dataset whole
+    tiny_gold = write_tiny_gold(lake, seed=11)
     for f in lake.list_files(f"{tiny_gold['prefix']}/images/val"):
         lake.delete(f.key)
     result = _materialize_training(lake, registry, {"profile": "ci"})
