@@ -218,6 +218,7 @@ def edge_release(
                 private_key_pem=private_pem,
                 read_bytes=read_if_present,
                 ttl=ttl,
+                map_calls=lake.map,
             )
     context.log.info(f"release {name}: channels {', '.join(config.channels)} → {name}")
     return MaterializeResult(

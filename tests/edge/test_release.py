@@ -133,6 +133,49 @@ def test_write_release_then_verify_folder_and_detect_tampered_file(tmp_path, sig
         verify_release_dir(dest, public_pem)
 
 
+def test_publish_writes_the_payload_concurrently_and_the_manifest_after_all_of_it(tmp_path, signing_keys):
+    import threading
+    import time
+
+    from alumi_pipelines.resources.lake import Lake
+
+    private_pem, _, _ = signing_keys
+    dest = tmp_path / "built" / "2.0"
+    files = _files(tmp_path)
+    for i in range(6):
+        extra = tmp_path / "in" / f"extra{i}.bin"
+        extra.write_bytes(bytes([i]) * 64)
+        files.append(release.ReleaseInput(extra, f"extra/{i}.bin", "build_plan"))
+    release.write_release(dest, files, version="2.0", classes=["a"], imgsz=64, private_key_pem=private_pem)
+    lake = Lake(base_uri=str(tmp_path / "lake"), concurrency=4)
+    events, lock, in_flight, peak = [], threading.Lock(), [0], [0]
+
+    def slow_write(key: str, data: bytes) -> None:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)  # a storage round trip
+        lake.write_bytes(key, data)
+        with lock:
+            in_flight[0] -= 1
+            events.append(key)
+
+    keys = release.publish_release(
+        dest,
+        slow_write,
+        file_key=lake_keys.release_file_key,
+        channel_key=lake_keys.channel_key,
+        private_key_pem=private_pem,
+        map_calls=lake.map,
+    )
+    assert peak[0] > 1  # payload writes overlapped
+    payload = [k for k in keys if k.startswith("releases/2.0/") and not k.endswith(("manifest.sig", "manifest.json"))]
+    assert len(payload) == 8
+    # the signature, then the manifest, then the channel: each written after every payload file finished
+    assert events[-3:] == ["releases/2.0/manifest.sig", "releases/2.0/manifest.json", "releases/channels/stable.json"]
+    assert set(events[:-3]) == set(payload)
+
+
 def test_publish_writes_payload_then_manifest_then_channel(tmp_path, signing_keys):
     private_pem, _, _ = signing_keys
     dest = tmp_path / "built" / "1.0"

@@ -512,21 +512,30 @@ def publish_release(
     private_key_pem: bytes | str,
     read_bytes: Callable[[str], bytes | None] | None = None,
     ttl: timedelta = CHANNEL_TTL,
+    map_calls: Callable[[Callable[[Path], str], list[Path]], list[str]] | None = None,
 ) -> list[str]:
     """Hand a written release folder to ``write_bytes(key, data)`` (atomic per key), then move the channels.
 
     Returns the keys written, in order. The version is read from the folder's manifest. ``file_key(version,
     path)`` and ``channel_key(channel)`` name the keys (the lake's: ``lake_keys.release_file_key`` and
     ``lake_keys.channel_key``); the pointers are signed with ``private_key_pem`` (see :func:`move_channels`).
+    ``map_calls(fn, paths)`` (the lake's bounded pool, ``Lake.map``) writes the payload files concurrently;
+    the signature and then the manifest follow once every payload file is written, so a release whose manifest
+    can be read is complete.
     """
     release_dir = Path(release_dir)
     manifest_data = (release_dir / MANIFEST_NAME).read_bytes()
     version = _check_version(json.loads(manifest_data)["version"])
-    keys: list[str] = []
-    for path in release_file_order(release_dir):
+
+    def put(path: Path) -> str:
         key = file_key(version, path.relative_to(release_dir).as_posix())
         write_bytes(key, path.read_bytes())
-        keys.append(key)
+        return key
+
+    files = release_file_order(release_dir)
+    payload, last = files[:-2], files[-2:]
+    keys = list(map_calls(put, payload)) if map_calls else [put(p) for p in payload]
+    keys += [put(p) for p in last]
     return keys + move_channels(
         version,
         channels,
