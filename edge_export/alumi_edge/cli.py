@@ -161,21 +161,19 @@ def cmd_serve(args) -> int:
         app = create_app(settings)
     except ValueError as exc:
         raise EdgeCliError(EXIT_USAGE, exc, "fix the setting, then start serve again") from None
-    # bound here, not by uvicorn: an address in use is one line and its own exit code, not a log record
+    # probed here before uvicorn binds: an address in use is one line and its own exit code, not a log record
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        sock.close()
-        raise EdgeCliError(
-            EXIT_UNREACHABLE,
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            "stop what holds the port, or choose another with --port (ALUMI_EDGE_PORT) or --host",
-        ) from None
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds; a listener still refuses
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise EdgeCliError(
+                EXIT_UNREACHABLE,
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+                "stop what holds the port, or choose another with --port (ALUMI_EDGE_PORT) or --host",
+            ) from None
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     return EXIT_OK
 
 
