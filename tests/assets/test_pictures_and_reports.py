@@ -73,13 +73,17 @@ def test_processed_gold_and_quarantine_show_pictures_and_the_drift_report_opens(
     instance = DagsterInstance.ephemeral()
     import_dataset(lake, cr7_subset, "yolo", "cr7-a", CR7_CLASSES)
     instance.add_dynamic_partitions(landing_batches.name, ["cr7-a"])
-    ingested = materialize(
-        ASSETS,
-        instance=instance,
-        partition_key="cr7-a",
-        resources=resources,
-        selection=["raw_images", "raw_labels", "processed_images", "processed_labels"],
-    )
+
+    def ingest():
+        return materialize(
+            ASSETS,
+            instance=instance,
+            partition_key="cr7-a",
+            resources=resources,
+            selection=["raw_images", "raw_labels", "processed_images", "processed_labels"],
+        )
+
+    ingested = ingest()
     assert ingested.success
     meta = {
         e.asset_key.to_user_string(): e.materialization.metadata for e in ingested.get_asset_materialization_events()
@@ -102,13 +106,7 @@ def test_processed_gold_and_quarantine_show_pictures_and_the_drift_report_opens(
     inline_png(quarantine)
 
     # the same choice of images when the batch is materialised again
-    again = materialize(
-        ASSETS,
-        instance=instance,
-        partition_key="cr7-a",
-        resources=resources,
-        selection=["raw_images", "raw_labels", "processed_images", "processed_labels"],
-    )
+    again = ingest()
     repeat = {
         e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()
     }

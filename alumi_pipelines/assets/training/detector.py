@@ -96,12 +96,14 @@ def warm_start_weights(
     if version is None:
         return None, "scratch (no champion yet)"
     tagged = registry.version(version).tags.get("classes")
-    if tagged is not None and tagged.split(",") != list(classes):
-        return None, f"scratch (champion v{version} knows classes {tagged.split(',')}, the dataset has {list(classes)})"
-    weights = registry.download_weights(version, work / "champion")
-    theirs = training.checkpoint_classes(weights, config_dir=config_dir)
+    theirs = tagged.split(",") if tagged is not None else None
+    weights = None
+    if theirs is None:  # versions registered before the tag existed: the checkpoint's own names
+        weights = registry.download_weights(version, work / "champion")
+        theirs = training.checkpoint_classes(weights, config_dir=config_dir)
     if theirs != list(classes):
         return None, f"scratch (champion v{version} knows classes {theirs}, the dataset has {list(classes)})"
+    weights = weights or registry.download_weights(version, work / "champion")
     return weights, f"champion v{version}"
 
 
