@@ -259,7 +259,10 @@ def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str]
     ]
     key = lake_keys.quarantine_table_key(batch)
     schema = {c: pl.Utf8 for c in REJECTION_COLUMNS}
-    earlier = lake.read_table(key) if lake.exists(key) else pl.DataFrame(schema=schema)
+    try:  # one request: the read answers whether the table exists
+        earlier = lake.read_table(key)
+    except FileNotFoundError:
+        earlier = pl.DataFrame(schema=schema)
     if not rows and not (earlier["stage"] == "processed").any():
         return []
     table = pl.concat([earlier.filter(pl.col("stage") != "processed"), pl.DataFrame(rows, schema=schema, orient="row")])
