@@ -10,7 +10,10 @@ wall-clock budget on the same gold train/val split and is scored by the same cod
   1 thread, no dataloader worker, patience 10, close_mosaic 5, no RAM cache, no warm start);
 - ``pipeline``: ``training_job`` with the cpu profile as it is, from scratch;
 - ``warm 1/2``, ``warm 2/2``: two successive ``training_job`` runs of half the budget each, the first from
-  scratch, the second warm-started from the champion the first one became (the profile's default).
+  scratch, the second warm-started from the champion the first one became (the profile's default);
+- ablations (not in the default run; name them in ``--arms``): ``pipeline`` with one setting changed back,
+  ``imgsz256`` (the previous image size instead of the data's 320), ``no-ram-cache`` (images decoded every
+  epoch), ``one-thread`` (ultralytics' own thread count on this machine: one core of two).
 
 Prints test mAP50 / mAP50-95 overall and per class, epochs, training images/s, CPU utilisation (CPU time
 over wall time x cores) and the machine's mean load during each arm (this machine is shared: read the load
@@ -37,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CR7 = REPO.parent / "shared" / "data" / "cr7_det_sample"
 ARMS = ("plain", "before", "pipeline", "warm")
+ABLATIONS = {"imgsz256": {"imgsz": 256}, "no-ram-cache": {"cache": "false"}, "one-thread": {"threads": 1}}
 BEFORE = {
     "imgsz": 256,
     "batch": 16,
@@ -214,8 +218,8 @@ def main() -> None:
     parser.add_argument("--home", default=str(REPO / "benchmarks" / "out" / "quality"), help="ALUMI_HOME (wiped)")
     opts = parser.parse_args()
     arms = [a for a in opts.arms.split(",") if a]
-    if unknown := set(arms) - set(ARMS):
-        sys.exit(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    if unknown := set(arms) - set(ARMS) - set(ABLATIONS):
+        sys.exit(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join([*ARMS, *ABLATIONS])}")
     if not CR7.is_dir():
         sys.exit(f"real-data sample not found at {CR7} (it lives in ../shared/data, outside the repository)")
 
@@ -280,6 +284,10 @@ def main() -> None:
         arm("before", lambda: run_pipeline("before", {**BEFORE, "max_minutes": minutes}, home, env))
     if "pipeline" in arms:
         arm("pipeline", lambda: run_pipeline("pipeline", {"max_minutes": minutes, "warm_start": False}, home, env))
+    for name, change in ABLATIONS.items():
+        if name in arms:
+            overrides = {"max_minutes": minutes, "warm_start": False, **change}
+            arm(name, lambda overrides=overrides, name=name: run_pipeline(name, overrides, home, env))
     if "warm" in arms:
         half = minutes / 2
         arm("warm 1/2", lambda: run_pipeline("warm1", {"max_minutes": half, "warm_start": False}, home, env))
