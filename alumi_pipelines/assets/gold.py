@@ -320,18 +320,35 @@ def stage_gold(
     files), label files from the version's label table. Only images missing from the cache are read, through
     the lake's bounded pool, each checked against its sha256. Later steps and runs that stage the same version
     find it ready (no lake request). ``only`` (gold-relative image paths) narrows the images staged.
-    Treat the folder as read-only (training mirrors it with links before writing label caches).
+    Treat the folder as read-only (training mirrors it with links before writing label caches). The version is
+    staged under the cache's lease on it, so processes sharing the cache (pods on one volume) stage it at once
+    safely and none evicts it meanwhile (``resources/cache.py``).
 
     A version written with image copies (before manifests) is read as before: the lake's own folder when the
     lake is local, else a copy under ``work``.
     """
+    from alumi_pipelines.resources.cache import ContentCache
+
+    cache = cache or ContentCache(work / "cache", max_bytes=1 << 62)
+    with cache.lease(PurePosixPath(prefix).name):
+        return _stage_in_cache(lake, prefix, work, splits, only, cache, log)
+
+
+def _stage_in_cache(
+    lake: Lake,
+    prefix: str,
+    work: Path,
+    splits: tuple[str, ...],
+    only: set[str] | None,
+    cache: "ContentCache",
+    log: Callable[[str], None] | None,
+) -> Path:
     import polars as pl
 
     from alumi_pipelines.lib.progress import Progress
     from alumi_pipelines.lib.vision import gold
-    from alumi_pipelines.resources.cache import ContentCache, link_or_copy
+    from alumi_pipelines.resources.cache import link_or_copy
 
-    cache = cache or ContentCache(work / "cache", max_bytes=1 << 62)
     name = PurePosixPath(prefix).name
     root = cache.dataset_dir(name)
     wanted_splits = [s for s in splits if only is not None or not (root / f".staged-{s}").exists()]
@@ -365,7 +382,7 @@ def stage_gold(
         # the label first: an image present in the folder always has its label file ('..' in a path is refused)
         write_if_absent(root / check_key(label_file), texts[image_id].encode(), fsync=False)
         source = lake.local_path(image_key) if local is not None else cache.object_path(sha)
-        link_or_copy(source, root / check_key(file))
+        link_or_copy(source, root / check_key(file), log)
     for rel in ("data.yaml", *gold.LIST_FILES.values()):
         target = root / rel
         if not target.exists():

@@ -4,19 +4,32 @@ Layout under ``root`` (``ALUMI_CACHE_DIR``, default ``$ALUMI_HOME/cache``)::
 
     objects/ab/<sha256>          one file per image, named by the sha256 of its bytes
     datasets/<dataset hash>/     a staged YOLO folder of a gold version: hard links to objects/, label files
+    leases/<dataset hash>.<id>   one file per process staging or reading a dataset folder, locked while it does
 
 A fetched object is checked against its sha256 and written under a temporary name, then linked into place
 (``lib.files.write_if_absent``): a killed fetch leaves no file under an object's name, only a ``.tmp-`` file
 that ``prune`` removes. Objects and dataset folders are evicted least recently used first once the cache
 holds more than ``max_bytes`` (the dataset being used now is never evicted, nor an object it links).
+
+Several processes (pods sharing one volume on Kubernetes) may use one cache at once. Every file is created
+whole under a temporary name, then linked (or renamed) into place, so two processes staging the same dataset
+both end with the same complete folder. A process staging or reading a dataset folder holds a lease
+(``lease``): an advisory lock on a file of its own under ``leases/``, released by the kernel (or the NFS
+server) if the process dies. ``prune`` never evicts a leased folder, nor an unlinked object used since the
+oldest live lease began (fetched for a folder not yet linked); leases are taken under the cache's lock, so a
+prune sees all of them. A file a process has already linked keeps its bytes whatever a prune removes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import shutil
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +39,11 @@ from alumi_pipelines.lib.progress import Progress
 
 USED_STAMP = ".used"  # touched whenever a dataset folder is staged or reused: its last use, for eviction
 STALE_TMP_S = 3600.0  # temporary files older than this belong to a killed fetch
+LEASES = "leases"
+
+_logger = logging.getLogger(__name__)
+_process_lock = threading.Lock()  # POSIX locks (flock on NFS) do not exclude threads of one process
+_held_leases: set[Path] = set()  # this process's leases: never opened by its own prune (closing would free them)
 
 
 class CacheError(RuntimeError):
@@ -106,12 +124,12 @@ class ContentCache:
         ``progress`` counts the objects read (its total: how many were missing)."""
         stats = FetchStats(wanted=len(wanted))
         missing = []
-        for sha in wanted:
-            path = self.object_path(sha)
-            if path.exists():
-                self.touch(path)
-            else:
-                missing.append(sha)
+        with self._lock():  # marked used with no prune in between: under a lease, no prune evicts them after
+            for sha in wanted:
+                try:
+                    os.utime(self.object_path(sha))
+                except FileNotFoundError:
+                    missing.append(sha)
         sizes: list[int] = []
 
         def one(sha: str) -> None:
@@ -135,6 +153,57 @@ class ContentCache:
         stats.fetched, stats.fetched_bytes = len(sizes), sum(sizes)
         return stats
 
+    # -- leases ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lease(self, name: str) -> Iterator[Path]:
+        """Hold dataset folder ``name`` while staging or reading it: no prune, by any process, evicts it (nor an
+        object used since the lease began). Yields the folder's path."""
+        import fcntl
+
+        folder = self.dataset_dir(name)
+        with self._lock():  # a prune in progress finishes first; the next one sees this lease
+            path = self.root / LEASES / f"{name}.{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "w")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            _held_leases.add(path)
+        try:
+            yield folder
+        finally:
+            _held_leases.discard(path)
+            path.unlink(missing_ok=True)
+            fh.close()
+
+    def _live_leases(self) -> dict[str, float]:
+        """Dataset names leased by a live process → the earliest start of their leases; a dead process's lease
+        file (its lock released) is removed. Call under ``_lock``."""
+        import fcntl
+
+        live: dict[str, float] = {}
+        folder = self.root / LEASES
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                started = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            held = path in _held_leases
+            if not held:
+                with open(path, "a") as fh:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                            raise
+                        held = True
+                    if not held:
+                        path.unlink(missing_ok=True)
+            if held:
+                name = path.name.rsplit(".", 1)[0]
+                live[name] = min(started, live.get(name, started))
+        return live
+
     # -- size bound --------------------------------------------------------------------------
     def _files(self, folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
         for dirpath, _, names in os.walk(folder):
@@ -154,11 +223,15 @@ class ContentCache:
         yield from ((p, st) for p, st in self._files(self.root / "datasets") if st.st_nlink == 1)
 
     def prune(self, keep: Iterable[str] = ()) -> list[str]:
-        """Evict least recently used dataset folders (except ``keep``), then unlinked objects, until the cache
-        holds at most ``max_bytes``; stale temporary files go first. Returns what was removed."""
+        """Evict least recently used dataset folders (except ``keep`` and leased ones), then unlinked objects not
+        used since the oldest live lease began, until the cache holds at most ``max_bytes``; stale temporary files
+        and dead processes' leases go first. Returns what was removed."""
         keep = set(keep)
         removed: list[str] = []
         with self._lock():
+            leases = self._live_leases()
+            keep |= set(leases)
+            in_use_since = min(leases.values(), default=float("inf"))
             now = time.time()
             for path, st in list(self._files(self.root)):
                 if path.name.startswith(TMP_PREFIX) and now - st.st_mtime > STALE_TMP_S:
@@ -179,7 +252,8 @@ class ContentCache:
                 removed.append(f"datasets/{folder.name}")
                 total = self.size()
             unlinked = sorted(
-                ((p, st) for p, st in self._files(self.objects) if st.st_nlink == 1), key=lambda x: x[1].st_mtime
+                ((p, st) for p, st in self._files(self.objects) if st.st_nlink == 1 and st.st_mtime < in_use_since),
+                key=lambda x: x[1].st_mtime,
             )
             for path, st in unlinked:
                 if total <= self.max_bytes:
@@ -194,7 +268,7 @@ class ContentCache:
         import fcntl
 
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
+        with _process_lock, open(self.root / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -207,14 +281,35 @@ def _last_used(folder: Path) -> float:
     return stamp.stat().st_mtime if stamp.exists() else folder.stat().st_mtime
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """``target`` as a hard link to ``source`` (a copy across filesystems); an existing target is kept."""
+NO_LINK_ERRNOS = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+)  # another filesystem, or one without (or refusing) hard links: SMB shares, some FUSE mounts
+_copy_reported: set[tuple[int, int, object]] = set()  # (source filesystem, target filesystem, log) said once
+
+
+def link_or_copy(source: Path, target: Path, log: Callable[[str], object] | None = None) -> None:
+    """``target`` as a hard link to ``source``, or a copy where the filesystem refuses the link (across
+    filesystems, or on one without hard links), said once per pair of filesystems and ``log`` (default: this
+    module's logger). An existing target is kept."""
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
+        return
     except FileExistsError:
         return
-    except OSError:
-        write_if_absent(target, source.read_bytes(), fsync=False)
+    except OSError as exc:
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+        reason = exc
+    said = (os.stat(source).st_dev, os.stat(target.parent).st_dev, log)
+    if said not in _copy_reported:
+        _copy_reported.add(said)
+        code = errno.errorcode.get(reason.errno, str(reason.errno))
+        (log or _logger.warning)(
+            f"cache: hard links from {source.parent} to {target.parent} are refused ({code}: {reason.strerror}); "
+            "copying files instead, so each staged image takes its own space (an NFS volume, or the cache and a "
+            "local lake on one filesystem, keep links)"
+        )
+    write_if_absent(target, source.read_bytes(), fsync=False)

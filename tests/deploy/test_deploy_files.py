@@ -341,6 +341,24 @@ def test_secrets_come_from_kubernetes_secrets_and_key_vault(values, deployment):
         assert name not in deployment_env(deployment)
 
 
+def test_the_cache_claim_is_shared_by_every_pod_and_larger_than_the_cache_bound(deployment):
+    claim = yaml.safe_load((DEPLOY / "k8s" / "cache-pvc.yaml").read_text())
+    assert claim["apiVersion"] == "v1" and claim["kind"] == "PersistentVolumeClaim"
+    spec = claim["spec"]
+    assert spec["accessModes"] == ["ReadWriteMany"]  # pods on many nodes mount it at once
+    assert spec["storageClassName"] == "azurefile-csi-nfs"  # NFS: hard links and locks (SMB has neither)
+    size = re.fullmatch(r"(\d+)Gi", spec["resources"]["requests"]["storage"])
+    assert size, spec["resources"]["requests"]["storage"]
+    env = deployment_env(deployment)
+    assert 0 < float(env["ALUMI_CACHE_MAX_GB"]) * 1e9 < int(size.group(1)) * 2**30
+    volumes = {v["name"]: v for v in deployment["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in deployment["volumeMounts"]}
+    assert volumes[mounts[env["ALUMI_CACHE_DIR"]]]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    # apart from ALUMI_HOME, whose emptyDir each pod starts with empty
+    assert not env["ALUMI_CACHE_DIR"].startswith(env["ALUMI_HOME"].rstrip("/") + "/")
+    assert "deploy/k8s/cache-pvc.yaml" in (DEPLOY / "README.md").read_text()
+
+
 # -- the PostgreSQL instance -----------------------------------------------------------------------------
 def test_postgres_instance_file_is_valid_for_dagster(tmp_path, monkeypatch):
     from dagster._config import validate_config

@@ -1,5 +1,6 @@
 """Every pod of end_to_end_job and retraining_job under deploy/helm/values.yaml, computed with dagster-k8s's classes
-(k8s_pods.py): the GPU goes to the detector_model step alone, and each pod's resources are the README's."""
+(k8s_pods.py): the GPU goes to the detector_model step alone, each pod's resources are the README's, and every pod
+mounts the shared staging cache."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1].parent
 VALUES = REPO / "deploy" / "helm" / "values.yaml"
+CACHE_PVC = REPO / "deploy" / "k8s" / "cache-pvc.yaml"
 GPU = "nvidia.com/gpu"
 GPU_STEP = "detector_model"
 KUBECONFIG = {
@@ -175,3 +177,22 @@ def test_run_launcher_resources_would_not_reach_run_pods(tmp_path):
     assert container(run)["resources"] == {
         column: {k: str(v) for k, v in code_location[column].items()} for column in ("requests", "limits")
     }
+
+
+def test_every_run_and_step_pod_mounts_the_shared_cache_at_alumi_cache_dir(pods):
+    """The staging cache survives from one run to the next: every pod of a run mounts the one claim at the path
+    ALUMI_CACHE_DIR names, with a size bound below the claim's size."""
+    claim = yaml.safe_load(CACHE_PVC.read_text())
+    requested = quantity(claim["spec"]["resources"]["requests"]["storage"])
+    for job in pods.values():
+        for key, body in [("run", job["run"]), *job["steps"].items()]:
+            box = container(body)
+            env = {item["name"]: item.get("value") for item in box["env"]}
+            mounts = {m["name"]: m for m in box["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod_spec(body)["volumes"]}
+            cache_volumes = [v for v in volumes.values() if "persistentVolumeClaim" in v]
+            assert [v["persistentVolumeClaim"]["claimName"] for v in cache_volumes] == [claim["metadata"]["name"]], key
+            mount = mounts[cache_volumes[0]["name"]]
+            assert env["ALUMI_CACHE_DIR"] == mount["mountPath"] and not mount.get("readOnly"), key
+            assert env["ALUMI_CACHE_DIR"] not in {m["mountPath"] for m in mounts.values() if m is not mount}, key
+            assert 0 < float(env["ALUMI_CACHE_MAX_GB"]) * 1e9 < requested, key
