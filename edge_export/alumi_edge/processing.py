@@ -1,14 +1,17 @@
-"""Pre- and post-processing of YOLO detectors in numpy, numerically the same as ultralytics predict.
+"""Pre- and post-processing of YOLO detectors in numpy, numerically the same as ultralytics val.
 
-Letterbox: keep the aspect ratio, resize with bilinear interpolation, pad with grey 114 centred.
-Decode: the ONNX output ``(1, 4 + nc, N)`` holds centre-x, centre-y, width, height in letterboxed
-pixels and one score per class; the best class of each candidate is kept, candidates at or under
-the confidence threshold are dropped, class-wise NMS removes overlaps, and boxes are mapped back
-to the original image.
+Letterbox: the image as ultralytics val's data loader (``rect=False``) hands it to the model, pixel for pixel: its
+long side resized to the input's long side (each side ``min(ceil(side * r), long side)``, bilinear), then, if it
+does not fit, shrunk once more to fit (each side rounded), and padded with grey 114 centred. Decode: the ONNX output
+``(1, 4 + nc, N)`` holds centre-x, centre-y, width, height in letterboxed pixels and one score per class; the best
+class of each candidate is kept, candidates at or under the confidence threshold are dropped, class-wise NMS removes
+overlaps, and boxes are mapped back to the original image (ultralytics' ``scale_boxes`` with the letterbox's gains
+and padding, then clipped to the image).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +28,12 @@ MAX_NMS_CANDIDATES = 30000
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an image was placed in the model input: resized size, per-axis gains and padding."""
+    """How an image was placed in the model input: resized size, per-axis gains and padding.
+
+    ``loaded_width``/``loaded_height`` is the size after the first resize (long side to the input's long side, as
+    ultralytics' ``BaseDataset.load_image``); ``resized_width``/``resized_height`` the size placed in the input
+    (the same for a square input).
+    """
 
     orig_height: int
     orig_width: int
@@ -35,24 +43,49 @@ class Letterbox:
     resized_height: int
     pad_left: int
     pad_top: int
+    loaded_width: int = 0  # 0: the resized size
+    loaded_height: int = 0
+
+    @property
+    def loaded_size(self) -> tuple[int, int]:
+        """(width, height) after the first resize."""
+        if self.loaded_width and self.loaded_height:
+            return self.loaded_width, self.loaded_height
+        return self.resized_width, self.resized_height
+
+    @property
+    def fit_ratio(self) -> float:
+        """The second resize's ratio (1.0 unless the loaded image is larger than the input on one side)."""
+        w, h = self.loaded_size
+        return min(self.input_height / h, self.input_width / w, 1.0)
 
     @property
     def gain_x(self) -> float:
-        return self.resized_width / self.orig_width
+        return self.loaded_size[0] / self.orig_width * self.fit_ratio
 
     @property
     def gain_y(self) -> float:
-        return self.resized_height / self.orig_height
+        return self.loaded_size[1] / self.orig_height * self.fit_ratio
 
 
 def letterbox_params(orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
-    """Resize size and padding for an image of ``orig_hw`` in a model input of ``input_hw``."""
+    """Resize sizes and padding for an image of ``orig_hw`` in a model input of ``input_hw``.
+
+    The rule of ultralytics val (``rect=False``): ``load_image`` resizes the long side to the input's long side,
+    ``r = long / max(h, w)``, each side ``min(ceil(side * r), long)``; ``LetterBox(scaleup=False)`` then shrinks
+    what does not fit (each side ``max(round(side * r2), 1)``) and pads ``round(d / 2 - 0.1)`` before.
+    """
     h, w = int(orig_hw[0]), int(orig_hw[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"image size {w}x{h}: both sides must be positive")
     ih, iw = int(input_hw[0]), int(input_hw[1])
-    r = min(ih / h, iw / w)
-    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    if ih <= 0 or iw <= 0:
+        raise ValueError(f"model input size {iw}x{ih}: both sides must be positive")
+    long_side = max(ih, iw)
+    r = long_side / max(h, w)
+    loaded_w, loaded_h = (min(math.ceil(w * r), long_side), min(math.ceil(h * r), long_side)) if r != 1 else (w, h)
+    fit = min(ih / loaded_h, iw / loaded_w, 1.0)
+    new_w, new_h = max(round(loaded_w * fit), 1), max(round(loaded_h * fit), 1)
     dw, dh = (iw - new_w) / 2, (ih - new_h) / 2
     return Letterbox(
         orig_height=h,
@@ -63,6 +96,8 @@ def letterbox_params(orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> Let
         resized_height=new_h,
         pad_left=round(dw - 0.1),
         pad_top=round(dh - 0.1),
+        loaded_width=loaded_w,
+        loaded_height=loaded_h,
     )
 
 
@@ -71,8 +106,9 @@ def letterbox(image: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray,
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image array of shape {image.shape}: expected (height, width, 3)")
     params = letterbox_params(image.shape[:2], input_hw)
-    if (image.shape[1], image.shape[0]) != (params.resized_width, params.resized_height):
-        image = cv2.resize(image, (params.resized_width, params.resized_height), interpolation=cv2.INTER_LINEAR)
+    for size in (params.loaded_size, (params.resized_width, params.resized_height)):
+        if (image.shape[1], image.shape[0]) != size:
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     right = params.input_width - params.resized_width - params.pad_left
     bottom = params.input_height - params.resized_height - params.pad_top
     padded = cv2.copyMakeBorder(
@@ -195,15 +231,17 @@ def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return out
 
 
-def scale_to_original(boxes_xyxy: np.ndarray, params: Letterbox) -> np.ndarray:
-    """Boxes in model-input pixels → original-image pixels, clipped to the image."""
+def scale_to_original(boxes_xyxy: np.ndarray, params: Letterbox, clip: bool = True) -> np.ndarray:
+    """Boxes in model-input pixels → original-image pixels (ultralytics' ``scale_boxes`` with the letterbox's gains
+    and padding), clipped to the image unless ``clip`` is false (ultralytics val matches unclipped boxes)."""
     out = boxes_xyxy.astype(np.float32, copy=True)
     out[:, [0, 2]] -= params.pad_left
     out[:, [1, 3]] -= params.pad_top
     out[:, [0, 2]] /= np.float32(params.gain_x)
     out[:, [1, 3]] /= np.float32(params.gain_y)
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, params.orig_width)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, params.orig_height)
+    if clip:
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, params.orig_width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, params.orig_height)
     return out
 
 
@@ -232,12 +270,15 @@ def postprocess(
     num_classes: int | None = None,
     end_to_end: bool = False,
     multi_label: bool = False,
+    clip: bool = True,
 ) -> Detections:
     """Model output of one image → detections in original-image pixels.
 
     ``output`` is ``(1, 4 + nc, N)`` (YOLOv8/YOLO11) or, for end-to-end models, ``(1, N, 6)`` rows of
     x1, y1, x2, y2, confidence, class id that need no NMS. Each box keeps its best class (as ultralytics
-    predict), or with ``multi_label`` every class scoring above the threshold (as ultralytics val, for mAP).
+    predict), or with ``multi_label`` every class scoring above the threshold (as ultralytics val, for mAP). Boxes are
+    clipped to the image unless ``clip`` is false (ultralytics val matches boxes as the model drew them, even where
+    they reach past the image: the mapping back keeps every IoU).
     """
     if not 0.0 <= conf_threshold <= 1.0:
         raise ValueError(f"conf threshold {conf_threshold}: must be between 0 and 1")
@@ -282,7 +323,7 @@ def postprocess(
     if len(confidences) == 0:
         return Detections.empty()
     return Detections(
-        boxes=scale_to_original(boxes, params),
+        boxes=scale_to_original(boxes, params, clip=clip),
         confidences=confidences.astype(np.float32),
         class_ids=class_ids.astype(np.int64),
     )

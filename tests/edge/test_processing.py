@@ -24,11 +24,14 @@ from alumi_edge.processing import (
     [
         # (h, w) → resized (w, h), pad (left, top)
         ((100, 200), (64, 64), (64, 32, 0, 16)),
-        ((97, 301), (128, 128), (128, 41, 0, 43)),
+        # ultralytics val rounds the short side up (ceil(97 * 128 / 301) = ceil(41.25) = 42; predict's round gives 41)
+        ((97, 301), (128, 128), (128, 42, 0, 43)),
         ((480, 640), (640, 640), (640, 480, 0, 80)),
         ((640, 480), (640, 640), (480, 640, 80, 0)),
         ((33, 33), (64, 64), (64, 64, 0, 0)),
         ((1, 3000), (160, 160), (160, 1, 0, 79)),
+        # a non-square input: the long side to 128 first (1000 → 128 × 128), then shrunk to fit 96 rows
+        ((1000, 1000), (96, 128), (96, 96, 16, 0)),
     ],
 )
 def test_letterbox_params_numbers(orig_hw, input_hw, expected):
@@ -36,19 +39,59 @@ def test_letterbox_params_numbers(orig_hw, input_hw, expected):
     assert (p.resized_width, p.resized_height, p.pad_left, p.pad_top) == expected
 
 
-def test_letterbox_pixels_match_ultralytics():
-    from ultralytics.data.augment import LetterBox
+# Smaller and larger than the input, odd sides, portrait and landscape, square, exact multiples.
+VAL_SHAPES = [(97, 301), (301, 97), (120, 128), (33, 47), (61, 61), (128, 128), (255, 257), (400, 400), (1024, 1280)]
 
-    rng = np.random.default_rng(1)
-    for h, w in [(97, 301), (150, 200), (128, 128), (300, 41), (1, 500)]:
-        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        ours, params = letterbox(image, (128, 128))
-        theirs = LetterBox((128, 128), auto=False, stride=32)(image=image)
-        assert ours.shape == (128, 128, 3)
-        np.testing.assert_array_equal(ours, theirs)
-        # padding is grey 114 on both sides of the short axis
-        if params.pad_top > 0:
-            assert (ours[0] == 114).all() and (ours[-1] == 114).all()
+
+@pytest.mark.parametrize("input_hw", [(128, 128), (96, 96), (640, 640), (96, 128), (128, 64)])
+def test_letterbox_is_ultralytics_val_input_pixel_for_pixel(tmp_path, input_hw):
+    """The edge input tensor of an image is the one ultralytics val's own data loader makes (``rect=False``, mode
+    ``val``: ``BaseDataset.load_image`` then ``LetterBox(scaleup=False)``, then ``/ 255`` as the validator does), and
+    the placement (gains, padding) is the ``ratio_pad`` val maps boxes back with."""
+    import cv2
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.utils import DEFAULT_CFG
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i, (h, w) in enumerate(VAL_SHAPES):
+        cv2.imwrite(str(tmp_path / "images" / f"im{i:02d}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        (tmp_path / "labels" / f"im{i:02d}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    imgsz = input_hw[0] if input_hw[0] == input_hw[1] else list(input_hw)
+    cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "rect": False, "task": "detect"})
+    data = {"names": {0: "defect"}, "nc": 1, "channels": 3}
+    dataset = build_yolo_dataset(cfg, str(tmp_path / "images"), 4, data, mode="val", stride=32)
+    assert len(dataset) == len(VAL_SHAPES)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        image = cv2.imread(item["im_file"], cv2.IMREAD_COLOR)
+        ours, params = letterbox(image, input_hw)
+        theirs = item["img"].float().numpy()[None] / np.float32(255.0)  # DetectionValidator.preprocess
+        assert ours.shape[:2] == tuple(input_hw)
+        np.testing.assert_array_equal(to_input_tensor(ours), theirs, err_msg=f"{image.shape} in {input_hw}")
+        assert item["ratio_pad"] == ((params.gain_y, params.gain_x), (params.pad_left, params.pad_top))
+        assert item["ori_shape"] == image.shape[:2]
+
+
+def test_boxes_map_back_as_ultralytics_scale_boxes():
+    """Detections go back to the original image as ultralytics' ``scale_boxes`` with val's ``ratio_pad`` maps
+    them: minus the padding, over the per-axis gains, clipped to the image (or not, as val matches them)."""
+    import torch
+    from ultralytics.utils import ops
+
+    rng = np.random.default_rng(11)
+    for orig_hw, input_hw in [((97, 301), (128, 128)), ((301, 97), (96, 96)), ((33, 47), (64, 64))]:
+        params = letterbox_params(orig_hw, input_hw)
+        xy = rng.uniform(-10, max(input_hw), (50, 2)).astype(np.float32)
+        boxes = np.concatenate([xy, xy + rng.uniform(1, 60, (50, 2)).astype(np.float32)], axis=1)
+        ratio_pad = ((params.gain_y, params.gain_x), (params.pad_left, params.pad_top))
+        theirs = ops.scale_boxes(input_hw, torch.from_numpy(boxes.copy()), orig_hw, ratio_pad=ratio_pad).numpy()
+        np.testing.assert_array_equal(scale_to_original(boxes, params), theirs)
+        unclipped = scale_to_original(boxes, params, clip=False)
+        assert (unclipped < 0).any() and not (scale_to_original(boxes, params) < 0).any()
+        np.testing.assert_array_equal(np.clip(unclipped[:, [0, 2]], 0, orig_hw[1]), theirs[:, [0, 2]])
 
 
 def test_preprocess_tensor_is_rgb_chw_unit_range():

@@ -2,8 +2,9 @@
 
 mAP is ultralytics' own: its validator's matching (``box_iou`` and ``match_predictions`` over IoU 0.50:0.95,
 through ``DetectionValidator``) and ``ultralytics.utils.metrics.ap_per_class``, on predictions made with the
-validator's settings (:data:`VAL_NMS`), so a gate measures what ``YOLO(weights).val()`` reports. ultralytics is
-imported inside :func:`detection_map` (offline, through :mod:`alumi_pipelines.lib.training`).
+validator's settings (:data:`VAL_NMS`) on the input its data loader makes (``rect=False``: the edge runtime's letterbox
+is that one, pixel for pixel), so a gate measures what ``detector_evaluation`` reports for the same model. ultralytics
+is imported inside :func:`detection_map` (offline, through :mod:`alumi_pipelines.lib.training`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from alumi_pipelines.lib.export.predict import DEPLOY_CONF, ImageDetections, pre
 from alumi_pipelines.lib.export.yolo_data import LabelledImage
 
 EVAL_CONF = 0.001  # confidence threshold of ultralytics val
-# The NMS of ultralytics val's mAP: conf 0.001, IoU 0.7, at most 300 boxes, every class above conf per box.
-VAL_NMS = {"conf": EVAL_CONF, "iou": 0.7, "max_det": 300, "multi_label": True}
+# The predictions of ultralytics val's mAP: NMS at conf 0.001, IoU 0.7, at most 300 boxes, every class above conf per
+# box; boxes not clipped to the image (val matches them in the letterboxed input, where a box may reach into the
+# padding; mapped back unclipped, every IoU stays the same).
+VAL_NMS = {"conf": EVAL_CONF, "iou": 0.7, "max_det": 300, "multi_label": True, "clip": False}
 MAP_METHOD = "ultralytics val: DetectionValidator matching (box_iou, IoU 0.50:0.95) + metrics.ap_per_class"
 MATCH_IOU = 0.9  # two runtimes' boxes are "the same box" at or above this IoU
 SAME_BOX_PIXELS = 0.5  # boxes whose corners all agree this closely are the same box, whatever their area

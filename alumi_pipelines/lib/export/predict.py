@@ -1,8 +1,9 @@
 """Detections of a model on image files: the ONNX model through the edge runtime, the checkpoint through PyTorch.
 
 The ONNX side goes through the edge package's own runtime (``alumi_edge``, CPU), so what is checked is
-what devices run; the PyTorch side through ultralytics predict, always offline (through
-:mod:`alumi_pipelines.lib.training`). Both are imported inside the functions that use them.
+what devices run; the PyTorch side through ultralytics predict (its model, inference and NMS) on the same
+letterboxed input, always offline (through :mod:`alumi_pipelines.lib.training`). Both letterbox as ultralytics
+val does (``alumi_edge.processing.letterbox``). Both are imported inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def predict_onnx(
     iou: float = NMS_IOU,
     max_det: int = MAX_DET,
     multi_label: bool = False,
+    clip: bool = True,
 ) -> list[ImageDetections]:
     """Detections of the edge runtime (ONNX Runtime, CPU, the edge package's pre/post-processing); ``multi_label``
-    keeps every class above ``conf`` per box, as ultralytics val does for mAP."""
+    keeps every class above ``conf`` per box and ``clip`` false leaves boxes unclipped, as ultralytics val does for
+    mAP."""
     from alumi_edge.runtimes.onnx import OnnxRuntime
 
     runtime = OnnxRuntime(model_path, device="cpu").load()
@@ -52,7 +55,7 @@ def predict_onnx(
         image = read_bgr(path)
         tensor, params = runtime.preprocess(image)
         found = runtime.postprocess(
-            runtime.forward(tensor), params, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label
+            runtime.forward(tensor), params, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, clip=clip
         )
         out.append(ImageDetections(found.boxes, found.confidences, found.class_ids))
     return out
@@ -80,29 +83,46 @@ def predict_torch(
     iou: float = NMS_IOU,
     max_det: int = MAX_DET,
     multi_label: bool = False,
+    clip: bool = True,
 ) -> list[ImageDetections]:
-    """Detections of the PyTorch checkpoint through ultralytics predict (square letterbox, CPU, FP32); with
-    ``multi_label`` its NMS keeps every class above ``conf`` per box, as ultralytics val does for mAP."""
+    """Detections of the PyTorch checkpoint through ultralytics predict (CPU, FP32) on the input the edge runtime
+    makes (ultralytics val's square letterbox, ``alumi_edge.processing.letterbox``), boxes mapped back as the edge
+    runtime maps them; with ``multi_label`` its NMS keeps every class above ``conf`` per box and with ``clip`` false
+    boxes stay unclipped, as ultralytics val does for mAP."""
     from alumi_pipelines.lib.training.offline import import_ultralytics
 
     import_ultralytics(config_dir)
+    import torch
     from ultralytics import YOLO
+    from ultralytics.engine.results import Results
     from ultralytics.models.yolo.detect import DetectionPredictor
     from ultralytics.utils import nms
 
-    class MultiLabelPredictor(DetectionPredictor):
-        """ultralytics predict with the NMS of ultralytics val (``multi_label=True``)."""
+    from alumi_edge.processing import letterbox, scale_to_original
+
+    class ValInputPredictor(DetectionPredictor):
+        """ultralytics predict on ultralytics val's letterbox, with val's NMS when ``multi_label``."""
+
+        def pre_transform(self, im):
+            placed = [letterbox(x, (imgsz, imgsz)) for x in im]
+            self.placements = [params for _, params in placed]
+            return [image for image, _ in placed]
 
         def postprocess(self, preds, img, orig_imgs, **kwargs):
             kept = nms.non_max_suppression(
                 preds,
                 self.args.conf,
                 self.args.iou,
-                multi_label=True,
+                multi_label=multi_label,
                 max_det=self.args.max_det,
                 end2end=getattr(self.model, "end2end", False),
             )
-            return self.construct_results(kept, img, orig_imgs)
+            results = []
+            for pred, orig, path, params in zip(kept, orig_imgs, self.batch[0], self.placements):
+                pred = pred[:, :6].cpu()
+                pred[:, :4] = torch.from_numpy(scale_to_original(pred[:, :4].numpy(), params, clip=clip))
+                results.append(Results(orig, path=path, names=self.model.names, boxes=pred))
+            return results
 
     model = YOLO(str(weights))
     out = []
@@ -118,12 +138,12 @@ def predict_torch(
             half=False,
             verbose=False,
             save=False,
-            predictor=MultiLabelPredictor if multi_label else None,
+            predictor=ValInputPredictor,
         )[0]
         boxes = result.boxes
         out.append(
             ImageDetections(
-                boxes.xyxy.cpu().numpy().astype(np.float32),
+                boxes.data[:, :4].cpu().numpy().astype(np.float32),
                 boxes.conf.cpu().numpy().astype(np.float32),
                 boxes.cls.cpu().numpy().astype(np.int64),
             )

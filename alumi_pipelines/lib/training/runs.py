@@ -236,6 +236,9 @@ def evaluate_detector(
 ) -> dict[str, Any]:
     """mAP50, mAP50-95, per-class precision/recall/F1, confusion matrix and latency of a model on a split.
 
+    Validation letterboxes every image into the square input the exported model takes (``rect=False``, not
+    ultralytics' default rectangular batches), so the mAP is the one the export gates measure on the edge runtime.
+
     Latency is the median wall time of single-image prediction (pre + inference + post) over up to
     ``latency_images`` images of the split, after one warm-up.
     """
@@ -256,6 +259,7 @@ def evaluate_detector(
         split=split,
         imgsz=imgsz,
         batch=batch,
+        rect=False,
         device=device,
         project=str(out_dir),
         name="val",

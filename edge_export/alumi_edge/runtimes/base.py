@@ -76,8 +76,10 @@ class Runtime(ABC):
         iou: float = 0.7,
         max_det: int = 300,
         multi_label: bool = False,
+        clip: bool = True,
     ) -> Detections:
-        """Raw output → detections in original-image pixels (``multi_label``: every class above ``conf``)."""
+        """Raw output → detections in original-image pixels (``multi_label``: every class above ``conf``; ``clip``
+        false: boxes not clipped to the image, as ultralytics val matches them)."""
         return postprocess(
             output,
             params,
@@ -87,6 +89,7 @@ class Runtime(ABC):
             num_classes=self.info.num_classes,
             end_to_end=self.info.end_to_end,
             multi_label=multi_label,
+            clip=clip,
         )
 
     def to_boxes(self, detections: Detections) -> list[Box]:
