@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alumi_pipelines.assets.gold import read_gold_pointer
+from alumi_pipelines.assets.gold import read_gold_pointer, read_version
 from alumi_pipelines.assets.processed import read_processed
 from alumi_pipelines.assets.training.champion import champion_record
 from alumi_pipelines.resources import lake_keys
@@ -48,12 +48,13 @@ def gold_dataset() -> GoldView:
     """The current gold dataset (gold/current.json) as DataFrames."""
     store = lake()
     pointer = read_gold_pointer(store)
+    manifest, labels = read_version(store, pointer["prefix"])
     return GoldView(
         dataset_hash=pointer["dataset_hash"],
         classes=list(pointer["classes"]),
         counts=dict(pointer["counts"]),
-        manifest=store.read_table(f"{pointer['prefix']}/manifest.parquet"),
-        labels=store.read_table(f"{pointer['prefix']}/labels.parquet"),
+        manifest=manifest,
+        labels=labels,
     )
 
 

@@ -21,7 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from alumi_pipelines.assets.gold import read_gold_pointer
+from alumi_pipelines.assets.gold import read_gold_pointer, read_version_manifest
 from alumi_pipelines.assets.processed import read_processed
 from alumi_pipelines.assets.reports import REPORT_LINK_HOURS, log_report_run, publish_report, report_links
 from alumi_pipelines.assets.training.champion import champion_record
@@ -141,10 +141,10 @@ def drift_inputs(lake: Lake, recent_batches: int):
     champion = champion_record(lake)
     pointer = read_gold_pointer(lake)
     dataset_hash = (champion or {}).get("dataset_hash") or pointer["dataset_hash"]
-    manifest_key = lake_keys.gold_manifest_key(lake_keys.gold_prefix(dataset_hash))
-    if not lake.exists(manifest_key):
-        dataset_hash, manifest_key = pointer["dataset_hash"], lake_keys.gold_manifest_key(pointer["prefix"])
-    train_ids = lake.read_table(manifest_key).filter(pl.col("split") == "train")["image_id"].implode()
+    prefix = lake_keys.gold_prefix(dataset_hash)
+    if not lake.exists(lake_keys.gold_manifest_key(prefix)):
+        dataset_hash, prefix = pointer["dataset_hash"], pointer["prefix"]
+    train_ids = read_version_manifest(lake, prefix).filter(pl.col("split") == "train")["image_id"].implode()
     files = sorted(
         (f for f in lake.list_files(lake_keys.PROCESSED_FEATURES) if f.key.endswith(".parquet")),
         key=lambda f: (f.mtime, f.key),

@@ -237,9 +237,10 @@ def build_gold(lake: Lake, settings: PipelineSettings) -> GoldInfo:
 
 
 def write_gold_version(lake: Lake, prefix: str, plan, features, classes: list[str]) -> None:
-    """A version's files: data.yaml, the YOLO list files and the label table, then the manifest (written last:
-    its presence means complete). No image is copied: each manifest row names its processed image
-    (``image_key``) and the sha256 of its bytes, which staging verifies."""
+    """A version's files: data.yaml and the label table, then the manifest (written last: its presence means
+    complete). No image is copied: each manifest row holds the sha256 of its processed image, which staging
+    verifies. Nothing derivable is stored: the image's paths and lake key follow from image_id and split, a
+    label names its image by manifest row, and staging writes the YOLO list files (see :func:`read_version`)."""
     import polars as pl
     import yaml
 
@@ -250,12 +251,22 @@ def write_gold_version(lake: Lake, prefix: str, plan, features, classes: list[st
     )
     stored = _stored_images(lake, features, manifest)
     manifest = manifest.join(stored, on="image_id", how="left").sort(["split", "image_id"])
-    files = {lake_keys.gold_data_yaml_key(prefix): yaml.safe_dump(gold.data_yaml_doc(classes), sort_keys=False)}
-    for split, name in gold.LIST_FILES.items():
-        files[lake_keys.gold_file_key(prefix, name)] = gold.list_file_text(manifest, split)
-    lake.map(lambda item: lake.write_bytes(item[0], item[1].encode()), list(files.items()))
-    lake.write_table(lake_keys.gold_labels_key(prefix), plan.labels)
-    lake.write_table(lake_keys.gold_manifest_key(prefix), manifest)  # written last: its presence means complete
+    data_yaml = yaml.safe_dump(gold.data_yaml_doc(classes), sort_keys=False)
+    lake.write_bytes(lake_keys.gold_data_yaml_key(prefix), data_yaml.encode())
+    _write_version_table(lake, lake_keys.gold_labels_key(prefix), gold.stored_labels(plan.labels, manifest))
+    # written last: its presence means complete
+    _write_version_table(lake, lake_keys.gold_manifest_key(prefix), gold.stored_manifest(manifest))
+
+
+def _write_version_table(lake: Lake, key: str, table) -> None:
+    """A version's table as Parquet (zstd) without column statistics: a version's tables are always read whole,
+    and the statistics (min/max of 64-hex columns, in the footer and the page index) are a fifth of a small
+    version's bytes. Byte-for-byte reproducible, written atomically like every lake write."""
+    import io
+
+    buf = io.BytesIO()
+    table.write_parquet(buf, compression="zstd", statistics=False)
+    lake.write_bytes(key, buf.getvalue())
 
 
 def _stored_images(lake: Lake, features, manifest):
@@ -293,7 +304,38 @@ def read_gold_pointer(lake: Lake) -> dict:
 
 
 def read_gold_manifest(lake: Lake):
-    return lake.read_table(lake_keys.gold_manifest_key(read_gold_pointer(lake)["prefix"]))
+    return read_version_manifest(lake, read_gold_pointer(lake)["prefix"])
+
+
+def read_version_manifest(lake: Lake, prefix: str, keep_at: Path | None = None):
+    """The manifest of the version at ``prefix`` as every reader sees it: image_id, split, file, label_file,
+    width, height, n_boxes, classes (+ image_key, sha256, bytes of a manifest version), the derived columns
+    filled in when the version does not store them. ``keep_at``: a local copy of the stored table, read once
+    (a manifest version's files never change)."""
+    from alumi_pipelines.lib.vision import gold
+
+    key = lake_keys.gold_manifest_key(prefix)
+    if keep_at is None:
+        stored = lake.read_table(key)
+    else:
+        stored = _cached_table(lake, key, keep_at, keep_if=gold.is_manifest_version)
+    return gold.expand_manifest(stored, lake_keys.processed_image_key, source=lake.uri(key))
+
+
+def read_version_labels(lake: Lake, prefix: str, manifest, keep_at: Path | None = None):
+    """The label table of the version at ``prefix``, one row per box with its image_id and split, in the stored
+    order; ``manifest`` is that version's whole manifest (from :func:`read_version_manifest`)."""
+    from alumi_pipelines.lib.vision import gold
+
+    key = lake_keys.gold_labels_key(prefix)
+    stored = lake.read_table(key) if keep_at is None else _cached_table(lake, key, keep_at)
+    return gold.expand_labels(stored, manifest, source=lake.uri(key))
+
+
+def read_version(lake: Lake, prefix: str):
+    """(manifest, labels) of the version at ``prefix``: how every reader of a gold version gets them."""
+    manifest = read_version_manifest(lake, prefix)
+    return manifest, read_version_labels(lake, prefix, manifest)
 
 
 def gold_prefix_for(lake: Lake, dataset_hash: str | None) -> str:
@@ -317,12 +359,12 @@ def stage_gold(
 
     A version written as a manifest is staged once per machine into ``cache`` (default: one under ``work``):
     the folder ``datasets/<hash>`` of hard links to the cache's content-addressed objects (a local lake's own
-    files), label files from the version's label table. Only images missing from the cache are read, through
-    the lake's bounded pool, each checked against its sha256. Later steps and runs that stage the same version
-    find it ready (no lake request). ``only`` (gold-relative image paths) narrows the images staged.
-    Treat the folder as read-only (training mirrors it with links before writing label caches). The version is
-    staged under the cache's lease on it, so processes sharing the cache (pods on one volume) stage it at once
-    safely and none evicts it meanwhile (``resources/cache.py``).
+    files), label files from the version's label table, the YOLO list files from its manifest. Only images
+    missing from the cache are read, through the lake's bounded pool, each checked against its sha256. Later
+    steps and runs that stage the same version find it ready (no lake request). ``only`` (gold-relative image
+    paths) narrows the images staged. Treat the folder as read-only (training mirrors it with links before
+    writing label caches). The version is staged under the cache's lease on it, so processes sharing the cache
+    (pods on one volume) stage it at once safely and none evicts it meanwhile (``resources/cache.py``).
 
     A version written with image copies (before manifests) is read as before: the lake's own folder when the
     lake is local, else a copy under ``work``.
@@ -359,12 +401,10 @@ def _stage_in_cache(
         _say(log, f"gold {name}: already staged in {root}")
         return root
 
-    manifest = _cached_table(
-        lake, lake_keys.gold_manifest_key(prefix), root / "manifest.parquet", keep_if=gold.is_manifest_version
-    )
+    manifest = read_version_manifest(lake, prefix, keep_at=root / "manifest.parquet")
     if not gold.is_manifest_version(manifest):
         return _stage_copies(lake, prefix, work, splits, only)
-    labels = _cached_table(lake, lake_keys.gold_labels_key(prefix), root / "labels.parquet")
+    labels = read_version_labels(lake, prefix, manifest, keep_at=root / "labels.parquet")
     rows = manifest.filter(pl.col("split").is_in(wanted_splits))
     if only is not None:
         rows = rows.filter(pl.col("file").is_in(sorted(only)))
@@ -383,16 +423,15 @@ def _stage_in_cache(
         write_if_absent(root / check_key(label_file), texts[image_id].encode(), fsync=False)
         source = lake.local_path(image_key) if local is not None else cache.object_path(sha)
         link_or_copy(source, root / check_key(file), log)
-    for rel in ("data.yaml", *gold.LIST_FILES.values()):
-        target = root / rel
-        if not target.exists():
-            data = lake.read_bytes(lake_keys.gold_file_key(prefix, rel))
-            if rel == "data.yaml":  # an absolute path: the folder is read from anywhere
-                import yaml
+    for split, rel in gold.LIST_FILES.items():  # from the manifest (a version's own copies, if any, say the same)
+        if not (root / rel).exists():
+            write_if_absent(root / rel, gold.list_file_text(manifest, split).encode(), fsync=False)
+    if not (root / "data.yaml").exists():  # an absolute path: the folder is read from anywhere
+        import yaml
 
-                doc = yaml.safe_load(data) or {}
-                data = yaml.safe_dump({**doc, "path": str(root)}, sort_keys=False).encode()
-            write_if_absent(target, data, fsync=False)
+        doc = yaml.safe_load(lake.read_bytes(lake_keys.gold_data_yaml_key(prefix))) or {}
+        data = yaml.safe_dump({**doc, "path": str(root)}, sort_keys=False).encode()
+        write_if_absent(root / "data.yaml", data, fsync=False)
     if only is None:
         for split in wanted_splits:
             (root / f".staged-{split}").touch()
@@ -412,7 +451,7 @@ def gold_image_keys(lake: Lake, prefix: str) -> dict[str, str]:
     bytes (the processed image for a manifest version, the copy in the version's folder for an older one)."""
     from alumi_pipelines.lib.vision.gold import is_manifest_version
 
-    manifest = lake.read_table(lake_keys.gold_manifest_key(prefix))
+    manifest = read_version_manifest(lake, prefix)
     if is_manifest_version(manifest):
         return dict(zip(manifest["file"].to_list(), manifest["image_key"].to_list()))
     return {rel: lake_keys.gold_file_key(prefix, rel) for rel in manifest["file"].to_list()}
@@ -554,7 +593,7 @@ def export_gold_labels(
     data_yaml_bytes = lake.read_bytes(lake_keys.gold_data_yaml_key(prefix))
     data_yaml = yaml.safe_load(data_yaml_bytes) or {}
     classes = lx.class_names(data_yaml)
-    manifest = lake.read_table(lake_keys.gold_manifest_key(prefix))
+    manifest = read_version_manifest(lake, prefix)
     images = lx.export_images(manifest, chosen)
     labels_key = lake_keys.gold_labels_key(prefix)
     if not lake.exists(labels_key):
@@ -562,7 +601,7 @@ def export_gold_labels(
             f"gold dataset {dataset_hash} has no label table ({lake.uri(labels_key)}): rebuild it (materialise "
             "gold_dataset)"
         )
-    label_table = lake.read_table(labels_key)
+    label_table = read_version_labels(lake, prefix, manifest)
     labels = lx.export_labels(label_table, images, classes)
     # where each file's bytes are: a manifest version names the processed image; label files come from the table
     sources: dict[str, str | bytes] = {rel: lake_keys.gold_file_key(prefix, rel) for rel in manifest["file"]}

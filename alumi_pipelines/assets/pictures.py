@@ -100,12 +100,11 @@ def gold_samples(lake: Lake, prefix: str, classes) -> dict[str, Any]:
     and class names drawn, captioned with the split and the image id."""
     import polars as pl
 
-    from alumi_pipelines.assets.gold import gold_image_keys
+    from alumi_pipelines.assets.gold import gold_image_keys, read_version
     from alumi_pipelines.lib.vision.mosaic import Tile, mosaic_png, pick
     from alumi_pipelines.lib.vision.splits import SPLITS
 
-    manifest = lake.read_table(lake_keys.gold_manifest_key(prefix))
-    labels = lake.read_table(lake_keys.gold_labels_key(prefix))
+    manifest, labels = read_version(lake, prefix)
     by_file = gold_image_keys(lake, prefix)
     tiles, shown = [], 0
     for split in SPLITS:

@@ -20,7 +20,7 @@ from typing import Any
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from alumi_pipelines.assets.gold import read_gold_pointer
+from alumi_pipelines.assets.gold import read_gold_pointer, read_version_labels, read_version_manifest
 from alumi_pipelines.assets.metadata import counts_md
 from alumi_pipelines.assets.processed import read_processed
 from alumi_pipelines.resources import lake_keys
@@ -141,7 +141,7 @@ def build_review_queue(
     sent = read_sent(lake)
     sent_ids = set(sent["image_id"].to_list())
     pointer = read_gold_pointer(lake) if lake.exists(lake_keys.GOLD_POINTER) else None
-    manifest = lake.read_table(lake_keys.gold_manifest_key(pointer["prefix"])) if pointer else None
+    manifest = read_version_manifest(lake, pointer["prefix"]) if pointer else None
     in_gold = set(manifest["image_id"].to_list()) if manifest is not None else set()
 
     # edge frames kept for review, and images held out of gold for rejected annotations, not labelled since
@@ -161,7 +161,7 @@ def build_review_queue(
         predictions, newly = scored_predictions(lake, detector, images, ids, settings, config, work)
         scored = set(predictions["image_id"].to_list())
         ids = [i for i in ids if i in scored]
-        labels = lake.read_table(lake_keys.gold_labels_key(pointer["prefix"]))
+        labels = read_version_labels(lake, pointer["prefix"], manifest)
         table = review.disagreements(
             labels.filter(pl.col("image_id").is_in(ids)),
             predictions.drop_nulls("class_name"),

@@ -146,17 +146,14 @@ def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch, 
 
     result = _run(instance, lake, settings, ["gold_dataset"])
     pointer = lake.read_json(lake_keys.GOLD_POINTER)
-    manifest = lake.read_table(f"{pointer['prefix']}/manifest.parquet")
+    manifest, plan_labels = gold.read_version(lake, pointer["prefix"])
     assert manifest.height == 60 and manifest["image_id"].n_unique() == 60
     assert sum(pointer["counts"].values()) == 60 and pointer["conflicts"] == 1
-    # a manifest, labels, data.yaml and list files: no image copied into the version's folder
+    # a manifest, labels and data.yaml: no image copied into the version's folder, no list file (staging writes them)
     assert sorted(f.key.rsplit("/", 1)[1] for f in lake.list_files(pointer["prefix"])) == [
         "data.yaml",
         "labels.parquet",
         "manifest.parquet",
-        "test.txt",
-        "train.txt",
-        "val.txt",
     ]
     for row in manifest.iter_rows(named=True):  # each row names its processed image and that image's sha256
         assert row["image_key"] == lake_keys.processed_image_key(row["image_id"])
@@ -164,13 +161,12 @@ def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch, 
         assert sha256_hex(data) == row["sha256"] and len(data) == row["bytes"]
     data_yaml = yaml.safe_load(lake.read_bytes(f"{pointer['prefix']}/data.yaml"))
     assert data_yaml["test"] == "test.txt" and data_yaml["names"][0] == "scratch"
-    listed = lake.read_bytes(f"{pointer['prefix']}/test.txt").decode().splitlines()
-    assert listed == sorted(f"./{f}" for f in manifest.filter(pl.col("split") == "test")["file"])
+    listed = sorted(f"./{f}" for f in manifest.filter(pl.col("split") == "test")["file"])
+    assert listed and all(f.startswith("./images/test/") and f.endswith(".jpg") for f in listed)
 
     # staged for training: a YOLO folder of links to the lake's images, label files from the label table
     cache = settings.model_copy(update={"cache_dir": str(tmp_path / "cache")}).cache()
     root = gold.stage_gold(lake, pointer["prefix"], tmp_path / "work", cache=cache)
-    plan_labels = lake.read_table(f"{pointer['prefix']}/labels.parquet")
     for row in manifest.iter_rows(named=True):
         assert (root / row["file"]).read_bytes() == lake.read_bytes(row["image_key"])
         assert (root / row["file"]).stat().st_ino == lake.local_path(row["image_key"]).stat().st_ino  # no copy
@@ -179,6 +175,7 @@ def test_gold_dataset_layout_split_hash_and_checks(lake, settings, write_batch, 
             len(txt.splitlines()) == row["n_boxes"] == plan_labels.filter(pl.col("image_id") == row["image_id"]).height
         )
     assert (root / "test.txt").read_text().splitlines() == listed
+    assert yaml.safe_load((root / "data.yaml").read_text())["test"] == "test.txt"
     assert training.check_yolo_dataset(root).images == pointer["counts"]
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["no_split_leakage"] and checks["splits_cover_classes"]

@@ -1,5 +1,6 @@
-"""Gold versions over time: a build killed before its manifest, versions written with image copies (before manifests)
-still read, pruning old versions with `alumi prune-gold`."""
+"""Gold versions over time: a build killed before its manifest, what a version stores (nothing derivable: at most
+2 % of its images' bytes), versions written with image copies (before manifests) or with their derivable columns and
+list files (before those were derived) still read and stage the same, pruning old versions with `alumi prune-gold`."""
 
 import json
 import os
@@ -18,10 +19,13 @@ from alumi_pipelines.assets.gold import (
     gold_image_keys,
     gold_prefix_for,
     read_gold_pointer,
+    read_version,
+    read_version_manifest,
     stage_gold,
 )
 from alumi_pipelines.assets.processed import process_batch, read_processed
 from alumi_pipelines.assets.raw import ingest_landing_batch
+from alumi_pipelines.lib.files import sha256_hex
 from alumi_pipelines.lib.vision import gold as gold_plan
 from alumi_pipelines.lib.vision.splits import DEFAULT_FRACTIONS, EARLIER_FRACTIONS
 from alumi_pipelines.resources import lake_keys
@@ -29,8 +33,8 @@ from alumi_pipelines.resources.cache import ContentCache
 from alumi_pipelines.resources.lake import Lake
 
 
-def _ingest(lake, settings, write_batch, batch, seed):
-    write_batch(batch, n=10, seed=seed)
+def _ingest(lake, settings, write_batch, batch, seed, n=10):
+    write_batch(batch, n=n, seed=seed)
     ingest_landing_batch(lake, batch, settings)
     process_batch(lake, batch, settings)
 
@@ -70,12 +74,12 @@ from alumi_pipelines.assets.gold import build_gold
 from alumi_pipelines.resources.lake import Lake
 from alumi_pipelines.resources.pipeline_settings import PipelineSettings
 
-real = Lake.write_table
-def write_table(self, key, df):  # the run dies as it is about to write the manifest
+real = Lake.write_bytes
+def write_bytes(self, key, data):  # the run dies as it is about to write the manifest
     if key.endswith("/manifest.parquet"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, key, df)
-Lake.write_table = write_table
+    return real(self, key, data)
+Lake.write_bytes = write_bytes
 build_gold(Lake(base_uri={lake.base_uri!r}), PipelineSettings.model_validate_json({settings.model_dump_json()!r}))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -117,7 +121,7 @@ def test_versions_written_with_copies_still_read_and_new_ones_are_manifests(lake
     # the next version (same images + a new day) is written the new way; the old one stays readable
     _ingest(lake, settings, write_batch, "day-2", 2)
     new = build_gold(lake, settings)
-    manifest = lake.read_table(lake_keys.gold_manifest_key(new.prefix))
+    manifest = read_version_manifest(lake, new.prefix)
     assert gold_plan.is_manifest_version(manifest) and manifest.height == 20
     assert not [f for f in lake.list_files(new.prefix) if "/images/" in f.key]
     paths = gold_image_paths(lake, new.prefix, ("train", "val", "test"))
@@ -199,3 +203,125 @@ def test_a_lake_with_gold_from_before_the_record_keeps_its_split(lake, settings,
     old = lake.read_table(f"{lake_keys.gold_prefix(old_hash)}/manifest.parquet").select("image_id", "split")
     now = lake.read_table(lake_keys.gold_manifest_key(new.prefix)).select("image_id", "split")
     assert old.sort("image_id").to_dicts() == now.sort("image_id").to_dicts()
+
+
+def _write_previous_manifest_version(lake, settings) -> str:
+    """The current processed zone as a version laid out the way manifest versions were written before their
+    derivable parts were left out: file, label_file and image_key in the manifest, labels keyed by image_id with
+    their split, the YOLO list files in the version's folder. No pointer: the next build finds it by its hash."""
+    features, labels = read_processed(lake)
+    plan = gold_plan.plan_dataset(
+        features, labels, list(settings.classes), seed=settings.split_seed, fractions=DEFAULT_FRACTIONS
+    )
+    prefix = lake_keys.gold_prefix(plan.dataset_hash)
+    stored = []
+    for image_id in plan.manifest["image_id"].to_list():
+        key = lake_keys.processed_image_key(image_id)
+        data = lake.read_bytes(key)
+        stored.append({"image_id": image_id, "image_key": key, "sha256": sha256_hex(data), "bytes": len(data)})
+    manifest = plan.manifest.join(pl.DataFrame(stored), on="image_id").sort(["split", "image_id"])
+    for split in ("train", "val", "test"):
+        files = sorted(manifest.filter(pl.col("split") == split)["file"].to_list())
+        lake.write_bytes(f"{prefix}/{split}.txt", "".join(f"./{f}\n" for f in files).encode())
+    doc = {"path": ".", "train": "train.txt", "val": "val.txt", "test": "test.txt"}
+    doc["names"] = dict(enumerate(settings.classes))
+    lake.write_bytes(f"{prefix}/data.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
+    lake.write_table(f"{prefix}/labels.parquet", plan.labels)
+    lake.write_table(f"{prefix}/manifest.parquet", manifest)
+    return plan.dataset_hash
+
+
+def _staged_files(root) -> dict[str, bytes]:
+    """What training reads of a staged version: images, label files, list files, data.yaml (without its
+    absolute path); not the staging's own copies of the stored tables or its markers."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in ("manifest.parquet", "labels.parquet") or rel.startswith("."):
+            continue
+        data = path.read_bytes()
+        if rel == "data.yaml":
+            data = json.dumps({k: v for k, v in yaml.safe_load(data).items() if k != "path"}).encode()
+        out[rel] = data
+    return out
+
+
+def test_a_version_stores_only_data_yaml_manifest_and_labels_within_2_percent_of_its_images(
+    lake, settings, write_batch
+):
+    sized = settings.model_copy(update={"image_size": 192})  # 60 images of 192 px, as in the lake benchmark
+    for day in (1, 2):
+        _ingest(lake, sized, write_batch, f"day-{day}", day, n=30)
+    info = build_gold(lake, sized)
+    assert sum(info.counts.values()) == 60
+    files = {f.key.rsplit("/", 1)[1]: f.size for f in lake.list_files(info.prefix)}
+    assert sorted(files) == ["data.yaml", "labels.parquet", "manifest.parquet"]
+    image_bytes = sum(f.size for f in lake.list_files(lake_keys.PROCESSED_IMAGES))
+    assert sum(files.values()) <= 0.02 * image_bytes, (files, image_bytes)
+
+    # nothing derivable is stored ...
+    stored = lake.read_table(lake_keys.gold_manifest_key(info.prefix))
+    assert stored.columns == ["image_id", "split", "width", "height", "n_boxes", "classes", "sha256", "bytes"]
+    stored_labels = lake.read_table(lake_keys.gold_labels_key(info.prefix))
+    assert stored_labels.columns[0] == "image_row" and "image_id" not in stored_labels.columns
+    # ... and readers see every column as before: paths, lake keys, labels with their image and split
+    manifest, labels = read_version(lake, info.prefix)
+    assert manifest.columns[:4] == ["image_id", "split", "file", "label_file"]
+    for row in manifest.iter_rows(named=True):
+        assert row["file"] == f"images/{row['split']}/{row['image_id']}.jpg"
+        assert row["label_file"] == f"labels/{row['split']}/{row['image_id']}.txt"
+        assert sha256_hex(lake.read_bytes(row["image_key"])) == row["sha256"]
+        assert row["image_key"] == lake_keys.processed_image_key(row["image_id"])
+    features, processed_labels = read_processed(lake)
+    plan = gold_plan.plan_dataset(
+        features, processed_labels, list(sized.classes), seed=sized.split_seed, fractions=info.split_fractions
+    )
+    assert labels.equals(plan.labels) and labels.schema == plan.labels.schema  # same rows, values and types
+    assert labels.height == stored_labels.height > 60
+
+
+def test_a_version_written_with_its_derivable_parts_keeps_its_hash_and_stages_the_same(
+    lake, settings, write_batch, tmp_path
+):
+    _ingest(lake, settings, write_batch, "day-1", 1)
+    new = build_gold(lake, settings)
+    before = Lake(base_uri=str(tmp_path / "before"))  # the same processed zone, its version written the earlier way
+    for f in lake.list_files("processed"):
+        before.write_bytes(f.key, lake.read_bytes(f.key))
+    assert _write_previous_manifest_version(before, settings) == new.dataset_hash
+    assert {f.key.rsplit("/", 1)[1] for f in before.list_files(new.prefix)} >= {"train.txt", "val.txt", "test.txt"}
+    again = build_gold(before, settings)  # the plan names the version: the earlier files are found and kept
+    assert again.dataset_hash == new.dataset_hash and again.reused
+
+    old_manifest, old_labels = read_version(before, new.prefix)
+    manifest, labels = read_version(lake, new.prefix)
+    assert manifest.equals(old_manifest) and manifest.schema == old_manifest.schema
+    assert labels.equals(old_labels) and labels.schema == old_labels.schema
+
+    staged = stage_gold(lake, new.prefix, tmp_path / "w1", cache=ContentCache(tmp_path / "c1", 1 << 30))
+    staged_before = stage_gold(before, new.prefix, tmp_path / "w2", cache=ContentCache(tmp_path / "c2", 1 << 30))
+    files = _staged_files(staged)
+    assert files == _staged_files(staged_before)
+    assert sum(r.startswith("images/") for r in files) == sum(r.startswith("labels/") for r in files) == 10
+    for split in ("train", "val", "test"):  # the list files staging writes are the bytes the lake used to hold
+        assert files[f"{split}.txt"] == before.read_bytes(f"{new.prefix}/{split}.txt")
+    assert sum(len(files[f"{s}.txt"].splitlines()) for s in ("train", "val", "test")) == 10
+
+    # a remote lake: images fetched into the cache by their derived keys, the same files staged
+    remote = Lake(base_uri=f"memory://gold-derived-{tmp_path.name}")
+    for f in lake.list_files("processed/images") + lake.list_files(new.prefix):
+        remote.write_bytes(f.key, lake.read_bytes(f.key))
+    staged_remote = stage_gold(remote, new.prefix, tmp_path / "w3", cache=ContentCache(tmp_path / "c3", 1 << 30))
+    assert _staged_files(staged_remote) == files
+
+
+def test_a_label_table_naming_rows_its_manifest_lacks_is_refused_naming_the_file(lake):
+    prefix = lake_keys.gold_prefix("0123456789abcdef")
+    manifest = pl.DataFrame({"image_id": ["a" * 64], "split": ["train"], "sha256": ["b" * 64]})
+    lake.write_table(lake_keys.gold_manifest_key(prefix), manifest)
+    lake.write_table(lake_keys.gold_labels_key(prefix), pl.DataFrame({"image_row": pl.Series([0, 3], dtype=pl.UInt32)}))
+    with pytest.raises(gold_plan.GoldDatasetError, match=r"labels\.parquet: image_row must name a row .* \(0 to 0\)"):
+        read_version(lake, prefix)
+    lake.write_table(lake_keys.gold_manifest_key(prefix), manifest.drop("split"))
+    with pytest.raises(gold_plan.GoldDatasetError, match=r"manifest\.parquet: no column split"):
+        read_version(lake, prefix)

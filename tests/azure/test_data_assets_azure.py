@@ -100,7 +100,7 @@ def test_data_assets_on_azurite_match_local_disk(azure_env, container, tmp_path,
     assert azure_files == {k: v for k, v in local_files.items() if k != lake_keys.GOLD_POINTER} | {
         lake_keys.GOLD_POINTER: azure_files[lake_keys.GOLD_POINTER]
     }
-    manifest = reader.read_table(f"{pointer['prefix']}/manifest.parquet")
+    manifest = gold.read_version_manifest(reader, pointer["prefix"])
     assert manifest.height == sum(BATCHES.values())
     for key in [
         lake_keys.processed_labels_key("day-1"),

@@ -11,7 +11,7 @@ import yaml
 from azurite import ACCOUNT_NAME
 from tcp_proxy import CuttingProxy
 
-from alumi_pipelines.assets.gold import build_gold, stage_gold
+from alumi_pipelines.assets.gold import build_gold, read_version_manifest, stage_gold
 from alumi_pipelines.assets.processed import process_batch
 from alumi_pipelines.assets.raw import ingest_landing_batch, write_landing_file
 from alumi_pipelines.lib.files import file_sha256
@@ -110,16 +110,17 @@ def test_ingest_gold_and_staging_on_azurite_match_local_disk(
         assert stage_gold(on_azure, prefix, tmp_path / "w-again", cache=caches["azure"]) == staged_azure
         assert sum(proxy.requests.values()) == 0  # staged once: a later step of the run asks the lake nothing
 
-        # one new day: the new version adds a manifest and lists, and staging it fetches only the new images
+        # one new day: the new version adds data.yaml, labels and a manifest (nothing derivable), and staging it
+        # fetches only the new images
         _land_and_ingest(on_disk, settings, "day-2", 6, seed=2)
         _land_and_ingest(on_azure, settings, "day-2", 6, seed=2)
         proxy.reset_counts()
         second = build_gold(on_azure, settings)
         assert second.dataset_hash == build_gold(on_disk, settings).dataset_hash != first["azure"].dataset_hash
         version_files = on_azure.list_files(second.prefix)
-        assert len(version_files) == 6 and proxy.requests["PUT"] == 6 + 1  # the version's files + current.json
+        assert len(version_files) == 3 and proxy.requests["PUT"] == 3 + 1  # the version's files + current.json
         image_bytes = sum(f.size for f in on_azure.list_files(lake_keys.PROCESSED_IMAGES))
-        assert sum(f.size for f in version_files) < image_bytes / 2
+        assert sum(f.size for f in version_files) < image_bytes / 10
         proxy.reset_counts()
         new_root = stage_gold(on_azure, second.prefix, tmp_path / "w2", cache=caches["azure"])
         new_images = [line for line in proxy.request_lines if "/processed/images/" in line[1]]
@@ -151,7 +152,7 @@ def test_a_staging_fetch_cut_midway_leaves_no_partial_file_and_the_next_run_comp
         assert path.name.startswith(".tmp-") or file_sha256(path) == path.name
 
     root = stage_gold(azure_lake, info.prefix, tmp_path / "w2", cache=cache)  # the next run completes
-    manifest = azure_lake.read_table(lake_keys.gold_manifest_key(info.prefix))
+    manifest = read_version_manifest(azure_lake, info.prefix)
     for row in manifest.iter_rows(named=True):
         assert file_sha256(root / row["file"]) == row["sha256"]
     assert len([p for p in cache.objects.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]) == 16

@@ -391,7 +391,7 @@ def test_flagged_frames_and_their_corrections_reach_the_next_gold_dataset(tmp_pa
         "add": "applied",
         "remove": "no_match",  # the lake never held the model's false box: nothing to remove, and none enters gold
     }
-    labels = lake.read_table(lake_keys.gold_file_key(after["prefix"], "labels.parquet"))
+    labels = gold.read_version(lake, after["prefix"])[1]
     frame = labels.filter(labels["image_id"] == target["image"]["sha256"])
     assert frame["class_name"].to_list() == ["green"]
     (row,) = frame.iter_rows(named=True)

@@ -141,8 +141,6 @@ def test_feedback_on_an_unlabelled_edge_frame_brings_it_into_gold(lake):
     assert gold_manifest.filter(pl.col("image_id").is_in(ids)).select("image_id", "n_boxes", "classes").rows() == [
         (ids[0], 1, "pit")
     ]
-    labels = lake.read_table(lake_keys.gold_file_key(after["prefix"], "labels.parquet")).filter(
-        pl.col("image_id") == ids[0]
-    )
+    labels = gold.read_version(lake, after["prefix"])[1].filter(pl.col("image_id") == ids[0])
     (row,) = labels.select("class_name", "x_center", "y_center", "width", "height").rows()
     assert row[0] == "pit" and row[1:] == pytest.approx((120 / SIZE, 135 / SIZE, 40 / SIZE, 30 / SIZE), abs=1e-6)

@@ -123,7 +123,7 @@ def test_edge_feedback_changes_the_next_gold_dataset(lake, pipeline, edge):
 
     after = lake.read_json(lake_keys.GOLD_POINTER)
     assert after["dataset_hash"] != before["dataset_hash"]
-    labels = lake.read_table(f"{after['prefix']}/labels.parquet").filter(pl.col("image_id") == target["image_id"])
+    labels = gold.read_version(lake, after["prefix"])[1].filter(pl.col("image_id") == target["image_id"])
     added = labels.filter(pl.col("class_name") == "pit").filter(
         (pl.col("x_center") - 30 / width).abs() < 1e-4, (pl.col("y_center") - 26 / height).abs() < 1e-4
     )

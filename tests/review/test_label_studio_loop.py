@@ -67,10 +67,12 @@ def expected_boxes(result: list[dict]) -> list[tuple]:
 
 def gold_boxes(lake, image_id: str) -> list[tuple] | None:
     """The image's boxes in the current gold dataset, or None when the image is not in it."""
-    prefix = lake.read_json(lake_keys.GOLD_POINTER)["prefix"]
-    if image_id not in set(lake.read_table(lake_keys.gold_manifest_key(prefix))["image_id"]):
+    from alumi_pipelines.assets.gold import read_version
+
+    manifest, labels = read_version(lake, lake.read_json(lake_keys.GOLD_POINTER)["prefix"])
+    if image_id not in set(manifest["image_id"]):
         return None
-    labels = lake.read_table(lake_keys.gold_labels_key(prefix)).filter(pl.col("image_id") == image_id)
+    labels = labels.filter(pl.col("image_id") == image_id)
     return sorted(labels.select("class_name", "x_center", "y_center", "width", "height").rows())
 
 

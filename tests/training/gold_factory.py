@@ -79,8 +79,9 @@ def write_tiny_gold(
     """Write a synthetic gold dataset and its pointer into the lake; returns the pointer.
 
     ``layout="copies"``: images and label files copied into the version's folder (versions written before
-    manifests); ``"manifest"``: images in processed/ and a manifest naming them with their sha256, as
-    ``gold_dataset`` writes versions now."""
+    manifests); ``"manifest"``: images in processed/ and a manifest naming them with their sha256, laid out as
+    ``gold_dataset`` wrote such versions before it left out what is derivable (paths and image keys in the
+    manifest, labels keyed by image_id, list files in the folder): versions every reader still reads."""
     from alumi_pipelines.lib.vision import gold
     from alumi_pipelines.resources import lake_keys
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from alumi_pipelines.assets.gold import read_gold_pointer, stage_gold
+from alumi_pipelines.assets.gold import read_gold_pointer, read_version_manifest, stage_gold
 from alumi_pipelines.lib import training
 from alumi_pipelines.lib.progress import EpochClock
 from alumi_pipelines.resources import lake_keys
@@ -111,7 +111,7 @@ def gold_long_sides(lake: Lake, pointer: dict) -> list[int]:
     """The long side in pixels of each train image of the gold version (for the data-aware image size)."""
     import polars as pl
 
-    manifest = lake.read_table(lake_keys.gold_manifest_key(pointer["prefix"]))
+    manifest = read_version_manifest(lake, pointer["prefix"])
     if not {"width", "height", "split"} <= set(manifest.columns):
         return []
     train = manifest.filter(pl.col("split") == "train")

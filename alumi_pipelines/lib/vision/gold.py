@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -182,7 +182,11 @@ def plan_dataset(
 
 
 # -- a version as a manifest: list files and label files, no image copies --------------------------------
-LIST_FILES = {split: f"{split}.txt" for split in SPLITS}  # YOLO list files, beside data.yaml
+LIST_FILES = {split: f"{split}.txt" for split in SPLITS}  # YOLO list files, written where a version is staged
+# what a version's manifest stores no more: each is a function of image_id and split (and the lake's key rule)
+DERIVED_COLUMNS = ("file", "label_file", "image_key")
+_MANIFEST_ORDER = ("image_id", "split", "file", "label_file", "width", "height", "n_boxes", "classes", "image_key")
+IMAGE_ROW = "image_row"  # a stored label's image: its row in the version's stored manifest (0-based)
 
 
 def yolo_label_text(boxes) -> str:
@@ -206,11 +210,66 @@ def data_yaml_doc(classes: list[str]) -> dict:
 
 
 def list_file_text(manifest: pl.DataFrame, split: str) -> str:
-    """The YOLO list file of a split: the images' paths relative to data.yaml, sorted."""
+    """The YOLO list file of a split: the images' paths relative to data.yaml, sorted (``manifest`` as
+    :func:`expand_manifest` returns it)."""
     files = sorted(manifest.filter(pl.col("split") == split)["file"].to_list())
     return "".join(f"./{f}\n" for f in files)
 
 
 def is_manifest_version(manifest: pl.DataFrame) -> bool:
-    """A version that references content-addressed images (``image_key``, ``sha256``) instead of holding copies."""
-    return {"image_key", "sha256"} <= set(manifest.columns)
+    """A version that references content-addressed images (``sha256`` of each processed image) instead of
+    holding copies: stored with or without the columns :func:`expand_manifest` derives."""
+    return "sha256" in manifest.columns
+
+
+def stored_manifest(manifest: pl.DataFrame) -> pl.DataFrame:
+    """The manifest as a version stores it: without the columns derivable from image_id and split."""
+    return manifest.drop([c for c in DERIVED_COLUMNS if c in manifest.columns])
+
+
+def expand_manifest(manifest: pl.DataFrame, image_key: Callable[[str], str], source: str = "manifest") -> pl.DataFrame:
+    """A stored manifest with its derived columns back: ``file`` (``images/<split>/<image_id>.jpg``),
+    ``label_file`` (``labels/<split>/<image_id>.txt``) and, for a manifest version, ``image_key``
+    (``image_key(image_id)``: where the processed image is). A manifest that holds them (written before they
+    were derived, or with image copies) is returned as it is."""
+    missing = [c for c in ("image_id", "split") if c not in manifest.columns]
+    if missing:
+        raise GoldDatasetError(f"{source}: no column {', '.join(missing)}: not a gold manifest; rebuild the version")
+    derived = []
+    if "file" not in manifest.columns:
+        derived.append(pl.format("images/{}/{}.jpg", "split", "image_id").alias("file"))
+        derived.append(pl.format("labels/{}/{}.txt", "split", "image_id").alias("label_file"))
+    if is_manifest_version(manifest) and "image_key" not in manifest.columns:
+        keys = [image_key(i) for i in manifest["image_id"].to_list()]
+        derived.append(pl.Series("image_key", keys, dtype=pl.Utf8))
+    if not derived:
+        return manifest
+    out = manifest.with_columns(derived)
+    first = [c for c in _MANIFEST_ORDER if c in out.columns]
+    return out.select(first + [c for c in out.columns if c not in first])
+
+
+def stored_labels(labels: pl.DataFrame, manifest: pl.DataFrame) -> pl.DataFrame:
+    """The label table as a version stores it: each box keyed by its image's row in the stored ``manifest``
+    (``image_row``) instead of its image_id and split; rows, coordinates and their types unchanged."""
+    rows = dict(zip(manifest["image_id"].to_list(), range(manifest.height)))
+    unknown = sorted(set(labels["image_id"].to_list()) - rows.keys())
+    if unknown:
+        raise GoldDatasetError(f"labels: {len(unknown)} image(s) not in the manifest, e.g. {unknown[0]}")
+    index = pl.Series(IMAGE_ROW, [rows[i] for i in labels["image_id"].to_list()], dtype=pl.UInt32)
+    return labels.select(index, pl.exclude("image_id", "split"))
+
+
+def expand_labels(labels: pl.DataFrame, manifest: pl.DataFrame, source: str = "labels") -> pl.DataFrame:
+    """A stored label table as readers see it: ``image_id`` and ``split`` joined back from the version's whole
+    manifest (by ``image_row``), in the stored row order. A table that holds image_id is returned as it is."""
+    if IMAGE_ROW not in labels.columns:
+        return labels
+    index = labels[IMAGE_ROW]
+    if labels.height and (index.null_count() or int(index.max()) >= manifest.height):
+        raise GoldDatasetError(
+            f"{source}: {IMAGE_ROW} must name a row of the version's manifest (0 to {manifest.height - 1}); "
+            "the label table belongs to another version: rebuild the version"
+        )
+    back = [manifest["image_id"].gather(index).alias("image_id"), manifest["split"].gather(index).alias("split")]
+    return labels.select(*back, pl.exclude(IMAGE_ROW))
