@@ -13,11 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from alumi_pipelines.assets.gold import build_gold, stage_gold
+from alumi_pipelines.assets.gold import build_gold, read_version_manifest, stage_gold
 from alumi_pipelines.assets.processed import process_batch
 from alumi_pipelines.assets.raw import ingest_landing_batch
 from alumi_pipelines.lib.files import TMP_PREFIX
-from alumi_pipelines.resources import lake_keys
 from alumi_pipelines.resources.cache import ContentCache
 
 # One staging process. The lake is read through "local://", which fsspec serves from the same folder as an object
@@ -200,7 +199,7 @@ def test_a_cache_on_another_filesystem_than_the_local_lake_holds_copies_and_says
         assert shm.stat().st_dev != tmp_path.stat().st_dev, "this test needs /dev/shm on a filesystem of its own"
         said: list[str] = []
         root = stage_gold(lake, version.prefix, tmp_path / "work", cache=ContentCache(shm, 1 << 40), log=said.append)
-        manifest = lake.read_table(lake_keys.gold_manifest_key(version.prefix))
+        manifest = read_version_manifest(lake, version.prefix)
         assert manifest.height == 10
         for row in manifest.iter_rows(named=True):  # whole copies of the lake's own files, not links
             staged = root / row["file"]
