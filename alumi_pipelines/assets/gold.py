@@ -259,13 +259,16 @@ def write_gold_version(lake: Lake, prefix: str, plan, features, classes: list[st
 
 
 def _write_version_table(lake: Lake, key: str, table) -> None:
-    """A version's table as Parquet (zstd) without column statistics: a version's tables are always read whole,
-    and the statistics (min/max of 64-hex columns, in the footer and the page index) are a fifth of a small
-    version's bytes. Byte-for-byte reproducible, written atomically like every lake write."""
+    """A version's table as Parquet (zstd) without column statistics or a copy of the Arrow schema in the footer:
+    a version's tables are always read whole, the statistics (min/max of 64-hex columns, in the footer and the
+    page index) are a fifth of a small version's bytes, and Parquet's own types read back the same columns.
+    Byte-for-byte reproducible, written atomically like every lake write."""
     import io
 
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
-    table.write_parquet(buf, compression="zstd", statistics=False)
+    pq.write_table(table.to_arrow(), buf, compression="zstd", write_statistics=False, store_schema=False)
     lake.write_bytes(key, buf.getvalue())
 
 
