@@ -89,8 +89,27 @@ def _stage(lake, prefix: str, work: Path, cache_dir: Path) -> Path:
     return stage_gold(lake, prefix, work)
 
 
+def _cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes and their children."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 class Measure:
-    """Requests and bytes through the proxy, wall time and this process's CPU time, of one block."""
+    """Requests and bytes through the proxy, wall time, this process's CPU time and the CPU time of the storage
+    server and the proxy (``servers``: their pids; they share this machine's cores with the client), of one block."""
+
+    servers: list[int] = []
 
     def __init__(self, proxy):
         self.proxy = proxy
@@ -98,12 +117,14 @@ class Measure:
     def __enter__(self):
         if self.proxy is not None:
             self.proxy.reset_counts()
+        self.server_started = _cpu_of(self.servers) if self.proxy is not None else 0.0
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.started
         self.cpu = time.process_time() - self.cpu_started
+        self.server_cpu = _cpu_of(self.servers) - self.server_started if self.proxy is not None else 0.0
         counts = self.proxy.counts() if self.proxy is not None else {}
         self.requests = counts.get("requests", {})
         self.lines = [tuple(line) for line in counts.get("request_lines", [])]
@@ -149,6 +170,7 @@ def main() -> int:
             print(f"skipping: {exc}")
             return 0
         proxy = ProxyProcess(azurite.port)  # the network is not in this process: its threads take no GIL from us
+        Measure.servers = [azurite.process.pid, proxy.pid]
         env = {
             "ALUMI_AZURE_ACCOUNT_NAME": ACCOUNT_NAME,
             "ALUMI_AZURE_ACCOUNT_KEY": ACCOUNT_KEY,
@@ -238,7 +260,7 @@ def main() -> int:
     head = (
         f"{'delay ms':>8} {'images':>6} {'local s':>8} {'Azurite s':>9} {'throughput':>10} {'req/image':>9} "
         f"{'GET':>5} {'PUT':>5} {'HEAD':>5} {'image PUTs':>10} {'again: req':>10} {'image PUTs':>10} "
-        f"{'client CPU ms/req':>17}"
+        f"{'client CPU ms/req':>17} {'client CPU s':>12} {'server+proxy CPU s':>18}"
     )
     print(head + "\n" + "-" * len(head))
     for delay, n, on_disk, first, again, path in ingest_rows:
@@ -246,8 +268,14 @@ def main() -> int:
             f"{delay:>8.0f} {n:>6} {on_disk.seconds:>8.2f} {first.seconds:>9.2f} "
             f"{on_disk.seconds / first.seconds:>9.0%} {first.total / n:>9.2f} {first.requests.get('GET', 0):>5} "
             f"{first.requests.get('PUT', 0):>5} {first.requests.get('HEAD', 0):>5} {first.image_writes(path):>10} "
-            f"{again.total:>10} {again.image_writes(path):>10} {1000 * first.cpu / max(first.total, 1):>17.2f}"
+            f"{again.total:>10} {again.image_writes(path):>10} {1000 * first.cpu / max(first.total, 1):>17.2f} "
+            f"{first.cpu:>12.2f} {first.server_cpu:>18.2f}"
         )
+    print(
+        "(local s: the same batch on local disk. Client CPU includes decoding and encoding the images; the storage "
+        "server and the proxy run on the same cores, so a wall time near (client + server + proxy CPU) / cores is "
+        "CPU-bound, not bound by the added delay)"
+    )
     print("\na new gold version after one new day, then staging it for the second retrain (same machine)")
     head = (
         f"{'delay ms':>8} {'days':>4} {'images':>6} {'processed MB':>12} {'raw+proc MB':>11} {'version files':>13} "

@@ -254,6 +254,10 @@ class ProxyProcess:
         return json.loads(reply)
 
     @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
     def delay_s(self) -> float:
         return self._ask()["delay_s"]
 
