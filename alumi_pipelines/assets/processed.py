@@ -149,7 +149,16 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     from alumi_pipelines.lib.vision import imaging
     from alumi_pipelines.lib.vision.labels import ClassMap
 
-    manifest = lake.read_table(lake_keys.raw_manifest_key(batch))
+    # everything the step reads besides the images, at once: one round trip, not four, on an object store
+    manifest, raw_labels, earlier_quarantine, may_be_absent = lake.map(
+        lambda read: read(),
+        [
+            lambda: lake.read_table(lake_keys.raw_manifest_key(batch)),
+            lambda: lake.read_table(lake_keys.raw_labels_key(batch)),
+            lambda: _table_or_none(lake, lake_keys.quarantine_table_key(batch)),
+            lambda: lake.absent_filter(lake_keys.PROCESSED_IMAGES),  # listed once: a known image costs no request
+        ],
+    )
     if "held_out" not in manifest.columns:  # a manifest written before images were held out
         manifest = manifest.with_columns(pl.lit("").alias("held_out"))
     per_image = (
@@ -167,7 +176,6 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     )
     limits = image_limits(settings)
 
-    may_be_absent = lake.absent_filter(lake_keys.PROCESSED_IMAGES)  # listed once: a known image costs no request
     # on an object store, the local cache holds the raw images ingested on this machine (named by their sha256,
     # the image id) and receives the processed ones, which staging for training then finds
     cache = None if lake.is_local else settings.cache()
@@ -206,7 +214,7 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     results = [r for r in outcomes if not isinstance(r, str)]
     if refused:
         per_image = per_image.filter(~pl.col("image_id").is_in(list(refused)))
-    rejected = quarantine_refused(lake, batch, manifest, refused)
+    rejected = quarantine_refused(lake, batch, manifest, refused, earlier_quarantine)
     written = sum(r[3] for r in results)
     features = _empty_features()
     if results:
@@ -225,10 +233,9 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
         )
     lake.write_table(lake_keys.processed_features_key(batch), features)
 
-    labels = lake.read_table(lake_keys.raw_labels_key(batch))
     cmap = ClassMap.of(settings.classes)
     labels = (
-        labels.filter(pl.col("image_id").is_in(features["image_id"].implode()))
+        raw_labels.filter(pl.col("image_id").is_in(features["image_id"].implode()))
         .filter(pl.col("class_name").is_in(list(cmap.names)))
         .unique(
             subset=["image_id", "class_id", "x_center", "y_center", "width", "height", "source_file"],
@@ -242,11 +249,11 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     return ProcessedBatch(len(results), written, labels.height, counts, means, rejected)
 
 
-def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str]) -> list[dict]:
+def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str], earlier=None) -> list[dict]:
     """Add the images processing refused (``image_id`` → reason) to the batch's quarantine, stage ``processed``.
 
     Rows of an earlier processing run are replaced, so re-running gives the same table; each image's raw bytes are
-    copied under its landing path.
+    copied under its landing path. ``earlier``: the batch's quarantine table as read before (None: none yet).
     """
     import polars as pl
 
@@ -259,9 +266,7 @@ def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str]
     ]
     key = lake_keys.quarantine_table_key(batch)
     schema = {c: pl.Utf8 for c in REJECTION_COLUMNS}
-    try:  # one request: the read answers whether the table exists
-        earlier = lake.read_table(key)
-    except FileNotFoundError:
+    if earlier is None:
         earlier = pl.DataFrame(schema=schema)
     if not rows and not (earlier["stage"] == "processed").any():
         return []
@@ -272,6 +277,14 @@ def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str]
             lake.copy(raw_key, lake_keys.quarantine_file_key(batch, path))
     lake.write_table(key, table.sort(["path", "stage", "reason"]))
     return rows
+
+
+def _table_or_none(lake: Lake, key: str):
+    """The table at ``key``, or None when there is none (one request: the read answers whether it exists)."""
+    try:
+        return lake.read_table(key)
+    except FileNotFoundError:
+        return None
 
 
 def _empty_features():

@@ -192,18 +192,24 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings, log
         c: (pl.Int64 if c in ("width", "height", "channels", "bytes") else pl.Boolean if c == "labelled" else pl.Utf8)
         for c in ingest.MANIFEST_COLUMNS
     }
-    lake.write_table(
-        lake_keys.raw_manifest_key(batch), pl.DataFrame(result.manifest, schema=manifest_schema, orient="row")
-    )
     labels = (
         pl.DataFrame(result.labels, schema=label_schema(), orient="row")
         if result.labels
         else pl.DataFrame(schema=label_schema())
     )
-    lake.write_table(
-        lake_keys.raw_labels_key(batch), labels.sort(["image_id", "source_file", "class_id", "x_center", "y_center"])
+    sort = ["image_id", "source_file", "class_id", "x_center", "y_center"]
+    # the labels and the quarantine at once (one round trip on an object store), then the manifest: a batch with a
+    # manifest has its labels
+    lake.map(
+        lambda write: write(),
+        [
+            lambda: lake.write_table(lake_keys.raw_labels_key(batch), labels.sort(sort)),
+            lambda: write_quarantine(lake, batch, result.rejections, read),
+        ],
     )
-    write_quarantine(lake, batch, result.rejections, read)
+    lake.write_table(
+        lake_keys.raw_manifest_key(batch), pl.DataFrame(result.manifest, schema=manifest_schema, orient="row")
+    )
     return result
 
 
@@ -221,17 +227,14 @@ def write_quarantine(lake: Lake, batch: str, rejections: list[dict], read) -> No
     from alumi_pipelines.lib.vision.ingest import REJECTION_COLUMNS
     from alumi_pipelines.resources.lake import LakeKeyError, check_key
 
-    copied = set()
-    for rej in rejections:
-        path = rej["path"]
-        if path in copied:
-            continue
-        copied.add(path)
+    def copy(path: str) -> None:
         try:
             key = lake_keys.quarantine_file_key(batch, check_key(path))
             data = read(path)
         except (LakeKeyError, FileNotFoundError):
-            continue  # a name that points outside the batch, or a file the annotation only mentions
+            return  # a name that points outside the batch, or a file the annotation only mentions
         lake.write_bytes(key, data)
+
+    lake.map(copy, sorted({rej["path"] for rej in rejections}))
     table = pl.DataFrame(rejections, schema={c: pl.Utf8 for c in REJECTION_COLUMNS}, orient="row")
     lake.write_table(lake_keys.quarantine_table_key(batch), table.sort(["path", "stage", "reason"]))
