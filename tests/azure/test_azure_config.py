@@ -168,3 +168,39 @@ def test_edge_source_retries_azure_throttling_and_names_error_codes():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (KEY_ENV, {"account_key": "a2V5"}),
+        ({"ALUMI_AZURE_SAS_TOKEN": "?sv=1&sig=x", "ALUMI_AZURE_ACCOUNT_NAME": "alumiprod"}, {"sas_key": "sv=1&sig=x"}),
+        (
+            {
+                "ALUMI_AZURE_CONNECTION_STRING": "DefaultEndpointsProtocol=http;AccountName=alumiprod;AccountKey=a2V5;"
+                "BlobEndpoint=http://127.0.0.1:10000/alumiprod;"
+            },
+            {"account_key": "a2V5", "endpoint": "http://127.0.0.1:10000/alumiprod"},
+        ),
+        ({"ALUMI_AZURE_ACCOUNT_NAME": "alumiprod"}, {}),
+    ],
+    ids=["key", "sas", "connection-string", "default-azure-credential"],
+)
+def test_the_object_data_path_gets_the_lake_credential_endpoint_retries_and_timeouts(env, expected):
+    """obstore's store, built with no request: the same account, container, path and credential as the SDK's."""
+    lake = azure_lake("abfs://lake/prod/zone", env=env, deferred=False, max_retries=3, retry_backoff_s=0.25)
+    store = lake._objects()
+    config = dict(store.config)
+    assert (config["account_name"], config["container_name"], store.prefix) == ("alumiprod", "lake", "prod/zone")
+    endpoint = expected.get("endpoint", "https://alumiprod.blob.core.windows.net")
+    assert config["endpoint"] == endpoint
+    assert store.client_options["allow_http"] == ("true" if endpoint.startswith("http://") else "false")
+    for name, value in expected.items():
+        assert config[name] == value
+    if not expected:  # DefaultAzureCredential: a token provider, no secret in the config
+        assert store.credential_provider is not None
+        assert not {"account_key", "sas_key"} & set(config)
+    assert store.retry_config["max_retries"] == 3
+    assert store.retry_config["backoff"]["init_backoff"].total_seconds() == 0.25
+    assert store.client_options["timeout"] == "2m" and store.client_options["connect_timeout"] == "10s"
+    assert lake._objects() is store  # one store per process
