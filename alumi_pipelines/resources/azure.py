@@ -198,11 +198,7 @@ class AzureLake(Lake):
                         f"check {self.credential_hint()}"
                     )
                 ) from exc
-            except (FileNotFoundError, FileExistsError):
-                raise
             except BaseError as exc:
-                if _is_absent(exc) or _is_present(exc):
-                    raise
                 status = _status_in(str(exc))
                 where = f"lake {self.base_uri}: {action} {key!r} failed"
                 if status is None:
@@ -428,15 +424,14 @@ class AzureLake(Lake):
     def read_bytes(self, key: str) -> bytes:
         """One GET."""
         import obstore
+        from obstore.exceptions import NotFoundError
 
         store = self._objects()
         with self._object_errors("reading", key):
             try:
                 return bytes(obstore.get(store, check_key(key)).bytes())
-            except Exception as exc:
-                if _is_absent(exc):
-                    raise FileNotFoundError(f"lake key {key!r} does not exist ({self.uri(key)})") from exc
-                raise
+            except NotFoundError as exc:
+                raise FileNotFoundError(f"lake key {key!r} does not exist ({self.uri(key)})") from exc
 
     def list_files(self, prefix: str) -> list[LakeFile]:
         """Every file under a prefix (a folder: ``prefix/…``), sorted by key: one listing request per 5,000
@@ -476,6 +471,7 @@ class AzureLake(Lake):
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         if len(data) < DIRECT_PUT_MAX_BYTES:
             import obstore
+            from obstore.exceptions import AlreadyExistsError, PreconditionError
 
             store = self._objects()
             with self._object_errors("writing", key):
@@ -488,10 +484,8 @@ class AzureLake(Lake):
                         use_multipart=False,
                         attributes={"Content-Type": content_type},
                     )
-                except Exception as exc:
-                    if _is_present(exc):
-                        raise FileExistsError(f"lake key {key!r} exists") from exc
-                    raise
+                except (AlreadyExistsError, PreconditionError) as exc:
+                    raise FileExistsError(f"lake key {key!r} exists") from exc
             return
         fs, _ = self._filesystem()
         full = self.path(key)
@@ -566,18 +560,6 @@ def _status_in(message: str) -> str | None:
     """The HTTP status an obstore error names (``... status: 403 Forbidden ...``), if any."""
     found = re.search(r"\b(?:status(?: code)?:?\s*)([1-5]\d\d)\b", message, re.IGNORECASE)
     return found.group(1) if found else None
-
-
-def _is_absent(exc: Exception) -> bool:
-    from obstore.exceptions import NotFoundError
-
-    return isinstance(exc, NotFoundError)
-
-
-def _is_present(exc: Exception) -> bool:
-    from obstore.exceptions import AlreadyExistsError, PreconditionError
-
-    return isinstance(exc, (AlreadyExistsError, PreconditionError))
 
 
 def _open_store(settings: dict, location: AbfsLocation, lake: AzureLake) -> Any:
