@@ -214,7 +214,6 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     results = [r for r in outcomes if not isinstance(r, str)]
     if refused:
         per_image = per_image.filter(~pl.col("image_id").is_in(list(refused)))
-    rejected = quarantine_refused(lake, batch, manifest, refused, earlier_quarantine)
     written = sum(r[3] for r in results)
     features = _empty_features()
     if results:
@@ -231,7 +230,6 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
             .select(features.columns)
             .cast(features.schema)
         )
-    lake.write_table(lake_keys.processed_features_key(batch), features)
 
     cmap = ClassMap.of(settings.classes)
     labels = (
@@ -243,7 +241,16 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
         )
         .sort(["image_id", "source_file", "class_id", "x_center", "y_center"])
     )
-    lake.write_table(lake_keys.processed_labels_key(batch), labels)
+    # the labels and the quarantine at once (one round trip on an object store), then the features table last: it
+    # is what makes the batch processed (readers list it), so a batch with features always has its labels
+    _, rejected = lake.map(
+        lambda write: write(),
+        [
+            lambda: lake.write_table(lake_keys.processed_labels_key(batch), labels),
+            lambda: quarantine_refused(lake, batch, manifest, refused, earlier_quarantine),
+        ],
+    )
+    lake.write_table(lake_keys.processed_features_key(batch), features)
     counts = dict(labels.group_by("class_name").len().sort("class_name").iter_rows())
     means = {c: round(float(features[c].mean() or 0.0), 3) for c in imaging.FEATURE_COLUMNS} if results else {}
     return ProcessedBatch(len(results), written, labels.height, counts, means, rejected)
@@ -271,10 +278,15 @@ def quarantine_refused(lake: Lake, batch: str, manifest, refused: dict[str, str]
     if not rows and not (earlier["stage"] == "processed").any():
         return []
     table = pl.concat([earlier.filter(pl.col("stage") != "processed"), pl.DataFrame(rows, schema=schema, orient="row")])
-    for image_id, path, fmt in manifest.select("image_id", "source_path", "format").iter_rows():
-        if image_id in refused:
-            raw_key = lake_keys.raw_image_key(image_id, ".jpg" if fmt == "jpeg" else f".{fmt}")
-            lake.copy(raw_key, lake_keys.quarantine_file_key(batch, path))
+    copies = [
+        (
+            lake_keys.raw_image_key(image_id, ".jpg" if fmt == "jpeg" else f".{fmt}"),
+            lake_keys.quarantine_file_key(batch, path),
+        )
+        for image_id, path, fmt in manifest.select("image_id", "source_path", "format").iter_rows()
+        if image_id in refused
+    ]
+    lake.map(lambda pair: lake.copy(*pair), copies)
     lake.write_table(key, table.sort(["path", "stage", "reason"]))
     return rows
 

@@ -134,14 +134,29 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings, log
 
     ingest.check_batch_id(batch)
     prefix = lake_keys.landing_prefix(batch)
-    listed = [f.key for f in lake.list_files(prefix)]
+    marker_key = lake_keys.batch_marker_key(batch)
+
+    def marker_bytes() -> bytes | None:
+        try:
+            return lake.read_bytes(marker_key)
+        except FileNotFoundError:
+            return None
+
+    # the batch's listing, its marker and the raw images' listing at once: one round trip on an object store
+    listed, marker_data, may_be_absent = lake.map(
+        lambda read: read(),
+        [
+            lambda: [f.key for f in lake.list_files(prefix)],
+            marker_bytes,
+            lambda: lake.absent_filter(lake_keys.RAW_IMAGES),  # listed once: a known image costs no request
+        ],
+    )
     if not listed:
         raise ingest.BatchError(f"{prefix}/: the batch folder is empty or missing")
     rel = [k[len(prefix) + 1 :] for k in listed]
-    marker_key = lake_keys.batch_marker_key(batch)
-    if ingest.BATCH_MARKER not in rel:
+    if ingest.BATCH_MARKER not in rel or marker_data is None:
         raise ingest.BatchError(f"{marker_key}: missing; the batch is not complete yet")
-    marker = ingest.read_marker(marker_key, lake.read_bytes(marker_key))
+    marker = ingest.read_marker(marker_key, marker_data)
 
     # annotation files are read by the parser one after another: fetch them all at once first
     annotations = lake.read_many(
@@ -163,7 +178,6 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings, log
             progress.advance(1, len(data))
         return data
 
-    may_be_absent = lake.absent_filter(lake_keys.RAW_IMAGES)  # listed once: a known image costs no request
     cache = None if lake.is_local else settings.cache()  # processing on this machine then reads no raw image
     with lake.background() as submit:
 

@@ -99,6 +99,42 @@ build_gold(Lake(base_uri={lake.base_uri!r}), PipelineSettings.model_validate_jso
     assert lake.read_table(lake_keys.gold_manifest_key(second.prefix)).height == 20
 
 
+def test_processing_killed_before_its_features_table_leaves_the_batch_unprocessed_then_completes(
+    lake, settings, write_batch
+):
+    _ingest(lake, settings, write_batch, "day-1", 1)
+    write_batch("day-2", n=10, seed=2)
+    ingest_landing_batch(lake, "day-2", settings)
+    script = f"""
+import os, signal
+from alumi_pipelines.assets.processed import process_batch
+from alumi_pipelines.resources.lake import Lake
+from alumi_pipelines.resources.pipeline_settings import PipelineSettings
+
+real = Lake.write_bytes
+def write_bytes(self, key, data):  # the run dies as it is about to write the features table
+    if key == {lake_keys.processed_features_key("day-2")!r}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, key, data)
+Lake.write_bytes = write_bytes
+settings = PipelineSettings.model_validate_json({settings.model_dump_json()!r})
+process_batch(Lake(base_uri={lake.base_uri!r}), "day-2", settings)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+    assert lake.exists(lake_keys.processed_labels_key("day-2"))  # it got as far as the labels
+    features, labels = read_processed(lake)  # readers see day-1 alone: no images of day-2 without their boxes
+    assert set(features["batch"]) == {"day-1"} and features.height == 10
+    assert set(labels["image_id"]) <= set(features["image_id"])
+
+    process_batch(lake, "day-2", settings)  # the next run completes the batch
+    features, labels = read_processed(lake)
+    assert sorted(features["batch"].unique()) == ["day-1", "day-2"] and features.height == 20
+    day2 = set(features.filter(pl.col("batch") == "day-2")["image_id"])
+    assert labels.filter(pl.col("image_id").is_in(list(day2))).height > 0
+
+
 def test_versions_written_with_copies_still_read_and_new_ones_are_manifests(lake, settings, write_batch, tmp_path):
     _ingest(lake, settings, write_batch, "day-1", 1)
     old_hash = _write_copy_style_version(lake, settings)
