@@ -5,6 +5,8 @@ For each added round-trip delay (default 0, 10 and 30 ms) it prints:
 - ingest: one landing batch (raw + processed, the two steps of ingestion_job) into an empty lake; wall time on
   local disk and on Azurite, the throughput ratio, and the HTTP requests per image the proxy carried (by method,
   and the writes of images); then the same batch again, which the lake already holds (image writes should be 0);
+  the storage server and the proxy share this machine's cores, so it also prints the CPU-bound ceiling of the
+  ratio: for this client, and for any client (local disk's CPU plus the server's);
 - a new gold version after one new day (about 5 % more images) with 1 and with 20 days in the lake: the files and
   bytes the version adds to the lake (its folder, listed) and the requests made while building it;
 - staging that version for a second retrain on the same machine (the first retrain staged the previous version):
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import inspect
+import os
 import sys
 import tempfile
 import time
@@ -260,7 +263,8 @@ def main() -> int:
     head = (
         f"{'delay ms':>8} {'images':>6} {'local s':>8} {'Azurite s':>9} {'throughput':>10} {'req/image':>9} "
         f"{'GET':>5} {'PUT':>5} {'HEAD':>5} {'image PUTs':>10} {'again: req':>10} {'image PUTs':>10} "
-        f"{'client CPU ms/req':>17} {'client CPU s':>12} {'server CPU s':>12} {'proxy CPU s':>11}"
+        f"{'client CPU ms/req':>17} {'client CPU s':>12} {'server CPU s':>12} {'proxy CPU s':>11} "
+        f"{'CPU floor s':>11} {'ceiling':>7} {'any client':>10}"
     )
     print(head + "\n" + "-" * len(head))
     for delay, n, on_disk, first, again, path in ingest_rows:
@@ -269,12 +273,16 @@ def main() -> int:
             f"{on_disk.seconds / first.seconds:>9.0%} {first.total / n:>9.2f} {first.requests.get('GET', 0):>5} "
             f"{first.requests.get('PUT', 0):>5} {first.requests.get('HEAD', 0):>5} {first.image_writes(path):>10} "
             f"{again.total:>10} {again.image_writes(path):>10} {1000 * first.cpu / max(first.total, 1):>17.2f} "
-            f"{first.cpu:>12.2f} {first.server_cpu[0]:>12.2f} {first.server_cpu[1]:>11.2f}"
+            f"{first.cpu:>12.2f} {first.server_cpu[0]:>12.2f} {first.server_cpu[1]:>11.2f} "
+            f"{_cpu_floor(first):>11.2f} {on_disk.seconds / _cpu_floor(first):>7.0%} "
+            f"{on_disk.seconds / _cpu_floor(first, client_cpu=on_disk.cpu, proxy=False):>10.0%}"
         )
     print(
         "(local s: the same batch on local disk. Client CPU includes decoding and encoding the images; the storage "
-        "server and the proxy run on the same cores, so a wall time near (client + server + proxy CPU) / cores is "
-        "CPU-bound, not bound by the added delay)"
+        "server and the proxy run on the same cores, so the ingest cannot finish before (client + server + proxy "
+        f"CPU) / {os.cpu_count()} cores, the CPU floor; ceiling: the throughput ratio at that floor; any client: the "
+        "ceiling for a client that spends no more CPU than local disk's ingest and no proxy, i.e. the storage "
+        "server's CPU alone added to the work itself)"
     )
     print("\na new gold version after one new day, then staging it for the second retrain (same machine)")
     head = (
@@ -293,6 +301,14 @@ def main() -> int:
             f"{a['stage'].image_reads():>10} {a['stage'].seconds:>7.2f} {d['stage'].seconds:>7.2f}"
         )
     return 0
+
+
+def _cpu_floor(m: Measure, client_cpu: float | None = None, proxy: bool = True) -> float:
+    """The shortest wall time the CPU measured in ``m`` fits in on this machine's cores (client, storage server and
+    proxy share them); ``client_cpu`` in place of the client's measured CPU, ``proxy=False`` without the proxy's."""
+    server, proxy_cpu = m.server_cpu
+    client = m.cpu if client_cpu is None else client_cpu
+    return (client + server + (proxy_cpu if proxy else 0.0)) / (os.cpu_count() or 1)
 
 
 def _build_gold(lake, settings):
