@@ -150,14 +150,11 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     from alumi_pipelines.lib.vision.labels import ClassMap
 
     # everything the step reads besides the images, at once: one round trip, not four, on an object store
-    manifest, raw_labels, earlier_quarantine, may_be_absent = lake.map(
-        lambda read: read(),
-        [
-            lambda: lake.read_table(lake_keys.raw_manifest_key(batch)),
-            lambda: lake.read_table(lake_keys.raw_labels_key(batch)),
-            lambda: _table_or_none(lake, lake_keys.quarantine_table_key(batch)),
-            lambda: lake.absent_filter(lake_keys.PROCESSED_IMAGES),  # listed once: a known image costs no request
-        ],
+    manifest, raw_labels, earlier_quarantine, may_be_absent = lake.gather(
+        lambda: lake.read_table(lake_keys.raw_manifest_key(batch)),
+        lambda: lake.read_table(lake_keys.raw_labels_key(batch)),
+        lambda: _table_or_none(lake, lake_keys.quarantine_table_key(batch)),
+        lambda: lake.absent_filter(lake_keys.PROCESSED_IMAGES),  # listed once: a known image costs no request
     )
     if "held_out" not in manifest.columns:  # a manifest written before images were held out
         manifest = manifest.with_columns(pl.lit("").alias("held_out"))
@@ -243,12 +240,9 @@ def process_batch(lake: Lake, batch: str, settings: PipelineSettings, log: Calla
     )
     # the labels and the quarantine at once (one round trip on an object store), then the features table last: it
     # is what makes the batch processed (readers list it), so a batch with features always has its labels
-    _, rejected = lake.map(
-        lambda write: write(),
-        [
-            lambda: lake.write_table(lake_keys.processed_labels_key(batch), labels),
-            lambda: quarantine_refused(lake, batch, manifest, refused, earlier_quarantine),
-        ],
+    _, rejected = lake.gather(
+        lambda: lake.write_table(lake_keys.processed_labels_key(batch), labels),
+        lambda: quarantine_refused(lake, batch, manifest, refused, earlier_quarantine),
     )
     lake.write_table(lake_keys.processed_features_key(batch), features)
     counts = dict(labels.group_by("class_name").len().sort("class_name").iter_rows())

@@ -143,13 +143,10 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings, log
             return None
 
     # the batch's listing, its marker and the raw images' listing at once: one round trip on an object store
-    listed, marker_data, may_be_absent = lake.map(
-        lambda read: read(),
-        [
-            lambda: [f.key for f in lake.list_files(prefix)],
-            marker_bytes,
-            lambda: lake.absent_filter(lake_keys.RAW_IMAGES),  # listed once: a known image costs no request
-        ],
+    listed, marker_data, may_be_absent = lake.gather(
+        lambda: [f.key for f in lake.list_files(prefix)],
+        marker_bytes,
+        lambda: lake.absent_filter(lake_keys.RAW_IMAGES),  # listed once: a known image costs no request
     )
     if not listed:
         raise ingest.BatchError(f"{prefix}/: the batch folder is empty or missing")
@@ -214,12 +211,9 @@ def ingest_landing_batch(lake: Lake, batch: str, settings: PipelineSettings, log
     sort = ["image_id", "source_file", "class_id", "x_center", "y_center"]
     # the labels and the quarantine at once (one round trip on an object store), then the manifest: a batch with a
     # manifest has its labels
-    lake.map(
-        lambda write: write(),
-        [
-            lambda: lake.write_table(lake_keys.raw_labels_key(batch), labels.sort(sort)),
-            lambda: write_quarantine(lake, batch, result.rejections, read),
-        ],
+    lake.gather(
+        lambda: lake.write_table(lake_keys.raw_labels_key(batch), labels.sort(sort)),
+        lambda: write_quarantine(lake, batch, result.rejections, read),
     )
     lake.write_table(
         lake_keys.raw_manifest_key(batch), pl.DataFrame(result.manifest, schema=manifest_schema, orient="row")

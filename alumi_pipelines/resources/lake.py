@@ -144,13 +144,18 @@ class Lake(ConfigurableResource):
 
     # -- many objects at once -------------------------------------------------------------------
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``[fn(x) for x in items]`` with at most ``concurrency`` calls in flight (in order; the first error
-        is raised once every call has finished)."""
+        """``[fn(x) for x in items]`` with at most ``concurrency`` calls in flight, in order. The first error is
+        raised once the calls already running have finished; calls not yet started then never start."""
         items = list(items)
         if len(items) <= 1 or self.concurrency <= 1:
             return [fn(x) for x in items]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
             return list(pool.map(fn, items))
+
+    def gather(self, *calls: Callable[[], Any]) -> list[Any]:
+        """A step's few independent requests at once (one round trip on an object store, not one each): the
+        calls' results in order, errors as ``map``."""
+        return self.map(lambda call: call(), calls)
 
     @contextlib.contextmanager
     def background(self) -> Iterator[Callable[..., None]]:

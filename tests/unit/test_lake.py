@@ -168,3 +168,34 @@ def test_many_objects_go_through_a_bounded_pool(tmp_path):
     assert len(lake.list_files("t")) == 9  # every other write finished before the error was raised
     assert lake.read_many(["t/1", "t/2"]) == {"t/1": b"x", "t/2": b"x"}
     assert Lake(base_uri=str(tmp_path / "lake")).absent_filter("t")("t/1") is True  # locally: no listing
+
+
+def test_gather_runs_the_calls_at_once_and_returns_their_results_in_order(tmp_path):
+    import threading
+
+    lake = Lake(base_uri=str(tmp_path), concurrency=3)
+    all_in = threading.Barrier(3, timeout=10)  # passes only when the three calls are in flight together
+
+    def call(value):
+        def run():
+            all_in.wait()
+            return value
+
+        return run
+
+    assert lake.gather(call("a"), call("b"), call("c")) == ["a", "b", "c"]
+
+    finished, started = [], threading.Event()
+
+    def fails():
+        started.wait(10)
+        raise FileNotFoundError("lake key 'x' does not exist")
+
+    def slow():
+        started.set()
+        threading.Event().wait(0.2)
+        finished.append("slow")
+
+    with pytest.raises(FileNotFoundError, match="'x'"):
+        lake.gather(fails, slow)
+    assert finished == ["slow"]  # no call is still running when the error is raised
